@@ -1,0 +1,120 @@
+"""Admin endpoint (JSON over HTTP): the wire view, counters, faults, funding, and leader ports.
+
+Tests and the benchmark read plan-to-wire latency and double landings from here; it is
+the cluster's own view, with first-seen times on this machine's wall clock (ns).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from solders.pubkey import Pubkey
+
+from .fixtures import create_swap_pool
+
+if TYPE_CHECKING:
+    from .cluster import LocalCluster
+
+
+def build_admin(cluster: "LocalCluster") -> web.Application:
+    ledger = cluster.ledger
+    routes = web.RouteTableDef()
+
+    def bad_request(message: str) -> web.Response:
+        return web.json_response({"error": message}, status=400)
+
+    async def body(request: web.Request) -> dict:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text='{"error": "body is not JSON"}', content_type="application/json") from None
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(text='{"error": "body must be a JSON object"}', content_type="application/json")
+        return data
+
+    @routes.get("/transactions")
+    async def transactions(request: web.Request) -> web.Response:
+        """Every signature received; `?since_ns=` keeps those first seen after it, `?signature=` one or more."""
+        wanted = set(request.query.getall("signature", []))
+        since = int(request.query.get("since_ns", 0))
+        rows = [
+            record.to_json(ledger)
+            for record in cluster.intake.wire.values()
+            if record.first_seen_ns > since and (not wanted or record.signature in wanted)
+        ]
+        return web.json_response({"transactions": rows})
+
+    @routes.get("/stats")
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "slot": ledger.slot,
+                "blockHeight": ledger.block_height,
+                "pending": len(ledger.pending),
+                "landed": len(ledger.records),
+                "counters": dict(cluster.intake.counters),
+                "tpu": [
+                    {"identity": str(v.identity.pubkey()), "port": v.tpu_port, "open": v.tpu_open, **(v.tpu.stats() if v.tpu_open else {})}
+                    for v in cluster.validators
+                ],
+                "faults": cluster.faults.to_json(),
+            }
+        )
+
+    @routes.get("/faults")
+    async def get_faults(request: web.Request) -> web.Response:
+        return web.json_response(cluster.faults.to_json())
+
+    @routes.put("/faults")
+    @routes.post("/faults")
+    async def set_faults(request: web.Request) -> web.Response:
+        try:
+            cluster.faults.update(await body(request))
+        except (TypeError, ValueError) as error:
+            return bad_request(str(error))
+        return web.json_response(cluster.faults.to_json())
+
+    @routes.post("/fund")
+    async def fund(request: web.Request) -> web.Response:
+        data = await body(request)
+        try:
+            pubkey = Pubkey.from_string(data["pubkey"])
+            lamports = int(data["lamports"])
+        except (KeyError, ValueError, TypeError):
+            return bad_request('expected {"pubkey": base58, "lamports": int}')
+        cluster.fund(pubkey, lamports)
+        return web.json_response({"pubkey": str(pubkey), "lamports": ledger.svm.get_balance(pubkey)})
+
+    @routes.post("/fixtures/swap-pool")
+    async def swap_pool(request: web.Request) -> web.Response:
+        data = await body(request)
+        try:
+            wallets = [Pubkey.from_string(w) for w in data["wallets"]]
+        except (KeyError, ValueError, TypeError):
+            return bad_request('expected {"wallets": [base58, ...]}')
+        options = {k: int(data[k]) for k in ("decimals", "walletBalance", "liquidity") if k in data}
+        pool = create_swap_pool(
+            ledger,
+            wallets,
+            decimals=options.get("decimals", 6),
+            wallet_balance=options.get("walletBalance", 1_000_000_000_000),
+            liquidity=options.get("liquidity", 1_000_000_000_000),
+        )
+        return web.json_response(pool.to_json())
+
+    @routes.post("/validators/{index}/tpu")
+    async def tpu_port(request: web.Request) -> web.Response:
+        """{"open": false} closes one leader's QUIC port (an unreachable leader); {"open": true} reopens it."""
+        index = int(request.match_info["index"])
+        if not 0 <= index < len(cluster.validators):
+            return bad_request(f"no validator {index}")
+        if (await body(request)).get("open", True):
+            await cluster.open_tpu(index)
+        else:
+            await cluster.close_tpu(index)
+        validator = cluster.validators[index]
+        return web.json_response({"index": index, "port": validator.tpu_port, "open": validator.tpu_open})
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,213 @@
+"""Jito block engine JSON-RPC (sources: jito-labs/jito-docs lowlatencytxnsend.md, jito-labs/mev-protos json_rpc/http.md).
+
+Bundles of 1-5 transactions run in order, all or nothing, in one slot; a bundle must
+write-lock a tip account and pay at least 1000 lamports to tip accounts. A dropped
+bundle is silent, exactly as on mainnet: it stays Pending until its blockhash expires.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import OrderedDict, defaultdict, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import base58
+from aiohttp import web
+from solders.pubkey import Pubkey
+from solders.transaction import VersionedTransaction
+
+from .faults import Verdict
+from .intake import MAX_BUNDLE_TRANSACTIONS, IntakeRefused, decode_transaction, derive_bundle_id
+from .jsonrpc import INVALID_PARAMS, HttpStatus, JsonRpcApp, RpcError, param
+from .ledger import Commitment, writable_keys
+
+if TYPE_CHECKING:
+    from .cluster import LocalCluster
+
+# The 8 mainnet tip accounts (getTipAccounts on mainnet; DESIGN.md section 8).
+TIP_ACCOUNTS = [
+    "96gYZGLnJYVFmbjzopPSU6QiEV5fGqZNyN9nmNhvrZU5",
+    "HFqU5x63VTqvQss8hp11i4wVV8bD44PvwucfZ2bU7gRe",
+    "Cw8CFyM9FkoMi7K7Crf6HNQqf4uEMzpKw6QNghXLvLkY",
+    "ADaUMid9yfUytqMBgopwjb2DTLSokTSzL1zt6iGPaS49",
+    "DfXygSm4jCyNCybVYYK6DwvWqjKee8pbDmJGcLWNDXjh",
+    "ADuUkR4vqLUMWXxW9gh6D6L8pMSawimctcNZ5pGwDcEt",
+    "DttWaMuVvTiduZRnguLF7jNxTgiMBZ1hyAumKUiL2KRL",
+    "3AVi9Tg9Uo68tJfuvoKvqKNWKkC5wPdSSdeBnizKZ6jT",
+]
+TIP_PUBKEYS = [Pubkey.from_string(a) for a in TIP_ACCOUNTS]
+MIN_TIP_LAMPORTS = 1000
+MAX_STATUS_QUERY = 5
+INFLIGHT_WINDOW_S = 300  # getInflightBundleStatuses looks back 5 minutes
+RATE_LIMITED_BODY = {"jsonrpc": "2.0", "error": {"code": -32097, "message": "Rate limit exceeded. Limit: 1 per second for txn requests"}, "id": None}
+
+
+@dataclass
+class AcceptedBundle:
+    bundle_id: str
+    signatures: list[str]
+    blockhash: object
+    accepted_at: float
+    dropped: bool
+
+
+class RateLimiter:
+    """Jito's default: N requests per second per IP (1 by default on mainnet); off when None."""
+
+    def __init__(self, per_second: float | None) -> None:
+        self.per_second = per_second
+        self.recent: dict[str, deque[float]] = defaultdict(deque)
+
+    def allow(self, ip: str) -> bool:
+        if not self.per_second:
+            return True
+        now = time.monotonic()
+        window = self.recent[ip]
+        while window and now - window[0] >= 1.0:
+            window.popleft()
+        if len(window) >= self.per_second:
+            return False
+        window.append(now)
+        return True
+
+
+def build_block_engine(cluster: "LocalCluster", requests_per_second: float | None = None) -> JsonRpcApp:
+    app = JsonRpcApp("block-engine")
+    ledger = cluster.ledger
+    accepted: OrderedDict[str, AcceptedBundle] = OrderedDict()
+    limiter = RateLimiter(requests_per_second)
+
+    async def admit(request: web.Request) -> Verdict:
+        """Rate limit (configured and injected) before anything else, as the engine's gateway does."""
+        verdict = cluster.intake.verdict("bundle")
+        if verdict is Verdict.rate_limit or not limiter.allow(request.remote or ""):
+            raise HttpStatus(429, RATE_LIMITED_BODY)
+        delay = cluster.faults.bundle.delay_ms
+        if delay:
+            await asyncio.sleep(delay / 1000)
+        return verdict
+
+    def decode_all(encoded: list, encoding: str) -> list[VersionedTransaction]:
+        transactions = []
+        for text in encoded:
+            try:
+                raw = base64.b64decode(text, validate=True) if encoding == "base64" else base58.b58decode(text)
+                transactions.append(decode_transaction(raw))
+            except IntakeRefused as refused:
+                raise RpcError(INVALID_PARAMS, f"transaction could not be decoded: {refused}") from None
+            except Exception:
+                raise RpcError(INVALID_PARAMS, f"transaction could not be decoded: invalid {encoding}") from None
+        return transactions
+
+    def check_bundle(transactions: list[VersionedTransaction]) -> None:
+        if not 1 <= len(transactions) <= MAX_BUNDLE_TRANSACTIONS:
+            raise RpcError(INVALID_PARAMS, f"bundle must contain between 1 and {MAX_BUNDLE_TRANSACTIONS} transactions, got {len(transactions)}")
+        signatures = [tx.signatures[0] for tx in transactions]
+        if len(set(signatures)) != len(signatures):
+            raise RpcError(INVALID_PARAMS, "bundle contains duplicate transactions")
+        for tx in transactions:
+            if not all(tx.verify_with_results()):
+                raise RpcError(INVALID_PARAMS, f"transaction {tx.signatures[0]} signature verification failed")
+        loader = ledger._lookup_loader()
+        locked = {key for tx in transactions for key in writable_keys(tx, loader)}
+        if not locked.intersection(TIP_PUBKEYS):
+            raise RpcError(INVALID_PARAMS, "Bundles must write lock at least one tip account")
+        # Dry run against the current state to read the tip; a bundle that would fail is
+        # accepted and fails silently later, as the real engine's simulation does.
+        trial = ledger.try_bundle(transactions, commit=False, tip_accounts=TIP_PUBKEYS)
+        if trial.landed and int(trial.reason) < MIN_TIP_LAMPORTS:
+            raise RpcError(INVALID_PARAMS, f"bundle tip of {trial.reason} lamports is below the minimum of {MIN_TIP_LAMPORTS}")
+
+    def accept(transactions: list[VersionedTransaction], verdict: Verdict) -> str:
+        try:
+            bundle_id = cluster.intake.receive_bundle(transactions, verdict)
+        except IntakeRefused as refused:
+            raise RpcError(INVALID_PARAMS, str(refused)) from None
+        accepted[bundle_id] = AcceptedBundle(
+            bundle_id=bundle_id,
+            signatures=[str(tx.signatures[0]) for tx in transactions],
+            blockhash=transactions[0].message.recent_blockhash,
+            accepted_at=time.monotonic(),
+            dropped=verdict is Verdict.drop,
+        )
+        while accepted and time.monotonic() - next(iter(accepted.values())).accepted_at > INFLIGHT_WINDOW_S * 2:
+            accepted.popitem(last=False)
+        return bundle_id
+
+    @app.method("sendBundle")
+    async def send_bundle(params, request):
+        verdict = await admit(request)
+        encoded = param(params, 0)
+        if not isinstance(encoded, list):
+            raise RpcError(INVALID_PARAMS, "Invalid params: expected a list of transactions")
+        encoding = (param(params, 1, {}) or {}).get("encoding", "base58")
+        transactions = decode_all(encoded, encoding)
+        check_bundle(transactions)
+        return accept(transactions, verdict)
+
+    @app.method("sendTransaction")
+    async def send_transaction(params, request):
+        verdict = await admit(request)
+        encoding = (param(params, 1, {}) or {}).get("encoding", "base58")
+        transactions = decode_all([param(params, 0)], encoding)
+        if request.query.get("bundleOnly", "").lower() == "true":
+            check_bundle(transactions)
+            bundle_id = accept(transactions, verdict)
+            request["response_headers"] = {"x-bundle-id": bundle_id}
+            return str(transactions[0].signatures[0])
+        try:
+            return str(cluster.intake.receive(transactions[0], "bundle", verdict))
+        except IntakeRefused as refused:
+            raise RpcError(INVALID_PARAMS, str(refused)) from None
+
+    @app.method("getTipAccounts")
+    async def get_tip_accounts(params, request):
+        return list(TIP_ACCOUNTS)
+
+    def bundle_ids(params) -> list[str]:
+        ids = param(params, 0)
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise RpcError(INVALID_PARAMS, "Invalid params: expected a list of bundle ids")
+        if len(ids) > MAX_STATUS_QUERY:
+            raise RpcError(INVALID_PARAMS, f"too many bundle ids: at most {MAX_STATUS_QUERY}")
+        return ids
+
+    @app.method("getBundleStatuses")
+    async def get_bundle_statuses(params, request):
+        value = []
+        for bundle_id in bundle_ids(params):
+            outcome = ledger.bundles.get(bundle_id)
+            if outcome is None or not outcome.landed:
+                value.append(None)
+                continue
+            value.append(
+                {
+                    "bundle_id": bundle_id,
+                    "transactions": outcome.signatures,
+                    "slot": outcome.slot,
+                    "confirmation_status": ledger.commitment_of(outcome.slot).value,
+                    "err": {"Ok": None},
+                }
+            )
+        return {"context": {"slot": ledger.slot_at(Commitment.processed)}, "value": value}
+
+    @app.method("getInflightBundleStatuses")
+    async def get_inflight_bundle_statuses(params, request):
+        value = []
+        for bundle_id in bundle_ids(params):
+            bundle = accepted.get(bundle_id)
+            outcome = ledger.bundles.get(bundle_id)
+            if bundle is None or time.monotonic() - bundle.accepted_at > INFLIGHT_WINDOW_S:
+                status, slot = "Invalid", None
+            elif outcome is not None:
+                status, slot = ("Landed", outcome.slot) if outcome.landed else ("Failed", None)
+            elif bundle.dropped and not ledger.blockhash_valid(bundle.blockhash):
+                status, slot = "Failed", None
+            else:
+                status, slot = "Pending", None
+            value.append({"bundle_id": bundle_id, "status": status, "landed_slot": slot})
+        return {"context": {"slot": ledger.slot_at(Commitment.processed)}, "value": value}
+
+    return app

@@ -1,0 +1,335 @@
+"""The local cluster: one ledger behind Solana JSON-RPC, PubSub, a Jito block engine and TPU-over-QUIC leaders.
+
+Start it in-process (`async with LocalCluster(config)`), in its own thread
+(`ClusterThread`, so a test's or a worker's event loop never waits on block
+production), or as a command (`hft-executor localnet`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from solders.account import Account
+from solders.keypair import Keypair
+from solders.message import MessageV0
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.system_program import TransferParams, transfer
+from solders.transaction import VersionedTransaction
+
+from .admin import build_admin
+from .blockengine import build_block_engine
+from .faults import FaultPlan, Verdict
+from .intake import Intake, IntakeRefused, decode_transaction
+from .jsonrpc import JsonRpcApp
+from .ledger import SYSTEM_PROGRAM, Ledger
+from .pubsub import PubSub
+from .rpc import LEADER_SLOTS, SOLANA_CORE_VERSION, FEATURE_SET, build_rpc
+from .tpu import TpuQuicServer
+
+log = logging.getLogger("localnet.cluster")
+
+DEFAULT_PORTS = {"rpc": 8899, "ws": 8900, "block_engine": 8910, "admin": 8911, "tpu": 8009}
+FAUCET_LAMPORTS = 10**17  # 100 million SOL
+SHRED_VERSION = 4242
+
+
+@dataclass
+class ClusterConfig:
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    slot_ms: float = 400.0
+    validators: int = 1
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    confirmed_depth: int = 1
+    finalized_depth: int = 32
+    jito_requests_per_second: float | None = None
+    # The block a leader can fill in one slot: work left over waits for the next slot.
+    block_budget_share: float = 0.8
+
+    @classmethod
+    def auto_ports(cls, **kwargs) -> "ClusterConfig":
+        return cls(ports={name: 0 for name in DEFAULT_PORTS}, **kwargs)
+
+
+class Validator:
+    """One leader identity with its own TPU QUIC port; all share the one ledger."""
+
+    def __init__(self, index: int, identity: Keypair, tpu: TpuQuicServer) -> None:
+        self.index = index
+        self.identity = identity
+        self.tpu = tpu
+        self.tpu_open = False
+        self.tpu_port = 0
+
+    def contact_info(self, cluster: "LocalCluster") -> dict:
+        """getClusterNodes' entry. The port stays listed while closed: a client must cope with a dead leader."""
+        host = cluster.config.host
+        return {
+            "pubkey": str(self.identity.pubkey()),
+            "gossip": f"{host}:{cluster.ports['rpc'] + 1000 + self.index}",
+            "tpu": f"{host}:{self.tpu_port - 6}" if self.tpu_port > 6 else None,
+            "tpuQuic": f"{host}:{self.tpu_port}",
+            "tpuForwards": None,
+            "tpuForwardsQuic": None,
+            "tpuVote": None,
+            "serveRepair": None,
+            "tvu": None,
+            "rpc": f"{host}:{cluster.ports['rpc']}" if self.index == 0 else None,
+            "pubsub": f"{host}:{cluster.ports['ws']}" if self.index == 0 else None,
+            "version": SOLANA_CORE_VERSION,
+            "featureSet": FEATURE_SET,
+            "shredVersion": SHRED_VERSION,
+        }
+
+
+class LocalCluster:
+    def __init__(self, config: ClusterConfig | None = None) -> None:
+        self.config = config or ClusterConfig()
+        self.ledger = Ledger(confirmed_depth=self.config.confirmed_depth, finalized_depth=self.config.finalized_depth)
+        self.faults = self.config.faults
+        self.intake = Intake(self.ledger, self.faults)
+        self.pubsub = PubSub(self.ledger)
+        self.faucet = Keypair()
+        self.ledger.svm.set_account(self.faucet.pubkey(), Account(FAUCET_LAMPORTS, b"", SYSTEM_PROGRAM))
+        self.validators: list[Validator] = []
+        for index in range(max(1, self.config.validators)):
+            identity = Keypair()
+            tpu = TpuQuicServer(identity, self._on_tpu_transaction, host=self.config.host, port=0)
+            self.validators.append(Validator(index, identity, tpu))
+        self.ports: dict[str, int] = {}
+        self._runners: list[web.AppRunner] = []
+        self._slot_task: asyncio.Task | None = None
+        self._stopped = asyncio.Event()
+        self.started_at = 0.0
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> "LocalCluster":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        host, ports = self.config.host, self.config.ports
+        self.ports["rpc"] = await self._serve_jsonrpc(build_rpc(self), ["/"], ports.get("rpc", 0))
+        self.ports["ws"] = await self._serve(self._pubsub_app(), ports.get("ws", 0))
+        engine = build_block_engine(self, self.config.jito_requests_per_second)
+        engine_paths = ["/api/v1/bundles", "/api/v1/transactions", "/api/v1/getTipAccounts", "/api/v1/getBundleStatuses", "/api/v1/getInflightBundleStatuses"]
+        self.ports["block_engine"] = await self._serve_jsonrpc(engine, engine_paths, ports.get("block_engine", 0))
+        self.ports["admin"] = await self._serve(build_admin(self), ports.get("admin", 0))
+        first_tpu = ports.get("tpu", 0)
+        for validator in self.validators:
+            await self.open_tpu(validator.index, first_tpu + validator.index if first_tpu else 0)
+        self.ports["tpu"] = self.validators[0].tpu_port
+        self.started_at = time.monotonic()
+        self._slot_task = asyncio.create_task(self._slot_clock(), name="localnet-slot-clock")
+        log.info("localnet ready %s", self.endpoints())
+
+    async def stop(self) -> None:
+        if self._slot_task is not None:
+            self._slot_task.cancel()
+            try:
+                await self._slot_task
+            except asyncio.CancelledError:
+                pass
+            self._slot_task = None
+        for validator in self.validators:
+            await self.close_tpu(validator.index)
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def endpoints(self) -> dict[str, str]:
+        host = self.config.host
+        return {
+            "rpc": f"http://{host}:{self.ports['rpc']}",
+            "ws": f"ws://{host}:{self.ports['ws']}",
+            "blockEngine": f"http://{host}:{self.ports['block_engine']}",
+            "tpuQuic": f"{host}:{self.ports['tpu']}",
+            "admin": f"http://{host}:{self.ports['admin']}",
+        }
+
+    async def open_tpu(self, index: int, port: int = 0) -> None:
+        validator = self.validators[index]
+        if validator.tpu_open:
+            return
+        if port == 0 and validator.tpu_port:
+            port = validator.tpu_port  # reopen where clients already look for it
+        validator.tpu = TpuQuicServer(validator.identity, self._on_tpu_transaction, host=self.config.host, port=port)
+        await validator.tpu.start()
+        validator.tpu_port = validator.tpu.port
+        validator.tpu_open = True
+
+    async def close_tpu(self, index: int) -> None:
+        """Stop one leader's QUIC endpoint (a dead or unreachable leader); it stays in the schedule."""
+        validator = self.validators[index]
+        if validator.tpu_open:
+            await validator.tpu.stop()
+            validator.tpu_open = False
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, port))
+        site = web.SockSite(runner, sock)
+        await site.start()
+        self._runners.append(runner)
+        return sock.getsockname()[1]
+
+    async def _serve_jsonrpc(self, rpc: JsonRpcApp, paths: list[str], port: int) -> int:
+        app = web.Application(client_max_size=1 << 20)
+        for path in paths:
+            app.router.add_post(path, rpc.handle_http)
+        return await self._serve(app, port)
+
+    def _pubsub_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.pubsub.handle)
+        return app
+
+    # --- block production ----------------------------------------------------------
+
+    async def _slot_clock(self) -> None:
+        """One block per slot, on a fixed schedule; the block executes in slices so requests keep flowing."""
+        loop = asyncio.get_running_loop()
+        slot_s = self.config.slot_ms / 1000
+        deadline = loop.time() + slot_s
+        while True:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            started = loop.time()
+            block = self.ledger.begin_block()
+            budget_end = started + slot_s * self.config.block_budget_share
+            slice_end = started + 0.005
+            for index, submission in enumerate(block.work):
+                self.ledger.execute(submission, block)
+                now = loop.time()
+                if now > budget_end:
+                    self.ledger.requeue(block.work[index + 1 :])
+                    break
+                if now > slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = loop.time() + 0.005
+            self.ledger.finish_block(block)
+            await self.pubsub.after_block(self.ledger.processed_slot())
+            deadline += slot_s
+            if loop.time() > deadline + slot_s:  # fell behind (machine paused): don't burst to catch up
+                deadline = loop.time() + slot_s
+
+    # --- intake helpers ---------------------------------------------------------------
+
+    def _on_tpu_transaction(self, raw: bytes, peer: str) -> None:
+        verdict = self.intake.verdict("tpu")
+        try:
+            tx = decode_transaction(raw)
+        except IntakeRefused as refused:
+            self.intake.counters["tpu.malformed"] += 1
+            log.debug("tpu: %s from %s", refused, peer)
+            return
+        if verdict is Verdict.rate_limit:
+            verdict = Verdict.drop  # QUIC has no 429: an overloaded leader just drops
+        delay = self.faults.tpu.delay_ms
+        if verdict is Verdict.reject:
+            verdict = Verdict.drop  # nor an error reply: a TPU never answers a transaction
+        if delay:
+            asyncio.get_running_loop().call_later(delay / 1000, self.intake.receive, tx, "tpu", verdict)
+        else:
+            self.intake.receive(tx, "tpu", verdict)
+
+    def leader_for(self, slot: int) -> Pubkey:
+        return self.validators[(slot // LEADER_SLOTS) % len(self.validators)].identity.pubkey()
+
+    def airdrop(self, to: Pubkey, lamports: int) -> Signature:
+        """requestAirdrop: a real faucet transfer that lands in the next block."""
+        blockhash, _ = self.ledger.latest_blockhash
+        message = MessageV0.try_compile(
+            self.faucet.pubkey(), [transfer(TransferParams(from_pubkey=self.faucet.pubkey(), to_pubkey=to, lamports=lamports))], [], blockhash
+        )
+        tx = VersionedTransaction(message, [self.faucet])
+        return self.intake.receive(tx, "rpc")
+
+    def fund(self, to: Pubkey, lamports: int) -> None:
+        """Credit lamports at once (genesis-style), for fixtures and `--fund`."""
+        account = self.ledger.svm.get_account(to)
+        if account is None or account.lamports == 0:
+            self.ledger.svm.set_account(to, Account(lamports, b"", SYSTEM_PROGRAM))
+        else:
+            self.ledger.svm.set_account(
+                to, Account(account.lamports + lamports, bytes(account.data), account.owner, account.executable, account.rent_epoch)
+            )
+
+
+class ClusterThread:
+    """A LocalCluster on its own thread and event loop, so its blocks never stall the caller's loop."""
+
+    def __init__(self, config: ClusterConfig | None = None) -> None:
+        self.config = config or ClusterConfig.auto_ports()
+        self.cluster: LocalCluster | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="localnet", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> "ClusterThread":
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("local cluster did not start in time")
+        if self._error is not None:
+            raise RuntimeError("local cluster failed to start") from self._error
+        return self
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        try:
+            self.cluster = LocalCluster(self.config)
+            await self.cluster.start()
+        except BaseException as error:
+            self._error = error
+            self._ready.set()
+            return
+        self._ready.set()
+        await self.cluster.wait_stopped()
+
+    def call(self, fn, *args, timeout: float = 10.0):
+        """Run `fn(cluster, *args)` on the cluster's loop (a coroutine function is awaited) and return its result."""
+
+        async def run():
+            result = fn(self.cluster, *args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._loop is not None and self.cluster is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.cluster.stop(), self._loop).result(20)
+        self._thread.join(20)
+
+    def endpoints(self) -> dict[str, str]:
+        return self.cluster.endpoints()
+
+    def __enter__(self) -> "ClusterThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

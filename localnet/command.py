@@ -1,0 +1,76 @@
+"""`hft-executor localnet`: the local cluster in the foreground until SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from solders.pubkey import Pubkey
+
+from .cluster import DEFAULT_PORTS, ClusterConfig, LocalCluster
+from .faults import FaultPlan
+
+LAMPORTS_PER_SOL = 1_000_000_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one line of endpoints as JSON when ready")
+    parser.add_argument("--ports", default="default", help="'default' (RPC 8899, websocket 8900, ...) or 'auto' (free ports)")
+    parser.add_argument("--slot-ms", type=float, default=400.0, help="slot time in milliseconds (default 400)")
+    parser.add_argument("--validators", type=int, default=1, help="leaders in the schedule, each with its own QUIC port")
+    parser.add_argument("--faults", type=json.loads, default={}, help='fault injection, e.g. \'{"bundle": {"drop": 0.5}, "seed": 7}\'')
+    parser.add_argument("--jito-rps", type=float, default=None, help="block-engine rate limit per IP (requests/s); off by default")
+    parser.add_argument(
+        "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
+    )
+
+
+def parse_funding(values: list[str]) -> list[tuple[Pubkey, int]]:
+    funding = []
+    for value in values:
+        pubkey, _, sol = value.partition(":")
+        try:
+            funding.append((Pubkey.from_string(pubkey), int(float(sol or 100) * LAMPORTS_PER_SOL)))
+        except ValueError:
+            raise SystemExit(f"--fund {value}: expected PUBKEY[:SOL]") from None
+    return funding
+
+
+def config_from_args(args: argparse.Namespace) -> ClusterConfig:
+    if args.ports not in ("default", "auto"):
+        raise SystemExit("--ports takes 'default' or 'auto'")
+    try:
+        faults = FaultPlan.from_json(args.faults)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"--faults: {error}") from None
+    ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
+    return ClusterConfig(ports=ports, slot_ms=args.slot_ms, validators=args.validators, faults=faults, jito_requests_per_second=args.jito_rps)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    cluster = LocalCluster(config_from_args(args))
+    await cluster.start()
+    for pubkey, lamports in parse_funding(args.fund):
+        cluster.fund(pubkey, lamports)
+    endpoints = cluster.endpoints()
+    if args.json:
+        print(json.dumps(endpoints), flush=True)
+    else:
+        print("local Solana cluster ready (Ctrl-C to stop)", flush=True)
+        for name, url in endpoints.items():
+            print(f"  {name:12} {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await cluster.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(args))
+    return 0

@@ -1,0 +1,84 @@
+"""Fault injection per intake channel, so tests can make the cluster misbehave on purpose.
+
+Each channel (rpc, bundle, tpu) has its own probabilities; one seeded generator makes a
+run repeatable. Settable at start (`--faults JSON`) and at run time (admin endpoint).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+CHANNELS = ("rpc", "bundle", "tpu")
+
+
+class Verdict(str, Enum):
+    accept = "accept"
+    drop = "drop"  # acknowledged to the sender, never lands
+    rate_limit = "rate_limit"  # HTTP 429 (not meaningful for tpu: treated as drop)
+    reject = "reject"  # refused with an error the sender sees
+
+
+@dataclass
+class ChannelFaults:
+    drop: float = 0.0
+    delay_ms: float = 0.0
+    rate_limit: float = 0.0
+    reject: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "rate_limit", "reject"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"fault probability {name}={value} is outside [0, 1]")
+        if self.delay_ms < 0:
+            raise ValueError(f"delay_ms={self.delay_ms} is negative")
+
+
+@dataclass
+class FaultPlan:
+    rpc: ChannelFaults = field(default_factory=ChannelFaults)
+    bundle: ChannelFaults = field(default_factory=ChannelFaults)
+    tpu: ChannelFaults = field(default_factory=ChannelFaults)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FaultPlan":
+        unknown = set(data) - set(CHANNELS) - {"seed"}
+        if unknown:
+            raise ValueError(f"unknown fault channel(s): {sorted(unknown)}; expected {list(CHANNELS)} and seed")
+        channels = {name: ChannelFaults(**data.get(name, {})) for name in CHANNELS}
+        return cls(**channels, seed=data.get("seed"))
+
+    def update(self, data: dict) -> None:
+        """Merge run-time changes: only the channels and fields given change."""
+        merged = self.to_json()
+        for name in CHANNELS:
+            merged[name].update(data.get(name, {}))
+        if "seed" in data:
+            merged["seed"] = data["seed"]
+        fresh = FaultPlan.from_json(merged)
+        self.rpc, self.bundle, self.tpu = fresh.rpc, fresh.bundle, fresh.tpu
+        if "seed" in data:
+            self.seed = data["seed"]
+            self._rng = random.Random(self.seed)
+
+    def to_json(self) -> dict:
+        return {name: asdict(getattr(self, name)) for name in CHANNELS} | {"seed": self.seed}
+
+    def channel(self, name: str) -> ChannelFaults:
+        return getattr(self, name)
+
+    def decide(self, channel: str) -> Verdict:
+        faults = self.channel(channel)
+        roll = self._rng.random
+        if faults.rate_limit and roll() < faults.rate_limit:
+            return Verdict.rate_limit
+        if faults.reject and roll() < faults.reject:
+            return Verdict.reject
+        if faults.drop and roll() < faults.drop:
+            return Verdict.drop
+        return Verdict.accept

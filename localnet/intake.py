@@ -1,0 +1,134 @@
+"""Where every transaction enters the cluster, whichever channel it came by.
+
+It records the wire view the tests and the benchmark read (first-seen time, channels,
+times received, landed slot), applies the channel's injected faults, and queues the
+work for the next block.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+from solders.signature import Signature
+from solders.transaction import VersionedTransaction
+
+from .faults import FaultPlan, Verdict
+from .ledger import Ledger, Submission, error_json
+
+log = logging.getLogger("localnet.intake")
+
+PACKET_DATA_SIZE = 1232  # solana_sdk::packet::PACKET_DATA_SIZE
+MAX_BUNDLE_TRANSACTIONS = 5  # jito-solana bundle/src/lib.rs MAX_PACKETS_PER_BUNDLE
+MAX_WIRE_RECORDS = 200_000
+
+
+class IntakeRefused(Exception):
+    """The channel refuses the transaction; `kind` says how the protocol front-end should answer."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind  # "malformed" | "too_large" | "rejected" | "rate_limited"
+
+
+@dataclass
+class WireRecord:
+    """What the cluster saw of one signature on the wire."""
+
+    signature: str
+    first_seen_ns: int
+    channels: list[str] = field(default_factory=list)
+    times_received: int = 0
+    dropped_by_fault: int = 0
+    bundle_ids: list[str] = field(default_factory=list)
+
+    def to_json(self, ledger: Ledger) -> dict:
+        record = ledger.records.get(Signature.from_string(self.signature))
+        return {
+            "signature": self.signature,
+            "firstSeenNs": self.first_seen_ns,
+            "channels": self.channels,
+            "timesReceived": self.times_received,
+            "droppedByFault": self.dropped_by_fault,
+            "bundleIds": self.bundle_ids,
+            "landedSlot": record.slot if record else None,
+            "err": error_json(record.err) if record else None,
+        }
+
+
+def derive_bundle_id(transactions: list[VersionedTransaction]) -> str:
+    """Jito's bundle id: hex SHA-256 over the first signatures (base58) joined by ','.
+
+    jito-foundation/jito-solana bundle/src/lib.rs `derive_bundle_id`.
+    """
+    joined = ",".join(str(tx.signatures[0]) for tx in transactions)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def decode_transaction(raw: bytes) -> VersionedTransaction:
+    if not raw:
+        raise IntakeRefused("malformed", "empty transaction")
+    if len(raw) > PACKET_DATA_SIZE:
+        raise IntakeRefused("too_large", f"transaction of {len(raw)} bytes is over the {PACKET_DATA_SIZE}-byte packet limit")
+    try:
+        return VersionedTransaction.from_bytes(raw)
+    except Exception as error:
+        raise IntakeRefused("malformed", f"failed to deserialize transaction: {error}") from None
+
+
+class Intake:
+    def __init__(self, ledger: Ledger, faults: FaultPlan) -> None:
+        self.ledger = ledger
+        self.faults = faults
+        self.wire: OrderedDict[str, WireRecord] = OrderedDict()
+        self.counters: Counter[str] = Counter()
+
+    def _see(self, tx: VersionedTransaction, channel: str, now_ns: int) -> WireRecord:
+        signature = str(tx.signatures[0])
+        record = self.wire.get(signature)
+        if record is None:
+            record = self.wire[signature] = WireRecord(signature=signature, first_seen_ns=now_ns)
+            if len(self.wire) > MAX_WIRE_RECORDS:
+                self.wire.popitem(last=False)
+        record.times_received += 1
+        if channel not in record.channels:
+            record.channels.append(channel)
+        return record
+
+    def verdict(self, channel: str) -> Verdict:
+        """The fault roll for one request on a channel (rate limits apply before decoding)."""
+        verdict = self.faults.decide(channel)
+        if verdict is not Verdict.accept:
+            self.counters[f"{channel}.{verdict.value}"] += 1
+        return verdict
+
+    def receive(self, tx: VersionedTransaction, channel: str, verdict: Verdict = Verdict.accept) -> Signature:
+        """A lone transaction (rpc sendTransaction, TPU stream, Jito sendTransaction)."""
+        now_ns = time.time_ns()
+        self.counters[f"{channel}.received"] += 1
+        record = self._see(tx, channel, now_ns)
+        if verdict is Verdict.reject:
+            raise IntakeRefused("rejected", "transaction rejected (injected fault)")
+        if verdict is not Verdict.accept:
+            record.dropped_by_fault += 1
+            return tx.signatures[0]
+        self.ledger.enqueue(Submission([tx], received_ns=now_ns))
+        return tx.signatures[0]
+
+    def receive_bundle(self, transactions: list[VersionedTransaction], verdict: Verdict = Verdict.accept) -> str:
+        now_ns = time.time_ns()
+        bundle_id = derive_bundle_id(transactions)
+        self.counters["bundle.received"] += 1
+        for tx in transactions:
+            record = self._see(tx, "bundle", now_ns)
+            record.bundle_ids.append(bundle_id)
+            if verdict is Verdict.drop:
+                record.dropped_by_fault += 1
+        if verdict is Verdict.reject:
+            raise IntakeRefused("rejected", "bundle rejected (injected fault)")
+        if verdict is Verdict.drop:
+            return bundle_id
+        self.ledger.enqueue(Submission(list(transactions), bundle_id=bundle_id, received_ns=now_ns))
+        return bundle_id

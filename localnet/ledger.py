@@ -1,0 +1,557 @@
+"""The local cluster's bank: LiteSVM plus the parts of a validator LiteSVM leaves out.
+
+LiteSVM executes transactions synchronously against its latest blockhash only. A real
+cluster does neither: transactions wait for the next block, any blockhash of the last
+150 blocks is accepted, a signature is processed at most once, commitment deepens as
+slots pass, and a Jito bundle lands all-or-nothing. This module adds exactly those, so
+that a client which waits, polls and rebroadcasts correctly here does so on mainnet.
+
+Everything here is synchronous and single-threaded: the cluster's event loop owns it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable, Iterator, Sequence
+
+from solders.account import Account
+from solders.address_lookup_table_account import AddressLookupTable
+from solders.hash import Hash
+from solders.litesvm import LiteSVM
+from solders.message import MessageV0
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.transaction import VersionedTransaction
+from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
+from solders.transaction_status import (
+    TransactionConfirmationStatus,
+    TransactionErrorDuplicateInstruction,
+    TransactionErrorFieldless,
+    TransactionErrorInstructionError,
+    TransactionErrorInsufficientFundsForRent,
+    TransactionStatus,
+)
+
+log = logging.getLogger("localnet.ledger")
+
+# A blockhash is valid for 150 blocks after the one that produced it (agave
+# MAX_PROCESSING_AGE / MAX_RECENT_BLOCKHASHES); getLatestBlockhash answers
+# lastValidBlockHeight = block height + 150.
+BLOCKHASH_VALIDITY_BLOCKS = 150
+SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
+TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
+TOKEN_2022_PROGRAM = Pubkey.from_string("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb")
+TOKEN_PROGRAMS = (TOKEN_PROGRAM, TOKEN_2022_PROGRAM)
+TOKEN_ACCOUNT_LEN = 165
+# The slot and the block height are different numbers on every real cluster (skipped
+# slots); starting them apart here makes a client that confuses them fail in tests.
+GENESIS_SLOT = 1_000
+GENESIS_BLOCK_HEIGHT = 900
+
+
+class Commitment(str, Enum):
+    processed = "processed"
+    confirmed = "confirmed"
+    finalized = "finalized"
+
+
+_COMMITMENT_STATUS = {
+    Commitment.processed: TransactionConfirmationStatus.Processed,
+    Commitment.confirmed: TransactionConfirmationStatus.Confirmed,
+    Commitment.finalized: TransactionConfirmationStatus.Finalized,
+}
+
+
+def error_json(err: object) -> object:
+    """A TransactionError as the JSON-RPC API spells it ("BlockhashNotFound", {"InstructionError": [0, {"Custom": 1}]})."""
+    if err is None:
+        return None
+    status = TransactionStatus(0, None, None, err, None)  # solders owns the serde spelling
+    return json.loads(status.to_json())["err"]
+
+
+def lands_with_error(err: object) -> bool:
+    """Whether a failed transaction still goes into the block (and pays its fee).
+
+    Execution errors land; load-time errors (unknown blockhash, fee payer missing or
+    unable to pay, bad signature, already processed) are dropped by the leader.
+    """
+    return isinstance(
+        err,
+        (TransactionErrorInstructionError, TransactionErrorInsufficientFundsForRent, TransactionErrorDuplicateInstruction),
+    )
+
+
+@dataclass
+class TokenBalance:
+    account_index: int
+    mint: str
+    owner: str
+    program_id: str
+    amount: int
+    decimals: int
+
+    def to_json(self) -> dict:
+        ui = self.amount / 10**self.decimals
+        return {
+            "accountIndex": self.account_index,
+            "mint": self.mint,
+            "owner": self.owner,
+            "programId": self.program_id,
+            "uiTokenAmount": {
+                "amount": str(self.amount),
+                "decimals": self.decimals,
+                "uiAmount": ui if self.amount else None,
+                "uiAmountString": _ui_amount_string(self.amount, self.decimals),
+            },
+        }
+
+
+def _ui_amount_string(amount: int, decimals: int) -> str:
+    if decimals == 0:
+        return str(amount)
+    whole, frac = divmod(amount, 10**decimals)
+    frac_s = str(frac).rjust(decimals, "0").rstrip("0")
+    return f"{whole}.{frac_s}" if frac_s else str(whole)
+
+
+@dataclass
+class TxRecord:
+    """A transaction that landed in a block (successfully or with an execution error)."""
+
+    signature: Signature
+    transaction: VersionedTransaction
+    slot: int
+    block_time: int
+    err: object
+    fee: int
+    logs: list[str]
+    compute_units: int
+    account_keys: list[Pubkey]
+    loaded_writable: list[Pubkey]
+    loaded_readonly: list[Pubkey]
+    pre_balances: list[int]
+    post_balances: list[int]
+    pre_token_balances: list[TokenBalance]
+    post_token_balances: list[TokenBalance]
+    bundle_id: str | None = None
+
+
+@dataclass
+class Submission:
+    """One unit of work queued for the next block: a lone transaction or a Jito bundle."""
+
+    transactions: list[VersionedTransaction]
+    bundle_id: str | None = None
+    received_ns: int = field(default_factory=time.time_ns)
+
+
+@dataclass
+class Block:
+    slot: int
+    work: list[Submission]
+    count: int = 0
+    fees: dict[Pubkey, int] = field(default_factory=dict)
+
+
+@dataclass
+class BundleOutcome:
+    bundle_id: str
+    slot: int
+    landed: bool
+    signatures: list[str]
+    err: object = None
+    reason: str = ""
+
+
+class LedgerError(Exception):
+    """A transaction or bundle refused before it reaches a block."""
+
+    def __init__(self, err: object, message: str):
+        super().__init__(message)
+        self.err = err
+
+
+class Ledger:
+    """Slot clock, blockhash window, block production and transaction history over LiteSVM."""
+
+    def __init__(
+        self,
+        *,
+        confirmed_depth: int = 1,
+        finalized_depth: int = 32,
+        history_slots: int = 10_000,
+    ) -> None:
+        self.svm = LiteSVM().with_blockhash_check(False).with_transaction_history(0)
+        self.confirmed_depth = confirmed_depth
+        self.finalized_depth = finalized_depth
+        self.history_slots = history_slots
+        self.slot = GENESIS_SLOT  # the slot whose block is being filled now
+        self.block_height = GENESIS_BLOCK_HEIGHT  # height of the newest complete block
+        self.genesis_hash = Hash.new_unique()
+        self.svm.warp_to_slot(self.slot)
+        # blockhash -> lastValidBlockHeight, oldest first; the newest is the latest blockhash.
+        self.blockhashes: OrderedDict[Hash, int] = OrderedDict()
+        # slot of the block that produced each blockhash, for answers at a commitment level.
+        self.blockhash_by_slot: OrderedDict[int, Hash] = OrderedDict()
+        self._new_blockhash()
+        self.pending: list[Submission] = []
+        self.pending_signatures: set[Signature] = set()
+        self.records: dict[Signature, TxRecord] = {}
+        self.bundles: dict[str, BundleOutcome] = {}
+        self.slot_times: dict[int, int] = {}
+        self.block_counts: dict[int, int] = {}
+        # Recent prioritization fees: slot -> min fee of that block's transactions.
+        self.prioritization: OrderedDict[int, dict[Pubkey, int]] = OrderedDict()
+        self.last_drop_error: object = None
+
+    # --- clock ----------------------------------------------------------------
+
+    @property
+    def latest_blockhash(self) -> tuple[Hash, int]:
+        blockhash = next(reversed(self.blockhashes))
+        return blockhash, self.blockhashes[blockhash]
+
+    def _new_blockhash(self) -> None:
+        """The blockhash of the block just completed (slot - 1), valid through height + 150."""
+        self.svm.expire_blockhash()
+        blockhash = self.svm.latest_blockhash()
+        self.blockhashes[blockhash] = self.block_height + BLOCKHASH_VALIDITY_BLOCKS
+        self.blockhash_by_slot[self.slot - 1] = blockhash
+        # Keep expired hashes for a while so isBlockhashValid answers false, not "unknown".
+        while len(self.blockhashes) > 2 * BLOCKHASH_VALIDITY_BLOCKS + 1:
+            self.blockhashes.popitem(last=False)
+            self.blockhash_by_slot.popitem(last=False)
+
+    def blockhash_at(self, commitment: "Commitment") -> tuple[Hash, int]:
+        """getLatestBlockhash at a commitment: the blockhash of the newest block at that level."""
+        wanted = self.slot_at(commitment)
+        blockhash = self.blockhash_by_slot.get(wanted) or next(iter(self.blockhash_by_slot.values()))
+        return blockhash, self.blockhashes[blockhash]
+
+    def blockhash_valid(self, blockhash: Hash) -> bool:
+        """Whether a transaction with this blockhash may still go into the block being filled."""
+        last_valid = self.blockhashes.get(blockhash)
+        return last_valid is not None and self.block_height + 1 <= last_valid
+
+    def processed_slot(self) -> int:
+        """The newest slot whose block is complete."""
+        return self.slot - 1
+
+    def slot_at(self, commitment: Commitment) -> int:
+        depth = {Commitment.processed: 0, Commitment.confirmed: self.confirmed_depth, Commitment.finalized: self.finalized_depth}
+        return max(GENESIS_SLOT - 1, self.processed_slot() - depth[commitment])
+
+    def block_height_at(self, commitment: Commitment) -> int:
+        return self.block_height - (self.processed_slot() - self.slot_at(commitment))
+
+    def commitment_of(self, slot: int) -> Commitment:
+        depth = self.processed_slot() - slot
+        if depth >= self.finalized_depth:
+            return Commitment.finalized
+        if depth >= self.confirmed_depth:
+            return Commitment.confirmed
+        return Commitment.processed
+
+    def reaches(self, slot: int, commitment: Commitment) -> bool:
+        return slot <= self.slot_at(commitment)
+
+    # --- intake ----------------------------------------------------------------
+
+    def already_known(self, signature: Signature) -> bool:
+        return signature in self.records or signature in self.pending_signatures
+
+    def enqueue(self, submission: Submission) -> None:
+        """Queue a transaction or bundle for the next block (duplicates of a known signature are ignored)."""
+        if submission.bundle_id is None:
+            signature = submission.transactions[0].signatures[0]
+            if self.already_known(signature):
+                return
+            self.pending_signatures.add(signature)
+        self.pending.append(submission)
+
+    def simulate(
+        self, tx: VersionedTransaction, *, check_blockhash: bool = True
+    ) -> tuple[object, TransactionMetadata | None, list[tuple[Pubkey, Account]]]:
+        """Preflight: run against the current state without committing. Returns (err, meta or None if not run, post accounts)."""
+        err = self._precheck(tx, check_blockhash=check_blockhash)
+        if err is not None:
+            return err, None, []
+        result = self.svm.simulate_transaction(tx)
+        if isinstance(result, FailedTransactionMetadata):
+            return result.err(), result.meta(), []
+        return None, result.meta(), list(result.post_accounts())
+
+    @contextmanager
+    def sigverify(self, enabled: bool) -> Iterator[None]:
+        """simulateTransaction verifies signatures only when asked (sigVerify)."""
+        inner = self.svm._inner  # the wrapper exposes sigverify only as a builder
+        previous = inner.get_sigverify()
+        inner.set_sigverify(enabled)
+        try:
+            yield
+        finally:
+            inner.set_sigverify(previous)
+
+    def _precheck(self, tx: VersionedTransaction, *, check_blockhash: bool = True) -> object:
+        signature = tx.signatures[0]
+        if signature in self.records:
+            return TransactionErrorFieldless.AlreadyProcessed
+        if check_blockhash and not self.blockhash_valid(tx.message.recent_blockhash):
+            return TransactionErrorFieldless.BlockhashNotFound
+        return None
+
+    # --- block production --------------------------------------------------------
+
+    def produce_block(self) -> list[BundleOutcome]:
+        """Execute everything queued into the current slot, then open the next slot."""
+        block = self.begin_block()
+        outcomes = [o for o in (self.execute(s, block) for s in block.work) if isinstance(o, BundleOutcome)]
+        self.finish_block(block)
+        return outcomes
+
+    def begin_block(self) -> "Block":
+        """Take the queued work, in arrival order, for the block of the current slot."""
+        work, self.pending = self.pending, []
+        return Block(slot=self.slot, work=work)
+
+    def execute(self, submission: Submission, block: "Block") -> TxRecord | BundleOutcome | None:
+        if submission.bundle_id is not None:
+            outcome = self._execute_bundle(submission)
+            if outcome.landed:
+                block.count += len(submission.transactions)
+            return outcome
+        tx = submission.transactions[0]
+        self.pending_signatures.discard(tx.signatures[0])
+        record = self._execute(tx, bundle_id=None)
+        if record is not None:
+            block.count += 1
+            self._note_fees(tx, block.fees)
+        return record
+
+    def requeue(self, submissions: list[Submission]) -> None:
+        """Work a full block could not take goes first into the next one."""
+        self.pending = submissions + self.pending
+
+    def finish_block(self, block: "Block") -> None:
+        self.block_counts[self.slot] = block.count
+        self.slot_times[self.slot] = time.time_ns()
+        self.prioritization[self.slot] = block.fees
+        while len(self.prioritization) > 150:
+            self.prioritization.popitem(last=False)
+        self._advance()
+
+    def _advance(self) -> None:
+        self.slot += 1
+        self.block_height += 1
+        clock = self.svm.get_clock()
+        clock.slot = self.slot
+        clock.unix_timestamp = int(time.time())
+        self.svm.set_clock(clock)
+        self._new_blockhash()
+        if self.history_slots and self.slot % 1000 == 0:
+            self._prune()
+
+    def _prune(self) -> None:
+        horizon = self.slot - self.history_slots
+        for signature in [s for s, r in self.records.items() if r.slot < horizon]:
+            del self.records[signature]
+        for key in [k for k in self.slot_times if k < horizon]:
+            self.slot_times.pop(key, None)
+            self.block_counts.pop(key, None)
+
+    def _note_fees(self, tx: VersionedTransaction, slot_fees: dict[Pubkey, int]) -> None:
+        price = compute_unit_price(tx)
+        for key in writable_keys(tx, self._lookup_loader()):
+            slot_fees[key] = min(slot_fees.get(key, price), price)
+
+    def _execute(self, tx: VersionedTransaction, bundle_id: str | None) -> TxRecord | None:
+        """Execute one transaction into the current block; None when the leader drops it."""
+        err = self._precheck(tx)
+        if err is not None:
+            log.debug("dropped %s: %s", tx.signatures[0], err)
+            self.last_drop_error = err
+            return None
+        keys, loaded_w, loaded_r = resolve_account_keys(tx, self._lookup_loader())
+        all_keys = keys + loaded_w + loaded_r
+        pre_balances = [self._lamports(k) for k in all_keys]
+        pre_tokens = self._token_balances(all_keys)
+        result = self.svm.send_transaction(tx)
+        if isinstance(result, FailedTransactionMetadata):
+            err, meta = result.err(), result.meta()
+            if not lands_with_error(err):
+                self.last_drop_error = err
+                return None
+        else:
+            err, meta = None, result
+        record = TxRecord(
+            signature=tx.signatures[0],
+            transaction=tx,
+            slot=self.slot,
+            block_time=int(time.time()),
+            err=err,
+            fee=meta.fee(),
+            logs=list(meta.logs()),
+            compute_units=meta.compute_units_consumed(),
+            account_keys=keys,
+            loaded_writable=loaded_w,
+            loaded_readonly=loaded_r,
+            pre_balances=pre_balances,
+            post_balances=[self._lamports(k) for k in all_keys],
+            pre_token_balances=pre_tokens,
+            post_token_balances=self._token_balances(all_keys),
+            bundle_id=bundle_id,
+        )
+        self.records[record.signature] = record
+        return record
+
+    def _execute_bundle(self, submission: Submission) -> BundleOutcome:
+        """All or nothing: snapshot every account the bundle may write, restore them all on any failure."""
+        bundle_id = submission.bundle_id or ""
+        signatures = [str(tx.signatures[0]) for tx in submission.transactions]
+        outcome = self.try_bundle(submission.transactions, commit=True)
+        outcome.bundle_id = bundle_id
+        outcome.signatures = signatures
+        if outcome.landed:
+            for tx in submission.transactions:
+                self.records[tx.signatures[0]].bundle_id = bundle_id
+        self.bundles[bundle_id] = outcome
+        return outcome
+
+    def try_bundle(self, transactions: Sequence[VersionedTransaction], *, commit: bool, tip_accounts: Iterable[Pubkey] = ()) -> BundleOutcome:
+        """Apply a bundle in order; keep it only if every transaction succeeds and `commit` is set.
+
+        Returns the outcome; `reason` carries the tip paid to `tip_accounts` (lamports) for
+        the block engine's minimum-tip check.
+        """
+        loader = self._lookup_loader()
+        touched: dict[Pubkey, Account | None] = {}
+        for tx in transactions:
+            for key in writable_keys(tx, loader):
+                touched.setdefault(key, self.svm.get_account(key))
+        tips = list(tip_accounts)
+        tips_before = {k: self._lamports(k) for k in tips}
+        records: list[TxRecord] = []
+        failure: object = None
+        for tx in transactions:
+            self.last_drop_error = None
+            record = self._execute(tx, bundle_id=None)
+            if record is None:
+                failure = self.last_drop_error or "Dropped"
+                break
+            records.append(record)
+            if record.err is not None:
+                failure = record.err
+                break
+        tip_paid = sum(self._lamports(k) - tips_before[k] for k in tips)
+        landed = failure is None
+        if not landed or not commit:
+            for record in records:
+                self.records.pop(record.signature, None)
+            for key, account in touched.items():
+                self.svm.set_account(key, account if account is not None else Account(0, b"", SYSTEM_PROGRAM))
+        return BundleOutcome(bundle_id="", slot=self.slot, landed=landed, signatures=[], err=failure, reason=str(tip_paid))
+
+    # --- reads ----------------------------------------------------------------
+
+    def _lamports(self, key: Pubkey) -> int:
+        account = self.svm.get_account(key)
+        return account.lamports if account is not None else 0
+
+    def _lookup_loader(self):
+        def load(table: Pubkey) -> list[Pubkey] | None:
+            account = self.svm.get_account(table)
+            if account is None:
+                return None
+            return list(AddressLookupTable.deserialize(bytes(account.data)).addresses)
+
+        return load
+
+    def _token_balances(self, keys: list[Pubkey]) -> list[TokenBalance]:
+        balances = []
+        for index, key in enumerate(keys):
+            account = self.svm.get_account(key)
+            if account is None or account.owner not in TOKEN_PROGRAMS or len(account.data) < TOKEN_ACCOUNT_LEN:
+                continue
+            data = bytes(account.data)
+            if len(data) > TOKEN_ACCOUNT_LEN and data[TOKEN_ACCOUNT_LEN] != 2:  # Token-2022 account type byte
+                continue
+            mint = Pubkey(data[0:32])
+            mint_account = self.svm.get_account(mint)
+            decimals = bytes(mint_account.data)[44] if mint_account is not None and len(mint_account.data) > 44 else 0
+            balances.append(
+                TokenBalance(
+                    account_index=index,
+                    mint=str(mint),
+                    owner=str(Pubkey(data[32:64])),
+                    program_id=str(account.owner),
+                    amount=int.from_bytes(data[64:72], "little"),
+                    decimals=decimals,
+                )
+            )
+        return balances
+
+    def status(self, signature: Signature) -> dict | None:
+        """getSignatureStatuses' value for one signature, or None when unknown."""
+        record = self.records.get(signature)
+        if record is None:
+            return None
+        commitment = self.commitment_of(record.slot)
+        depth = self.processed_slot() - record.slot
+        err = error_json(record.err)
+        return {
+            "slot": record.slot,
+            "confirmations": None if commitment is Commitment.finalized else depth,
+            "status": {"Ok": None} if err is None else {"Err": err},
+            "err": err,
+            "confirmationStatus": commitment.value,
+        }
+
+
+def resolve_account_keys(tx: VersionedTransaction, load_table) -> tuple[list[Pubkey], list[Pubkey], list[Pubkey]]:
+    """Static keys, then addresses loaded from lookup tables (writable, then read-only)."""
+    message = tx.message
+    keys = list(message.account_keys)
+    loaded_w: list[Pubkey] = []
+    loaded_r: list[Pubkey] = []
+    if isinstance(message, MessageV0):
+        for lookup in message.address_table_lookups:
+            addresses = load_table(lookup.account_key) or []
+            loaded_w += [addresses[i] for i in bytes(lookup.writable_indexes) if i < len(addresses)]
+            loaded_r += [addresses[i] for i in bytes(lookup.readonly_indexes) if i < len(addresses)]
+    return keys, loaded_w, loaded_r
+
+
+def writable_keys(tx: VersionedTransaction, load_table) -> list[Pubkey]:
+    """Every account the transaction write-locks, from its header and lookups."""
+    message = tx.message
+    header = message.header
+    keys = list(message.account_keys)
+    signed = header.num_required_signatures
+    writable = [k for i, k in enumerate(keys[:signed]) if i < signed - header.num_readonly_signed_accounts]
+    unsigned = keys[signed:]
+    writable += unsigned[: len(unsigned) - header.num_readonly_unsigned_accounts]
+    if isinstance(message, MessageV0):
+        _, loaded_w, _ = resolve_account_keys(tx, load_table)
+        writable += loaded_w
+    return writable
+
+
+COMPUTE_BUDGET_PROGRAM = Pubkey.from_string("ComputeBudget111111111111111111111111111111")
+
+
+def compute_unit_price(tx: VersionedTransaction) -> int:
+    """The SetComputeUnitPrice value (micro-lamports per CU), 0 when absent."""
+    message = tx.message
+    keys = list(message.account_keys)
+    for ix in message.instructions:
+        if keys[ix.program_id_index] == COMPUTE_BUDGET_PROGRAM:
+            data = bytes(ix.data)
+            if len(data) == 9 and data[0] == 3:
+                return int.from_bytes(data[1:9], "little")
+    return 0
