@@ -19,8 +19,8 @@ from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
 from .faults import Verdict
-from .intake import MAX_BUNDLE_TRANSACTIONS, IntakeRefused, decode_transaction, derive_bundle_id
-from .jsonrpc import INVALID_PARAMS, HttpStatus, JsonRpcApp, RpcError, param
+from .intake import MAX_BUNDLE_TRANSACTIONS, IntakeRefused, decode_transaction
+from .jsonrpc import INVALID_PARAMS, RESPONSE_HEADERS, HttpStatus, JsonRpcApp, RpcError, param
 from .ledger import Commitment, writable_keys
 
 if TYPE_CHECKING:
@@ -74,20 +74,19 @@ class RateLimiter:
 
 
 def build_block_engine(cluster: "LocalCluster", requests_per_second: float | None = None) -> JsonRpcApp:
-    app = JsonRpcApp("block-engine")
-    ledger = cluster.ledger
-    accepted: OrderedDict[str, AcceptedBundle] = OrderedDict()
     limiter = RateLimiter(requests_per_second)
 
-    async def admit(request: web.Request) -> Verdict:
-        """Rate limit (configured and injected) before anything else, as the engine's gateway does."""
-        verdict = cluster.intake.verdict("bundle")
-        if verdict is Verdict.rate_limit or not limiter.allow(request.remote or ""):
+    async def admit(request: web.Request) -> None:
+        """Rate limits (configured and injected) and delay apply to every request, as the engine's gateway does."""
+        if cluster.intake.rate_limited("bundle") or not limiter.allow(request.remote or ""):
             raise HttpStatus(429, RATE_LIMITED_BODY)
         delay = cluster.faults.bundle.delay_ms
         if delay:
             await asyncio.sleep(delay / 1000)
-        return verdict
+
+    app = JsonRpcApp("block-engine", admit)
+    ledger = cluster.ledger
+    accepted: OrderedDict[str, AcceptedBundle] = OrderedDict()
 
     def decode_all(encoded: list, encoding: str) -> list[VersionedTransaction]:
         transactions = []
@@ -138,7 +137,7 @@ def build_block_engine(cluster: "LocalCluster", requests_per_second: float | Non
 
     @app.method("sendBundle")
     async def send_bundle(params, request):
-        verdict = await admit(request)
+        verdict = cluster.intake.verdict("bundle")
         encoded = param(params, 0)
         if not isinstance(encoded, list):
             raise RpcError(INVALID_PARAMS, "Invalid params: expected a list of transactions")
@@ -149,13 +148,13 @@ def build_block_engine(cluster: "LocalCluster", requests_per_second: float | Non
 
     @app.method("sendTransaction")
     async def send_transaction(params, request):
-        verdict = await admit(request)
+        verdict = cluster.intake.verdict("bundle")
         encoding = (param(params, 1, {}) or {}).get("encoding", "base58")
         transactions = decode_all([param(params, 0)], encoding)
         if request.query.get("bundleOnly", "").lower() == "true":
             check_bundle(transactions)
             bundle_id = accept(transactions, verdict)
-            request["response_headers"] = {"x-bundle-id": bundle_id}
+            request[RESPONSE_HEADERS] = {"x-bundle-id": bundle_id}
             return str(transactions[0].signatures[0])
         try:
             return str(cluster.intake.receive(transactions[0], "bundle", verdict))

@@ -23,7 +23,7 @@ from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
 from .admin import build_admin
-from .blockengine import build_block_engine
+from .blockengine import TIP_PUBKEYS, build_block_engine
 from .faults import FaultPlan, Verdict
 from .intake import Intake, IntakeRefused, decode_transaction
 from .jsonrpc import JsonRpcApp
@@ -51,6 +51,8 @@ class ClusterConfig:
     jito_requests_per_second: float | None = None
     # The block a leader can fill in one slot: work left over waits for the next slot.
     block_budget_share: float = 0.8
+    # agave's limit for one IP; tests that open many short connections raise it.
+    tpu_new_connections_per_minute: int = 8
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -97,11 +99,12 @@ class LocalCluster:
         self.pubsub = PubSub(self.ledger)
         self.faucet = Keypair()
         self.ledger.svm.set_account(self.faucet.pubkey(), Account(FAUCET_LAMPORTS, b"", SYSTEM_PROGRAM))
+        for tip_account in TIP_PUBKEYS:  # they exist on mainnet, so small tips never fail rent
+            self.fund(tip_account, self.ledger.svm.minimum_balance_for_rent_exemption(0))
         self.validators: list[Validator] = []
         for index in range(max(1, self.config.validators)):
             identity = Keypair()
-            tpu = TpuQuicServer(identity, self._on_tpu_transaction, host=self.config.host, port=0)
-            self.validators.append(Validator(index, identity, tpu))
+            self.validators.append(Validator(index, identity, self._tpu_server(identity, 0)))
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._slot_task: asyncio.Task | None = None
@@ -167,10 +170,19 @@ class LocalCluster:
             return
         if port == 0 and validator.tpu_port:
             port = validator.tpu_port  # reopen where clients already look for it
-        validator.tpu = TpuQuicServer(validator.identity, self._on_tpu_transaction, host=self.config.host, port=port)
+        validator.tpu = self._tpu_server(validator.identity, port)
         await validator.tpu.start()
         validator.tpu_port = validator.tpu.port
         validator.tpu_open = True
+
+    def _tpu_server(self, identity: Keypair, port: int) -> TpuQuicServer:
+        return TpuQuicServer(
+            identity,
+            self._on_tpu_transaction,
+            host=self.config.host,
+            port=port,
+            max_new_connections_per_minute=self.config.tpu_new_connections_per_minute,
+        )
 
     async def close_tpu(self, index: int) -> None:
         """Stop one leader's QUIC endpoint (a dead or unreachable leader); it stays in the schedule."""
@@ -239,11 +251,9 @@ class LocalCluster:
             self.intake.counters["tpu.malformed"] += 1
             log.debug("tpu: %s from %s", refused, peer)
             return
-        if verdict is Verdict.rate_limit:
-            verdict = Verdict.drop  # QUIC has no 429: an overloaded leader just drops
+        if verdict is Verdict.reject or self.intake.rate_limited("tpu"):
+            verdict = Verdict.drop  # a TPU never answers a transaction: refusal and overload look like loss
         delay = self.faults.tpu.delay_ms
-        if verdict is Verdict.reject:
-            verdict = Verdict.drop  # nor an error reply: a TPU never answers a transaction
         if delay:
             asyncio.get_running_loop().call_later(delay / 1000, self.intake.receive, tx, "tpu", verdict)
         else:

@@ -15,7 +15,6 @@ CHANNELS = ("rpc", "bundle", "tpu")
 class Verdict(str, Enum):
     accept = "accept"
     drop = "drop"  # acknowledged to the sender, never lands
-    rate_limit = "rate_limit"  # HTTP 429 (not meaningful for tpu: treated as drop)
     reject = "reject"  # refused with an error the sender sees
 
 
@@ -55,6 +54,9 @@ class FaultPlan:
 
     def update(self, data: dict) -> None:
         """Merge run-time changes: only the channels and fields given change."""
+        unknown = set(data) - set(CHANNELS) - {"seed"}
+        if unknown:
+            raise ValueError(f"unknown fault channel(s): {sorted(unknown)}; expected {list(CHANNELS)} and seed")
         merged = self.to_json()
         for name in CHANNELS:
             merged[name].update(data.get(name, {}))
@@ -72,11 +74,15 @@ class FaultPlan:
     def channel(self, name: str) -> ChannelFaults:
         return getattr(self, name)
 
+    def rate_limited(self, channel: str) -> bool:
+        """Whether this request is answered 429 before anything else happens."""
+        faults = self.channel(channel)
+        return bool(faults.rate_limit) and self._rng.random() < faults.rate_limit
+
     def decide(self, channel: str) -> Verdict:
+        """The fate of one transaction or bundle the channel accepted."""
         faults = self.channel(channel)
         roll = self._rng.random
-        if faults.rate_limit and roll() < faults.rate_limit:
-            return Verdict.rate_limit
         if faults.reject and roll() < faults.reject:
             return Verdict.reject
         if faults.drop and roll() < faults.drop:

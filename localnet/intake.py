@@ -30,7 +30,7 @@ class IntakeRefused(Exception):
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
-        self.kind = kind  # "malformed" | "too_large" | "rejected" | "rate_limited"
+        self.kind = kind  # "malformed" | "too_large" | "rejected"
 
 
 @dataclass
@@ -97,8 +97,15 @@ class Intake:
             record.channels.append(channel)
         return record
 
+    def rate_limited(self, channel: str) -> bool:
+        """The injected 429 roll for one request, counted."""
+        if self.faults.rate_limited(channel):
+            self.counters[f"{channel}.rate_limited"] += 1
+            return True
+        return False
+
     def verdict(self, channel: str) -> Verdict:
-        """The fault roll for one request on a channel (rate limits apply before decoding)."""
+        """The injected fate (accept, drop, reject) of one transaction or bundle, counted."""
         verdict = self.faults.decide(channel)
         if verdict is not Verdict.accept:
             self.counters[f"{channel}.{verdict.value}"] += 1

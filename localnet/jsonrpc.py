@@ -10,6 +10,9 @@ from aiohttp import web
 log = logging.getLogger("localnet.jsonrpc")
 
 Handler = Callable[[list | dict, web.Request], Awaitable[Any]]
+Admission = Callable[[web.Request], Awaitable[None]]
+# Headers a handler sets beside the JSON body (Jito's x-bundle-id).
+RESPONSE_HEADERS = web.RequestKey("response_headers", dict)
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -47,9 +50,10 @@ class HttpStatus(Exception):
 class JsonRpcApp:
     """Dispatches JSON-RPC calls to async handlers by method name."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, admit: Admission | None = None) -> None:
         self.name = name
         self.methods: dict[str, Handler] = {}
+        self.admit = admit  # runs once per HTTP request before dispatch; may raise HttpStatus (429)
 
     def method(self, name: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -59,6 +63,11 @@ class JsonRpcApp:
         return register
 
     async def handle_http(self, request: web.Request) -> web.Response:
+        try:
+            if self.admit is not None:
+                await self.admit(request)
+        except HttpStatus as status:
+            return _json(status.body, status=status.status)
         try:
             payload = json.loads(await request.read())
         except (ValueError, UnicodeDecodeError):
@@ -73,8 +82,7 @@ class JsonRpcApp:
                 response = _json(await self.call(payload, request))
         except HttpStatus as status:
             return _json(status.body, status=status.status)
-        # A handler may set headers the protocol puts beside the body (Jito's x-bundle-id).
-        response.headers.update(request.get("response_headers", {}))
+        response.headers.update(request.get(RESPONSE_HEADERS, {}))
         return response
 
     async def call(self, item: Any, request: web.Request) -> dict:

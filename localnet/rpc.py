@@ -303,10 +303,10 @@ def build_rpc(cluster: "LocalCluster") -> JsonRpcApp:
 
     @app.method("sendTransaction")
     async def send_transaction(params, request):
-        verdict = cluster.intake.verdict("rpc")
-        if verdict is Verdict.rate_limit:
+        if cluster.intake.rate_limited("rpc"):
             raise HttpStatus(429, {"jsonrpc": "2.0", "error": {"code": 429, "message": "Too many requests for a specific RPC call"}, "id": None})
         await intake_delay("rpc")
+        verdict = cluster.intake.verdict("rpc")
         tx, cfg = decode_wire(params)
         if not cfg.get("skipPreflight", False):
             if not all(tx.verify_with_results()):

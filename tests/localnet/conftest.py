@@ -29,7 +29,7 @@ SLOT_MS = 40
 
 @pytest.fixture(scope="session")
 def cluster():
-    with ClusterThread(ClusterConfig.auto_ports(slot_ms=SLOT_MS, validators=2)) as running:
+    with ClusterThread(ClusterConfig.auto_ports(slot_ms=SLOT_MS, validators=2, tpu_new_connections_per_minute=10_000)) as running:
         yield running
 
 
@@ -90,8 +90,11 @@ async def wait_slots(rpc: AsyncClient, slots: int) -> None:
         await asyncio.sleep(SLOT_MS / 1000)
 
 
-async def quic_send(address: str, *raws: bytes, identity: Keypair | None = None) -> None:
-    """Send each transaction on its own unidirectional stream of one QUIC connection, as a TPU client does."""
+async def quic_send(address: str, *raws: bytes, identity: Keypair | None = None, expect_close: bool = False) -> None:
+    """Send each transaction on its own unidirectional stream of one QUIC connection, as a TPU client does.
+
+    With `expect_close`, wait for the server to close the connection instead of pinging.
+    """
     host, port = address.rsplit(":", 1)
     certificate, key = make_ed25519_certificate(identity or Keypair())
     configuration = QuicConfiguration(is_client=True, alpn_protocols=["solana-tpu"], verify_mode=ssl.CERT_NONE)
@@ -102,4 +105,7 @@ async def quic_send(address: str, *raws: bytes, identity: Keypair | None = None)
             stream_id = quic.get_next_available_stream_id(is_unidirectional=True)
             quic.send_stream_data(stream_id, raw, end_stream=True)
         client.transmit()
-        await client.ping()  # the acknowledged ping proves the streams were delivered
+        if expect_close:
+            await asyncio.wait_for(client.wait_closed(), 3)
+        else:
+            await client.ping()  # the acknowledged ping proves the streams were delivered
