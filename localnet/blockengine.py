@@ -116,8 +116,8 @@ def build_block_engine(cluster: "LocalCluster", requests_per_second: float | Non
         # Dry run against the current state to read the tip; a bundle that would fail is
         # accepted and fails silently later, as the real engine's simulation does.
         trial = ledger.try_bundle(transactions, commit=False, tip_accounts=TIP_PUBKEYS)
-        if trial.landed and int(trial.reason) < MIN_TIP_LAMPORTS:
-            raise RpcError(INVALID_PARAMS, f"bundle tip of {trial.reason} lamports is below the minimum of {MIN_TIP_LAMPORTS}")
+        if trial.landed and trial.tip_lamports < MIN_TIP_LAMPORTS:
+            raise RpcError(INVALID_PARAMS, f"bundle tip of {trial.tip_lamports} lamports is below the minimum of {MIN_TIP_LAMPORTS}")
 
     def accept(transactions: list[VersionedTransaction], verdict: Verdict) -> str:
         try:

@@ -121,7 +121,7 @@ class LocalCluster:
         await self.stop()
 
     async def start(self) -> None:
-        host, ports = self.config.host, self.config.ports
+        ports = self.config.ports
         self.ports["rpc"] = await self._serve_jsonrpc(build_rpc(self), ["/"], ports.get("rpc", 0))
         self.ports["ws"] = await self._serve(self._pubsub_app(), ports.get("ws", 0))
         engine = build_block_engine(self, self.config.jito_requests_per_second)

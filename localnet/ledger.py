@@ -29,7 +29,6 @@ from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
 from solders.transaction_status import (
-    TransactionConfirmationStatus,
     TransactionErrorDuplicateInstruction,
     TransactionErrorFieldless,
     TransactionErrorInstructionError,
@@ -60,11 +59,6 @@ class Commitment(str, Enum):
     finalized = "finalized"
 
 
-_COMMITMENT_STATUS = {
-    Commitment.processed: TransactionConfirmationStatus.Processed,
-    Commitment.confirmed: TransactionConfirmationStatus.Confirmed,
-    Commitment.finalized: TransactionConfirmationStatus.Finalized,
-}
 
 
 def error_json(err: object) -> object:
@@ -107,12 +101,12 @@ class TokenBalance:
                 "amount": str(self.amount),
                 "decimals": self.decimals,
                 "uiAmount": ui if self.amount else None,
-                "uiAmountString": _ui_amount_string(self.amount, self.decimals),
+                "uiAmountString": ui_amount_string(self.amount, self.decimals),
             },
         }
 
 
-def _ui_amount_string(amount: int, decimals: int) -> str:
+def ui_amount_string(amount: int, decimals: int) -> str:
     if decimals == 0:
         return str(amount)
     whole, frac = divmod(amount, 10**decimals)
@@ -166,7 +160,7 @@ class BundleOutcome:
     landed: bool
     signatures: list[str]
     err: object = None
-    reason: str = ""
+    tip_lamports: int = 0  # paid to the tip accounts given to try_bundle
 
 
 class LedgerError(Exception):
@@ -426,8 +420,8 @@ class Ledger:
     def try_bundle(self, transactions: Sequence[VersionedTransaction], *, commit: bool, tip_accounts: Iterable[Pubkey] = ()) -> BundleOutcome:
         """Apply a bundle in order; keep it only if every transaction succeeds and `commit` is set.
 
-        Returns the outcome; `reason` carries the tip paid to `tip_accounts` (lamports) for
-        the block engine's minimum-tip check.
+        The outcome's `tip_lamports` is what the bundle paid to `tip_accounts`, for the block
+        engine's minimum-tip check.
         """
         loader = self._lookup_loader()
         touched: dict[Pubkey, Account | None] = {}
@@ -455,7 +449,7 @@ class Ledger:
                 self.records.pop(record.signature, None)
             for key, account in touched.items():
                 self.svm.set_account(key, account if account is not None else Account(0, b"", SYSTEM_PROGRAM))
-        return BundleOutcome(bundle_id="", slot=self.slot, landed=landed, signatures=[], err=failure, reason=str(tip_paid))
+        return BundleOutcome(bundle_id="", slot=self.slot, landed=landed, signatures=[], err=failure, tip_lamports=tip_paid)
 
     # --- reads ----------------------------------------------------------------
 

@@ -12,20 +12,16 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import base58
-from aiohttp import web
 from solders.hash import Hash
-from solders.keypair import Keypair
-from solders.message import MessageV0, to_bytes_versioned, from_bytes_versioned
+from solders.message import MessageV0, from_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.signature import Signature
-from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 from solders.transaction_status import InstructionErrorCustom, TransactionErrorFieldless, TransactionErrorInstructionError
 
-from .faults import Verdict
 from .intake import PACKET_DATA_SIZE, IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, HttpStatus, JsonRpcApp, RpcError, config, param
-from .ledger import TOKEN_ACCOUNT_LEN, TOKEN_PROGRAMS, Commitment, compute_unit_price, error_json
+from .ledger import TOKEN_ACCOUNT_LEN, TOKEN_PROGRAMS, Commitment, error_json, ui_amount_string
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster
@@ -216,13 +212,11 @@ def build_rpc(cluster: "LocalCluster") -> JsonRpcApp:
         mint = ledger.svm.get_account(Pubkey(data[0:32]))
         decimals = bytes(mint.data)[44] if mint is not None and len(mint.data) > 44 else 0
         amount = int.from_bytes(data[64:72], "little")
-        from .ledger import _ui_amount_string
-
         return {
             "amount": str(amount),
             "decimals": decimals,
             "uiAmount": amount / 10**decimals,
-            "uiAmountString": _ui_amount_string(amount, decimals),
+            "uiAmountString": ui_amount_string(amount, decimals),
         }
 
     def token_account_data(pubkey: Pubkey) -> bytes:

@@ -5,8 +5,6 @@ import asyncio
 import base64
 import hashlib
 
-import pytest
-from solana.rpc.models import TxOpts
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer

@@ -5,7 +5,6 @@ import asyncio
 import base64
 import time
 
-import httpx
 import pytest
 from solana.rpc.core import RPCException
 from solana.rpc.models import TxOpts
