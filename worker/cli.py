@@ -8,11 +8,39 @@ from localnet import command as localnet_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hft-executor", description="Durable Solana trade executor.")
+    from . import control, dev
+
+    parser = argparse.ArgumentParser(prog="hft-executor", description="Durable Solana trade executor: every plan a Temporal workflow.")
     commands = parser.add_subparsers(dest="command", required=True)
-    localnet = commands.add_parser("localnet", help="run the local Solana cluster (JSON-RPC, Jito block engine, TPU over QUIC)")
-    localnet_command.add_arguments(localnet)
-    localnet.set_defaults(run=localnet_command.run)
+
+    command = commands.add_parser("dev", help="everything embedded: Temporal, NATS, local Solana cluster, worker (+ --demo N)")
+    dev.add_arguments(command)
+    command.set_defaults(run=dev.run)
+
+    command = commands.add_parser("worker", help="the production process: Temporal worker + PLANNED bridge + kill switch + metrics")
+    command.add_argument("--log-level", default="INFO")
+    command.set_defaults(run=control.run_worker)
+
+    command = commands.add_parser("localnet", help="run the local Solana cluster (JSON-RPC, Jito block engine, TPU over QUIC)")
+    localnet_command.add_arguments(command)
+    command.set_defaults(run=localnet_command.run)
+
+    command = commands.add_parser("send-plan", help="publish execution plans (a JSON file, array or JSON lines; - for stdin)")
+    command.add_argument("file", metavar="FILE|-")
+    command.set_defaults(run=control.send_plan)
+
+    command = commands.add_parser("halt", help="kill switch on: no plan submits until `resume` (or halt one plan)")
+    command.add_argument("--plan", help="halt only this plan id (signals its workflow)")
+    command.add_argument("--reason", default="halted by operator")
+    command.set_defaults(run=control.halt)
+
+    command = commands.add_parser("resume", help="kill switch off")
+    command.set_defaults(run=control.resume)
+
+    command = commands.add_parser("status", help="kill switch, running executions, wallets and leases")
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(run=control.status)
+
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,73 @@
+"""The plan's one signed transaction and whether it was sent, recorded outside Temporal.
+
+Local activities re-run whenever their workflow task fails, and a re-run build takes a
+newer blockhash: signing that would make a second transaction that can land beside the
+first. So the first signed transaction of a plan is written create-only to a JetStream
+key-value bucket before anything is sent, and every later run reuses it. The `sent`
+mark tells a re-run submit that the bytes may already be on the wire, so a halt or a
+passed deadline no longer pretends nothing was sent.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, replace
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from workflows.stages import SignedTransaction
+
+BUCKET = "plan_records"
+RECORD_TTL_S = 48 * 3600  # longer than Temporal's id-dedupe retention, so no plan id is ever signed twice
+
+
+def _key(kind: str, plan_id: str) -> str:
+    # Plan ids may hold ':' which KV keys may not; url-safe base64 keeps them distinct and valid.
+    return f"{kind}.{base64.urlsafe_b64encode(plan_id.encode()).decode().rstrip('=')}"
+
+
+class PlanRecords:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js, bucket: str = BUCKET) -> "PlanRecords":
+        from nats.js.api import KeyValueConfig, StorageType
+
+        try:
+            kv = await js.key_value(bucket)
+        except Exception:
+            kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=RECORD_TTL_S, storage=StorageType.FILE))
+        return cls(kv)
+
+    async def keep_first(self, signed: SignedTransaction) -> SignedTransaction:
+        """Record `signed` unless the plan already has a signed transaction; return the one that counts."""
+        try:
+            await self.kv.create(_key("signed", signed.plan_id), json.dumps(asdict(signed)).encode())
+            return signed
+        except KeyWrongLastSequenceError:
+            return await self.signed(signed.plan_id)
+
+    async def signed(self, plan_id: str) -> SignedTransaction:
+        entry = await self.kv.get(_key("signed", plan_id))
+        return replace(SignedTransaction(**json.loads(entry.value)), reused=True)
+
+    async def existing(self, plan_id: str) -> SignedTransaction | None:
+        try:
+            return await self.signed(plan_id)
+        except KeyNotFoundError:
+            return None
+
+    async def mark_sent(self, plan_id: str) -> None:
+        try:
+            await self.kv.create(_key("sent", plan_id), b"1")
+        except KeyWrongLastSequenceError:
+            pass  # a re-run: already marked
+
+    async def was_sent(self, plan_id: str) -> bool:
+        try:
+            await self.kv.get(_key("sent", plan_id))
+            return True
+        except KeyNotFoundError:
+            return False

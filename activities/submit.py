@@ -1,0 +1,80 @@
+"""Submit: put the plan's signed bytes on the wire the way the plan asks (rpc or jito_bundle).
+
+Resending the same bytes is always safe (a signature is processed at most once), so a
+retry of this activity never risks a second landing. Right before sending it checks the
+worker's own halt flag: a signal cannot stop a local activity already running.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Callable
+
+import httpx
+from solana.rpc.async_api import AsyncClient
+from solana.exceptions import SolanaRpcException
+from solana.rpc.core import RPCException
+from solana.rpc.models import TxOpts
+
+from workflows.events import ErrorCode
+from workflows.stages import Submission, SubmitRequest
+
+from .errors import fail
+from .jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
+from .records import PlanRecords
+
+log = logging.getLogger("hft.submit")
+SEND_OPTS = TxOpts(skip_preflight=True, max_retries=0)  # the planner simulated; we rebroadcast ourselves
+
+
+class Submitter:
+    def __init__(self, rpc: AsyncClient, jito: JitoClient, records: PlanRecords, halted: Callable[[], str | None]) -> None:
+        self.rpc = rpc
+        self.jito = jito
+        self.records = records
+        self.halted = halted
+
+    async def submit(self, request: SubmitRequest) -> Submission:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            if not await self.records.was_sent(request.plan_id):
+                fail(*refusal)
+            log.info("plan=%s stage=submit resending: an earlier run already sent it", request.plan_id)
+        else:
+            await self.records.mark_sent(request.plan_id)
+        raw = base64.b64decode(request.signed.transaction)
+        bundle_id = await self.send(request.method, raw)
+        return Submission(signature=request.signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
+
+    def _refusal(self, request: SubmitRequest) -> tuple[ErrorCode, str] | None:
+        reason = self.halted()
+        if reason is not None:
+            return ErrorCode.HALTED, f"halted before submit: {reason}"
+        if time.time() * 1000 > request.deadline_ms:
+            return ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent"
+        return None
+
+    async def send(self, method: str, raw: bytes) -> str | None:
+        """Send once; returns the bundle id for jito_bundle. Uncertain failures raise for a retry."""
+        if method == "rpc":
+            try:
+                await self.rpc.send_raw_transaction(raw, opts=SEND_OPTS)
+            except RPCException as error:
+                fail(ErrorCode.SUBMIT_REJECTED, f"RPC refused the transaction: {error}")
+            except SolanaRpcException as error:
+                cause = error.__cause__
+                if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 429:
+                    fail(ErrorCode.RATE_LIMITED, "RPC rate limited (HTTP 429)")
+                raise  # connection trouble: unknown whether it arrived, retry the same bytes
+            return None
+        if method == "jito_bundle":
+            try:
+                return await self.jito.send_bundle([raw])
+            except JitoRateLimited as error:
+                fail(ErrorCode.RATE_LIMITED, f"Jito rate limited: {error}")
+            except JitoUnavailable:
+                raise  # unknown whether it arrived: retry the same bytes
+            except JitoError as error:
+                fail(ErrorCode.SUBMIT_REJECTED, f"block engine refused the bundle: {error}")
+        fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available yet (direct TPU submission arrives with its own issue)")

@@ -1,0 +1,196 @@
+"""docker-compose.yml and the files it mounts: what a user of `docker compose up` relies on.
+
+Static checks only (no Docker needed): the services exist and are wired to each other, images are pinned,
+every file the stack mounts or builds from is in the repository, and Prometheus scrapes the workers.
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+METRICS_PORT = 9464
+from workflows.execute_plan import SEARCH_ATTRIBUTES  # the names the workflow sets
+# Supplied by the operator at deploy time, never committed (wallet keys).
+RUNTIME_ONLY_DIRS = ("secrets",)
+
+
+def load_yaml(path: Path):
+    with path.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_yaml(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def argv(value) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def depends_on(service: dict) -> list[str]:
+    deps = service.get("depends_on") or []
+    return list(deps) if isinstance(deps, (list, dict)) else []
+
+
+def bind_sources(service: dict) -> list[str]:
+    """Host paths of bind mounts (short `src:dst[:mode]` and long `type: bind` syntax); named volumes excluded."""
+    sources = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            source = volume.split(":", 1)[0] if ":" in volume else ""
+            if source.startswith((".", "/", "~")):
+                sources.append(source)
+        elif volume.get("type") == "bind":
+            sources.append(volume["source"])
+    return sources
+
+
+def repo_path(source: str) -> Path:
+    return (ROOT / source).resolve()
+
+
+def test_compose_file_uses_the_compose_specification(compose: dict) -> None:
+    assert "version" not in compose, "the Compose specification has no top-level `version:`"
+    assert isinstance(compose.get("services"), dict)
+
+
+def test_required_services_exist(services: dict) -> None:
+    for name in ("postgresql", "temporal", "temporal-ui", "nats", "worker", "prometheus"):
+        assert name in services, f"service {name!r} is missing"
+
+
+def test_temporal_schema_and_namespace_setup_are_one_shot_admin_tools(services: dict) -> None:
+    setup = services["temporal-admin-tools"]
+    assert setup["image"].startswith("temporalio/admin-tools:")
+    script = " ".join(argv(setup.get("command")))
+    for database in ("temporal", "temporal_visibility"):
+        for step in ("create", "setup-schema", "update-schema"):
+            assert f"--db {database} {step}" in script, f"{step} for {database} is missing"
+    assert "--plugin postgres12" in script
+    assert services["temporal"]["depends_on"]["temporal-admin-tools"]["condition"] == "service_completed_successfully"
+    assert environment(services["temporal"])["DB"] == "postgres12"
+
+    namespace_script = " ".join(argv(services["temporal-create-namespace"].get("command")))
+    for attribute in SEARCH_ATTRIBUTES:
+        assert f"--name {attribute} --type Keyword" in namespace_script, f"search attribute {attribute} is not registered"
+
+
+def test_worker_runs_two_replicas_against_the_compose_services(services: dict) -> None:
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] == 2
+    env = environment(worker)
+
+    host, _, port = env["TEMPORAL_ADDRESS"].partition(":")
+    assert host == "temporal" and host in services
+    assert port == "7233"
+
+    nats_url = urlsplit(env["NATS_URL"])
+    assert nats_url.scheme == "nats"
+    assert nats_url.hostname == "nats" and nats_url.hostname in services
+    assert nats_url.port == 4222
+
+    assert env["METRICS_PORT"] == str(METRICS_PORT)
+    assert str(METRICS_PORT) in [str(p) for p in worker.get("expose", [])]
+    assert "ports" not in worker, "replicas cannot all publish the same host port"
+
+
+def test_worker_command_is_hft_executor_worker(services: dict) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert 'ENTRYPOINT ["hft-executor"]' in dockerfile
+    assert argv(services["worker"]["command"]) == ["worker"]
+
+
+def test_nats_runs_jetstream_with_a_store_on_a_volume(compose: dict, services: dict) -> None:
+    nats = services["nats"]
+    args = argv(nats.get("command"))
+    assert "-js" in args
+    store = args[args.index("-sd") + 1]
+    mounted = [v.split(":")[:2] for v in nats.get("volumes", []) if isinstance(v, str)]
+    assert any(target == store and source in (compose.get("volumes") or {}) for source, target in mounted)
+
+
+def test_every_depends_on_names_an_existing_service(services: dict) -> None:
+    for name, service in services.items():
+        for dependency in depends_on(service):
+            assert dependency in services, f"{name} depends on unknown service {dependency!r}"
+
+
+def test_every_image_has_an_explicit_tag(services: dict) -> None:
+    for name, service in services.items():
+        image = service.get("image")
+        if image is None:
+            assert "build" in service, f"{name} has neither image nor build"
+            continue
+        assert "${" not in image, f"{name}: image {image!r} depends on the environment"
+        reference = image.split("@", 1)[0]
+        last = reference.rsplit("/", 1)[-1]
+        assert ":" in last, f"{name}: image {image!r} has no tag"
+        tag = last.split(":", 1)[1]
+        assert tag and tag != "latest", f"{name}: image {image!r} is not pinned"
+
+
+def test_every_mounted_or_built_file_exists(services: dict) -> None:
+    for required in ("Dockerfile", "deploy/prometheus.yml", "deploy/temporal/dynamicconfig.yaml"):
+        assert (ROOT / required).is_file(), f"{required} is missing"
+
+    for name, service in services.items():
+        for source in bind_sources(service):
+            path = repo_path(source)
+            assert path.is_relative_to(ROOT), f"{name} mounts {source}, outside the repository"
+            if path.relative_to(ROOT).parts[0] in RUNTIME_ONLY_DIRS:
+                continue
+            assert path.exists(), f"{name} mounts {source}, which does not exist"
+
+        build = service.get("build")
+        if build is not None:
+            context = build if isinstance(build, str) else build.get("context", ".")
+            dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+            assert repo_path(context).is_dir(), f"{name}: build context {context} is missing"
+            assert (repo_path(context) / dockerfile).is_file(), f"{name}: {dockerfile} is missing"
+
+
+def test_mounted_configs_are_the_ones_in_deploy(services: dict) -> None:
+    assert "./deploy/prometheus.yml" in bind_sources(services["prometheus"])
+    assert "./deploy/temporal/dynamicconfig.yaml" in bind_sources(services["temporal"])
+
+
+def test_prometheus_scrapes_the_workers_on_the_metrics_port(services: dict) -> None:
+    config = load_yaml(ROOT / "deploy" / "prometheus.yml")
+    worker_targets = []
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            if sd.get("port") == METRICS_PORT:
+                worker_targets.extend(sd["names"])
+        for static in job.get("static_configs", []):
+            worker_targets.extend(t.rsplit(":", 1)[0] for t in static.get("targets", []) if t.endswith(f":{METRICS_PORT}"))
+    assert worker_targets, f"no scrape config targets port {METRICS_PORT}"
+    for target in worker_targets:
+        assert target.removeprefix("tasks.") in services, f"scrape target {target} is not a compose service"
+
+
+def test_temporal_dynamic_config_raises_the_transfer_poll_rate() -> None:
+    config = load_yaml(ROOT / "deploy" / "temporal" / "dynamicconfig.yaml")
+    (entry,) = config["history.transferProcessorMaxPollRPS"]
+    assert entry["value"] > 20, "the default 20/s adds ~50 ms to each task-queue hand-off"
+    assert "limit.maxIDLength" not in config

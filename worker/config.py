@@ -1,0 +1,85 @@
+"""Configuration from environment variables, named as in the seed's ExecutorConfig.
+
+Secrets (WALLET_n) are not read here: the key store reads them itself, so they never sit
+in a config object that could be logged.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return float(env.get(name, default))
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {env[name]!r}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {env[name]!r}") from None
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    executor_name: str = "hft-executor"
+    rpc_endpoint: str = "http://127.0.0.1:8899"
+    rpc_backups: tuple[str, ...] = ()
+    jito_block_engine_url: str = "http://127.0.0.1:8910"
+    jito_uuid: str | None = field(default=None, repr=False)
+    jito_tip_base: int = 10_000
+    jito_tip_profit_share: float = 0.05
+    compute_unit_limit: int = 200_000
+    compute_unit_price: int = 1_000
+    confirmation_timeout_ms: int = 30_000
+    confirmation_commitment: str = "confirmed"
+    confirmation_poll_ms: int = 200
+    rebroadcast_ms: int = 1_000
+    sol_price_usd: float = 150.0
+    nats_url: str = "nats://127.0.0.1:4222"
+    metrics_port: int = 9464  # 0 turns both metrics listeners off
+    temporal_metrics_port: int = 9465  # the Temporal SDK's own metrics
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "hft-executor"
+    balance_refresh_s: float = 30.0
+    max_plans_in_flight: int = 256  # bridge backpressure: ack-pending cap on the PLANNED consumer
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> "ExecutorConfig":
+        env = os.environ if env is None else env
+        commitment = env.get("CONFIRMATION_COMMITMENT", "confirmed")
+        if commitment not in ("processed", "confirmed", "finalized"):
+            raise SystemExit(f"CONFIRMATION_COMMITMENT must be processed, confirmed or finalized, got {commitment!r}")
+        return cls(
+            executor_name=env.get("EXECUTOR_NAME", cls.executor_name),
+            rpc_endpoint=env.get("RPC_ENDPOINT", cls.rpc_endpoint),
+            rpc_backups=tuple(u for u in env.get("RPC_BACKUPS", "").split(",") if u),
+            jito_block_engine_url=env.get("JITO_BLOCK_ENGINE_URL", cls.jito_block_engine_url),
+            jito_uuid=env.get("JITO_UUID") or None,
+            jito_tip_base=_int(env, "JITO_TIP_BASE", cls.jito_tip_base),
+            jito_tip_profit_share=_float(env, "JITO_TIP_PROFIT_SHARE", cls.jito_tip_profit_share),
+            compute_unit_limit=_int(env, "COMPUTE_UNIT_LIMIT", cls.compute_unit_limit),
+            compute_unit_price=_int(env, "COMPUTE_UNIT_PRICE", cls.compute_unit_price),
+            confirmation_timeout_ms=_int(env, "CONFIRMATION_TIMEOUT", cls.confirmation_timeout_ms),
+            confirmation_commitment=commitment,
+            confirmation_poll_ms=_int(env, "CONFIRMATION_POLL_MS", cls.confirmation_poll_ms),
+            rebroadcast_ms=_int(env, "REBROADCAST_MS", cls.rebroadcast_ms),
+            sol_price_usd=_float(env, "SOL_PRICE_USD", cls.sol_price_usd),
+            nats_url=env.get("NATS_URL", cls.nats_url),
+            metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
+            temporal_metrics_port=_int(env, "TEMPORAL_METRICS_PORT", cls.temporal_metrics_port),
+            temporal_address=env.get("TEMPORAL_ADDRESS", cls.temporal_address),
+            temporal_namespace=env.get("TEMPORAL_NAMESPACE", cls.temporal_namespace),
+            temporal_task_queue=env.get("TEMPORAL_TASK_QUEUE", cls.temporal_task_queue),
+            balance_refresh_s=_float(env, "BALANCE_REFRESH_S", cls.balance_refresh_s),
+            max_plans_in_flight=_int(env, "MAX_PLANS_IN_FLIGHT", cls.max_plans_in_flight),
+        )
+
+    def describe(self) -> dict:
+        """For logs and `status`: everything but secrets."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}

@@ -1,0 +1,301 @@
+"""`hft-executor dev`: the whole product embedded on one machine, and its demo.
+
+Temporal dev server (UI included, SQLite under .data/), nats-server with JetStream
+(.data/), the local Solana cluster, funded wallets (key files under .data/wallets, mode
+0600), a swap pool for sample plans, and the worker with its bridge. `--demo N` publishes
+N sample plans and shows what happened to each.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from solders.keypair import Keypair
+
+from activities.keystore import KeyStore
+from workflows.execute_plan import SEARCH_ATTRIBUTES
+
+from . import logs
+from .config import ExecutorConfig
+from .demo import DemoPool
+from .main import ExecutorWorker
+from .services import LocalnetServer, NatsServer, TemporalDevServer, free_port
+
+log = logging.getLogger("hft.dev")
+LAMPORTS_PER_SOL = 1_000_000_000
+DEV_DYNAMIC_CONFIG = {
+    # The default 20 caps each task-queue hand-off near 50 ms (DESIGN.md section 8).
+    "history.transferProcessorMaxPollRPS": 10000,
+}
+DEV_ENVIRONMENT = "dev-environment.json"  # lets `send-plan`, `halt`, `status` find a running `dev`
+RETENTION_HOURS = 72  # longer than any redelivery window, so a plan id is never run twice
+
+
+def wallet_keys(directory: Path, count: int) -> list[Keypair]:
+    """The dev wallets: created once, kept as keypair files readable by the owner only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    keypairs = []
+    for index in range(1, count + 1):
+        path = directory / f"wallet-{index}.json"
+        if not path.exists():
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                json.dump(list(bytes(Keypair())), file)
+        keypairs.append(Keypair.from_bytes(bytes(json.loads(path.read_text()))))
+    return keypairs
+
+
+@dataclass
+class DevStack:
+    """The embedded servers, the funded wallets and the sample pool."""
+
+    data_dir: Path
+    auto_ports: bool = False
+    slot_ms: float = 400.0
+    wallet_count: int = 8
+    metrics: bool = True
+    temporal: TemporalDevServer | None = None
+    nats: NatsServer | None = None
+    localnet: LocalnetServer | None = None
+    keys: KeyStore | None = None
+    pool: DemoPool | None = None
+    config: ExecutorConfig | None = None
+    endpoints: dict = field(default_factory=dict)
+
+    async def start(self) -> None:
+        auto = self.auto_ports
+        self.temporal = TemporalDevServer(
+            self.data_dir / "temporal",
+            port=0 if auto else 7233,
+            ui_port=0 if auto else 8233,
+            search_attributes=SEARCH_ATTRIBUTES,
+            dynamic_config=DEV_DYNAMIC_CONFIG,
+            retention_hours=RETENTION_HOURS,
+        )
+        self.nats = NatsServer(self.data_dir / "nats", port=0 if auto else 4222)
+        self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=auto, slot_ms=self.slot_ms)
+        await asyncio.gather(self.temporal.start(), self.nats.start(), self.localnet.start())
+        keypairs = wallet_keys(self.data_dir / "wallets", self.wallet_count)
+        self.keys = KeyStore.from_keypairs(keypairs)
+        admin = self.localnet.endpoints["admin"]
+        async with aiohttp.ClientSession() as http:
+            for wallet in self.keys.public_keys():
+                await _post(http, f"{admin}/fund", {"pubkey": wallet, "lamports": 100 * LAMPORTS_PER_SOL})
+            self.pool = DemoPool.from_json(await _post(http, f"{admin}/fixtures/swap-pool", {"wallets": self.keys.public_keys()}))
+        metrics_port = (free_port() if auto else 9464) if self.metrics else 0
+        self.config = ExecutorConfig(
+            executor_name=f"hft-executor-dev-{os.getpid()}",
+            rpc_endpoint=self.localnet.endpoints["rpc"],
+            jito_block_engine_url=self.localnet.endpoints["blockEngine"],
+            nats_url=self.nats.url,
+            temporal_address=self.temporal.address,
+            metrics_port=metrics_port,
+            temporal_metrics_port=(free_port() if auto else 9465) if metrics_port else 0,
+            confirmation_poll_ms=max(20, min(200, int(self.slot_ms / 2))),
+        )
+        self.endpoints = {
+            "temporal": self.temporal.address,
+            "temporalUi": self.temporal.ui_url,
+            "nats": self.nats.url,
+            **{f"solana{k[0].upper()}{k[1:]}": v for k, v in self.localnet.endpoints.items()},
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None,
+            "wallets": self.keys.public_keys(),
+        }
+
+    def environment(self) -> dict[str, str]:
+        """What a separate `hft-executor worker` (or a CLI command) needs to join this stack."""
+        assert self.config is not None
+        return {
+            "RPC_ENDPOINT": self.config.rpc_endpoint,
+            "JITO_BLOCK_ENGINE_URL": self.config.jito_block_engine_url,
+            "NATS_URL": self.config.nats_url,
+            "TEMPORAL_ADDRESS": self.config.temporal_address,
+            "WALLET_KEYS_DIR": str(self.data_dir / "wallets"),
+            "CONFIRMATION_POLL_MS": str(self.config.confirmation_poll_ms),
+        }
+
+    async def stop(self) -> None:
+        for server in (self.localnet, self.nats, self.temporal):
+            if server is not None:
+                await server.stop()
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
+    async with http.post(url, json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}: {await response.text()}")
+        return await response.json()
+
+
+# --- the demo -----------------------------------------------------------------------
+
+
+async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_table: bool, out) -> dict:
+    """Publish `count` sample plans (rpc and jito_bundle, wallets in turn) and wait for every result."""
+    assert stack.pool is not None and stack.keys is not None
+    run = f"demo-{int(time.time())}-{os.getpid()}"
+    wallets = stack.keys.public_keys()
+    methods = ("rpc", "jito_bundle")
+    plans = [stack.pool.plan(f"{run}-{i}", wallets[i % len(wallets)], methods[i % 2]) for i in range(count)]
+    wanted = {p["planId"] for p in plans}
+    results: dict[str, dict] = {}
+    arrived = asyncio.Event()
+
+    async def on_result(message) -> None:
+        result = json.loads(message.data)
+        if result.get("planId") in wanted and result["planId"] not in results:
+            results[result["planId"]] = result
+            arrived.set()
+
+    subscription = await worker.nc.subscribe("executed.>", cb=on_result)
+    started = time.monotonic()
+    published_at = {}
+    for plan in plans:
+        published_at[plan["planId"]] = time.monotonic()
+        await worker.js.publish(f"execution.planned.{plan['opportunityId']}", json.dumps(plan).encode())
+    progress = Progress(count)
+    while len(results) < count:
+        arrived.clear()
+        try:
+            await asyncio.wait_for(arrived.wait(), timeout=120)
+        except asyncio.TimeoutError:
+            break
+        progress.show(len(results))
+    progress.done()
+    wall_s = time.monotonic() - started
+    await subscription.unsubscribe()
+    ordered = [results[p["planId"]] for p in plans if p["planId"] in results]
+    if show_table:
+        print_table(ordered, out)
+    statuses = [r["status"] for r in ordered]
+    submit_ms = [sum((r.get("stageTimings") or {}).get(s) or 0 for s in ("selectWallet", "build", "sign", "submit")) for r in ordered]
+    return {
+        "plans": count,
+        "results": len(ordered),
+        "success": statuses.count("success"),
+        "failed": statuses.count("failed"),
+        "timeout": statuses.count("timeout"),
+        "wallTimeS": round(wall_s, 3),
+        "hotPathMsP50": round(statistics.median(submit_ms), 3) if submit_ms else None,
+        "latencyMsP50": round(statistics.median(r["latency"] for r in ordered), 1) if ordered else None,
+        "errorCodes": sorted({r["errorCode"] for r in ordered if r.get("errorCode")}),
+        "temporalUi": stack.temporal.ui_url if stack.temporal else None,
+    }
+
+
+class Progress:
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_decile = -1
+
+    def show(self, done: int) -> None:
+        if self.tty:
+            filled = int(30 * done / max(self.total, 1))
+            self.stream.write(f"\r  results [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}")
+            self.stream.flush()
+        elif done * 10 // max(self.total, 1) > self.last_decile:
+            self.last_decile = done * 10 // max(self.total, 1)
+            self.stream.write(f"  results {done}/{self.total}\n")
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def print_table(results: list[dict], out) -> None:
+    header = f"{'plan':<28} {'method':<12} {'status':<8} {'latency ms':>10} {'slot':>8}  {'signature / error'}"
+    out.write(header + "\n" + "-" * len(header) + "\n")
+    for r in results:
+        detail = r.get("signature") or ""
+        if r.get("errorCode"):
+            detail = f"{r['errorCode']}: {r.get('error', '')}"[:80]
+        out.write(f"{r['planId'][-28:]:<28} {r['executionMethod']:<12} {r['status']:<8} {r['latency']:>10.1f} {str(r.get('blockSlot') or ''):>8}  {detail}\n")
+    out.flush()
+
+
+# --- the command --------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ports", choices=("default", "auto"), default="default", help="'auto' picks free ports (and a throwaway data dir)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line of endpoints when ready (and the demo summary last)")
+    parser.add_argument("--demo", type=int, default=0, metavar="N", help="publish N sample plans (rpc and jito_bundle)")
+    parser.add_argument("--exit", action="store_true", help="stop once every demo plan has its result")
+    parser.add_argument("--slot-ms", type=float, default=400.0, help="local cluster slot time (default 400)")
+    parser.add_argument("--wallets", type=int, default=8, help="funded dev wallets (default 8)")
+    parser.add_argument("--data-dir", type=Path, default=Path(".data"), help="where servers keep state (default .data)")
+    parser.add_argument("--log-level", default="WARNING", help="worker log level (default WARNING; INFO shows every stage)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    return asyncio.run(_dev(args))
+
+
+async def _dev(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir / "auto" / str(os.getpid()) if args.ports == "auto" else args.data_dir
+    stack = DevStack(data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets)
+    worker: ExecutorWorker | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        await stack.start()
+        worker = ExecutorWorker(stack.config, stack.keys)
+        await worker.start()
+        environment_file = data_dir / DEV_ENVIRONMENT
+        environment_file.write_text(json.dumps(stack.environment()))
+        if args.json:
+            print(json.dumps(stack.endpoints), flush=True)
+        else:
+            _print_welcome(stack)
+        if args.demo:
+            summary = await run_demo(stack, worker, args.demo, show_table=True, out=sys.stderr if args.json else sys.stdout)
+            if args.json:
+                print(json.dumps(summary), flush=True)
+            else:
+                print(
+                    f"\n{summary['success']}/{summary['plans']} succeeded in {summary['wallTimeS']} s "
+                    f"(hot path p50 {summary['hotPathMsP50']} ms). Watch them: {summary['temporalUi']}/namespaces/default/workflows",
+                    flush=True,
+                )
+            code = 0 if summary["success"] == args.demo else 1
+        if not (args.demo and args.exit):
+            waiter = asyncio.create_task(stop.wait())
+            crashed = asyncio.create_task(worker.wait())
+            await asyncio.wait({waiter, crashed}, return_when=asyncio.FIRST_COMPLETED)
+            if crashed.done():
+                crashed.result()
+    finally:
+        if worker is not None and hasattr(worker, "bridge"):
+            await worker.stop()
+        await stack.stop()
+        (data_dir / DEV_ENVIRONMENT).unlink(missing_ok=True)
+        if args.ports == "auto":
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return code
+
+
+def _print_welcome(stack: DevStack) -> None:
+    e = stack.endpoints
+    print("hft-executor dev: everything embedded (Ctrl-C stops it all)", flush=True)
+    for name in ("temporalUi", "temporal", "nats", "solanaRpc", "solanaBlockEngine", "solanaTpuQuic", "solanaAdmin", "metrics"):
+        print(f"  {name:18} {e.get(name)}", flush=True)
+    print(f"  {'wallets':18} {', '.join(e['wallets'])}", flush=True)
+    print("  send a plan:  hft-executor send-plan plan.json   halt: hft-executor halt   status: hft-executor status", flush=True)

@@ -1,0 +1,173 @@
+"""The worker process: Temporal worker, PLANNED bridge, kill switch and metrics, on shared clients.
+
+One process holds one of each: a NATS connection, an RPC client, a Jito client, the
+blockhash cache and the signature watcher. The bridge starts workflows on the same
+Temporal client the worker polls with, which is what lets a start be eager.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import nats
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Confirmed
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from activities.build import BuildSettings, TransactionBuilder
+from activities.chain import BlockhashCache, LookupTableCache
+from activities.confirm import SignatureWatcher
+from activities.execution import ExecutionActivities
+from activities.jito import JitoClient
+from activities.keystore import KeyStore
+from activities.publish import publish_result
+from activities.records import PlanRecords
+from activities.submit import Submitter
+from activities.wallets import WalletPool
+from workflows.events import ExecutionResultEvent
+from workflows.execute_plan import SEARCH_ATTRIBUTES, ExecutePlan
+
+from .bridge import PlanBridge
+from .config import ExecutorConfig
+from .killswitch import KillSwitch
+from .metrics import ExecutorMetrics
+from .streams import ensure_streams
+
+log = logging.getLogger("hft.worker")
+
+
+async def connect_temporal(config: ExecutorConfig, sdk_metrics_port: int = 0) -> Client:
+    runtime = None
+    if sdk_metrics_port:
+        runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"0.0.0.0:{sdk_metrics_port}")))
+    return await Client.connect(
+        config.temporal_address, namespace=config.temporal_namespace, data_converter=pydantic_data_converter, **({"runtime": runtime} if runtime else {})
+    )
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> None:
+    """Register ExecutePlan's search attributes if missing, or refuse to start.
+
+    A workflow that upserts an unregistered attribute fails every workflow task, forever:
+    better a clear error at start than plans that never end.
+    """
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+
+    listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    missing = {name: kind for name, kind in SEARCH_ATTRIBUTES.items() if name not in listed.custom_attributes}
+    if not missing:
+        return
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=namespace,
+                search_attributes={name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}") for name, kind in missing.items()},
+            )
+        )
+        log.info("stage=worker event=search_attributes_registered names=%s", ",".join(missing))
+    except Exception as error:
+        names = " ".join(f"--name {name} --type {kind}" for name, kind in missing.items())
+        raise SystemExit(
+            f"search attributes {', '.join(missing)} are not registered in namespace {namespace} and could not be added ({error}); "
+            f"run: temporal operator search-attribute create --namespace {namespace} {names}"
+        ) from None
+
+
+@dataclass
+class ExecutorWorker:
+    config: ExecutorConfig
+    keys: KeyStore
+    metrics: ExecutorMetrics = field(default_factory=ExecutorMetrics)
+
+    async def start(self) -> None:
+        config = self.config
+        self.nc = await nats.connect(config.nats_url, name=config.executor_name, max_reconnect_attempts=-1)
+        self.js = self.nc.jetstream()
+        await ensure_streams(self.js)
+        self.records = await PlanRecords.open(self.js)
+        self.wallets = await WalletPool.open(self.js, self.keys.public_keys())
+        self.rpc = AsyncClient(config.rpc_endpoint, commitment=Confirmed, timeout=10)
+        self.blockhashes = BlockhashCache(self.rpc)
+        await self.blockhashes.refresh()
+        self.blockhashes.start()
+        self.jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid)
+        self.client = await connect_temporal(config, config.temporal_metrics_port if config.metrics_port else 0)
+        await ensure_search_attributes(self.client, config.temporal_namespace)
+        self.killswitch = KillSwitch(self.nc, self.js, self.client, config.executor_name)
+        await self.killswitch.start()
+        self.watcher = SignatureWatcher(self.rpc, poll_s=config.confirmation_poll_ms / 1000)
+        self.watcher.start()
+        settings = BuildSettings(
+            compute_unit_limit=config.compute_unit_limit,
+            compute_unit_price=config.compute_unit_price,
+            jito_tip_base=config.jito_tip_base,
+            jito_tip_profit_share=config.jito_tip_profit_share,
+            sol_price_usd=config.sol_price_usd,
+        )
+        builder = TransactionBuilder(self.blockhashes, LookupTableCache(self.rpc), settings, self.jito.tip_accounts)
+        self.activities = ExecutionActivities(
+            rpc=self.rpc,
+            wallets=self.wallets,
+            keys=self.keys,
+            builder=builder,
+            records=self.records,
+            submitter=Submitter(self.rpc, self.jito, self.records, self.killswitch.halted),
+            watcher=self.watcher,
+            js=self.js,
+            commitment=config.confirmation_commitment,
+            rebroadcast_s=config.rebroadcast_ms / 1000,
+            sol_price_usd=config.sol_price_usd,
+            on_result=self.metrics.record,
+            crash_after=os.environ.get("HFT_TEST_CRASH_AFTER") or None,
+        )
+        self.worker = Worker(
+            self.client,
+            task_queue=config.temporal_task_queue,
+            workflows=[ExecutePlan],
+            activities=self.activities.all(),
+            graceful_shutdown_timeout=timedelta(seconds=10),
+        )
+        self.bridge = PlanBridge(
+            self.js, self.client, config.temporal_task_queue, self._publish_rejection, self.killswitch.halted, max_in_flight=config.max_plans_in_flight
+        )
+        if config.metrics_port:
+            self.metrics.serve(config.metrics_port)
+        self._tasks = [
+            asyncio.create_task(self.worker.run(), name="temporal-worker"),
+            asyncio.create_task(self.bridge.run(), name="bridge"),
+            asyncio.create_task(self.wallets.run_balance_refresh(self.rpc, config.balance_refresh_s), name="balance-refresh"),
+        ]
+        log.info("stage=worker event=started name=%s wallets=%d taskQueue=%s", config.executor_name, len(self.keys), config.temporal_task_queue)
+
+    async def _publish_rejection(self, result: ExecutionResultEvent) -> None:
+        await publish_result(self.js, result)
+        self.metrics.plans_rejected.labels(result.error_code.value if result.error_code else "INVALID_PLAN").inc()
+        self.metrics.record(result)
+
+    async def wait(self) -> None:
+        """Until a part stops on its own (an error): that part's exception is raised."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+
+    async def stop(self) -> None:
+        """Drain: stop taking plans, let running activities finish (up to the grace time), close clients."""
+        await self.bridge.stop()
+        await self.worker.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.killswitch.stop()
+        await self.watcher.stop()
+        await self.blockhashes.stop()
+        await self.jito.close()
+        await self.rpc.close()
+        await self.nc.close()  # everything we publish is acked already; a drain would only wait on the bridge's pull inbox
+        log.info("stage=worker event=stopped name=%s", self.config.executor_name)

@@ -1,0 +1,42 @@
+"""Prometheus metrics on METRICS_PORT, named as in the seed, plus stage latencies.
+
+The Temporal SDK's own metrics (task latencies, slots, polls) are served by its runtime on
+TEMPORAL_METRICS_PORT, a separate listener because the SDK's exporter is in Rust.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from workflows.events import ExecutionResultEvent
+
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
+STAGES = ("select_wallet", "build", "sign", "submit", "confirm")
+
+
+class ExecutorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.executions = Counter("executor_executions", "Plans ended, by result status and method", ["status", "method"], registry=self.registry)
+        self.duration = Histogram("executor_execution_duration_ms", "Workflow start to result, ms", ["method"], buckets=LATENCY_BUCKETS_MS, registry=self.registry)
+        # A gauge, not a counter: net profit can be negative, and the seed's name is kept.
+        self.profit = Gauge("executor_profit_usd_total", "Cumulative realized net profit, USD", registry=self.registry)
+        self.stage = Histogram("executor_stage_duration_ms", "Time in each stage, ms", ["stage"], buckets=LATENCY_BUCKETS_MS, registry=self.registry)
+        self.errors = Counter("executor_errors", "Failed and timed-out plans by error code", ["code"], registry=self.registry)
+        self.halted = Gauge("executor_halted", "1 while the kill switch is on", registry=self.registry)
+        self.plans_rejected = Counter("executor_plans_rejected", "Plans refused by the bridge (invalid)", ["code"], registry=self.registry)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+    def record(self, result: ExecutionResultEvent) -> None:
+        self.executions.labels(result.status.value, result.execution_method).inc()
+        self.duration.labels(result.execution_method).observe(result.latency)
+        if result.error_code is not None:
+            self.errors.labels(result.error_code.value).inc()
+        if result.net_profit is not None:
+            self.profit.inc(result.net_profit)
+        if result.stage_timings is not None:
+            for stage in STAGES:
+                value = getattr(result.stage_timings, stage)
+                if value is not None:
+                    self.stage.labels(stage).observe(value)

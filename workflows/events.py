@@ -1,0 +1,220 @@
+"""The messages on the wire: execution plans in (PLANNED), execution results out (EXECUTED).
+
+camelCase JSON, validated strictly at the edge (DESIGN.md section 3). Everything past the
+bridge handles these as plain, already-valid data.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+from solders.pubkey import Pubkey
+
+MAX_COMPUTE_UNITS = 1_400_000
+MAX_BUNDLE_TRANSACTIONS = 5
+U64_MAX = 2**64 - 1
+PLACEHOLDER_WALLET = "$WALLET"
+PLACEHOLDER_WALLET_ATA = "$WALLET_ATA:"
+
+
+class ErrorCode(str, Enum):
+    """Stable error codes on failed and timed-out results (documented in the README)."""
+
+    INVALID_PLAN = "INVALID_PLAN"
+    PLAN_NOT_SIMULATED = "PLAN_NOT_SIMULATED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    HALTED = "HALTED"
+    NO_WALLET = "NO_WALLET"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    TX_TOO_LARGE = "TX_TOO_LARGE"
+    BUILD_FAILED = "BUILD_FAILED"
+    SUBMIT_REJECTED = "SUBMIT_REJECTED"
+    RATE_LIMITED = "RATE_LIMITED"
+    BUNDLE_FAILED = "BUNDLE_FAILED"
+    TX_FAILED = "TX_FAILED"
+    BLOCKHASH_EXPIRED = "BLOCKHASH_EXPIRED"
+    CONFIRMATION_TIMEOUT = "CONFIRMATION_TIMEOUT"
+
+
+class ExecutionMethod(str, Enum):
+    jito_bundle = "jito_bundle"
+    tpu_direct = "tpu_direct"
+    rpc = "rpc"
+
+
+class ExecutionStatus(str, Enum):
+    success = "success"
+    failed = "failed"
+    timeout = "timeout"
+
+
+class Strategy(str, Enum):
+    arbitrage = "arbitrage"
+    triangular = "triangular"
+    market_making = "market_making"
+
+
+def _pubkey(value: str) -> str:
+    try:
+        Pubkey.from_string(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"not a base58 public key: {value!r}") from None
+    return value
+
+
+def _account_key(value: str) -> str:
+    """A public key, or a wallet placeholder resolved at build time."""
+    if value == PLACEHOLDER_WALLET:
+        return value
+    if value.startswith(PLACEHOLDER_WALLET_ATA):
+        parts = value[len(PLACEHOLDER_WALLET_ATA) :].split(":")
+        if not 1 <= len(parts) <= 2:
+            raise ValueError(f"expected $WALLET_ATA:<mint>[:<tokenProgramId>], got {value!r}")
+        for part in parts:
+            _pubkey(part)
+        return value
+    return _pubkey(value)
+
+
+PubkeyStr = Annotated[str, AfterValidator(_pubkey)]
+AccountKey = Annotated[str, AfterValidator(_account_key)]
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+U64 = Annotated[int, Field(ge=0, le=U64_MAX)]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True)
+
+    def to_wire(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class AccountMetaSpec(WireModel):
+    pubkey: AccountKey
+    is_signer: bool
+    is_writable: bool
+
+
+class InstructionSpec(WireModel):
+    program_id: PubkeyStr
+    accounts: list[AccountMetaSpec] = Field(max_length=64)
+    data: str  # base64
+
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("instruction data is not valid base64") from None
+        return value
+
+
+class SwapRoute(WireModel):
+    dex: Annotated[str, Field(min_length=1, max_length=64)]
+    pool: PubkeyStr | None = None
+    input_mint: PubkeyStr
+    output_mint: PubkeyStr
+    in_amount: U64
+    out_amount: U64
+    instructions: list[InstructionSpec] = Field(min_length=1, max_length=32)
+    address_lookup_table_addresses: list[PubkeyStr] = Field(default_factory=list, max_length=16)
+
+
+class FlashLoan(WireModel):
+    provider: Literal["kamino"]
+    amount: Annotated[int, Field(gt=0, le=U64_MAX)]
+    reserve: PubkeyStr
+    lending_market: PubkeyStr | None = None
+    liquidity_mint: PubkeyStr | None = None
+
+
+class ExecutionPlanEvent(WireModel):
+    plan_id: Identifier
+    opportunity_id: Identifier
+    strategy: Strategy
+    execution_method: ExecutionMethod
+    routes: list[SwapRoute] = Field(min_length=1, max_length=8)
+    input_token: PubkeyStr
+    output_token: PubkeyStr
+    input_amount: U64
+    expected_profit: float
+    simulation_success: bool
+    gas_estimate: Annotated[int, Field(gt=0, le=MAX_COMPUTE_UNITS)] | None = None
+    priority_fee: U64 | None = None  # micro-lamports per compute unit
+    slippage: Annotated[int, Field(ge=0, le=10_000)]  # bps
+    max_latency: Annotated[int, Field(gt=0, le=600_000)]  # ms from start to confirmation
+    deadline: Annotated[int, Field(gt=0)]  # epoch ms after which nothing may be sent
+    timestamp: Annotated[int, Field(gt=0)]  # epoch ms
+    flash_loan: FlashLoan | None = None
+    # This project's extensions
+    wallet: PubkeyStr | None = None
+    tip_lamports: U64 | None = None
+    address_lookup_tables: list[PubkeyStr] = Field(default_factory=list, max_length=16)
+    sol_price_usd: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("expected_profit", mode="before")
+    @classmethod
+    def _number(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)  # strict mode would refuse 5 for a float field
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExecutionPlanEvent":
+        if not (self.expected_profit == self.expected_profit) or abs(self.expected_profit) == float("inf"):
+            raise ValueError("expectedProfit must be a finite number")
+        return self
+
+
+class StageTimings(WireModel):
+    """Milliseconds spent in each stage (extension)."""
+
+    select_wallet: float | None = None
+    build: float | None = None
+    sign: float | None = None
+    submit: float | None = None
+    confirm: float | None = None
+
+
+class ExecutionResultEvent(WireModel):
+    execution_id: str
+    plan_id: str
+    opportunity_id: str
+    status: ExecutionStatus
+    signature: str | None = None
+    block_slot: int | None = None
+    confirmation_time: int | None = None  # epoch ms
+    expected_profit: float
+    actual_profit: float | None = None  # USD
+    execution_cost: "ExecutionCost"
+    net_profit: float | None = None  # USD
+    latency: float  # ms from workflow start to the result
+    execution_method: str
+    error: str | None = None
+    error_code: ErrorCode | None = None
+    timestamp: int  # epoch ms
+    # Extensions
+    wallet: str | None = None
+    bundle_id: str | None = None
+    tip_lamports: int | None = None
+    stage_timings: StageTimings | None = None
+
+
+class ExecutionCost(WireModel):
+    """Fees and tip actually paid: lamports, and USD at the plan's or configured SOL price."""
+
+    fee_lamports: int = 0
+    tip_lamports: int = 0
+    total_lamports: int = 0
+    usd: float = 0.0
+
+
+ExecutionResultEvent.model_rebuild()
+
+PLAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

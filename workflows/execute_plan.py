@@ -1,0 +1,278 @@
+"""ExecutePlan: one execution plan, from a wallet lease to exactly one result event.
+
+Reads top to bottom as the trade: check the deadline, lease a wallet, build, sign, (halted?),
+submit, confirm, settle, release the lease, publish. The hot path up to submit is local
+activities in one workflow task (a few ms); confirmation is a heartbeating activity.
+Deterministic and free of I/O: every side effect is an activity.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.events import (
+        ErrorCode,
+        ExecutionCost,
+        ExecutionPlanEvent,
+        ExecutionResultEvent,
+        ExecutionStatus,
+        StageTimings,
+    )
+    from workflows.stages import (
+        BuildRequest,
+        BuiltTransaction,
+        Confirmation,
+        ConfirmRequest,
+        ReleaseRequest,
+        SettleRequest,
+        Settlement,
+        SignedTransaction,
+        SignRequest,
+        Submission,
+        SubmitRequest,
+        WalletLeaseInfo,
+        WalletRequest,
+    )
+
+PLAN_ID = SearchAttributeKey.for_keyword("PlanId")
+OPPORTUNITY_ID = SearchAttributeKey.for_keyword("OpportunityId")
+EXECUTION_METHOD = SearchAttributeKey.for_keyword("ExecutionMethod")
+# "ExecutionStatus" is Temporal's own system attribute (Running, Completed, ...): the server
+# refuses to let a workflow set it, so the plan's result status is PlanStatus.
+PLAN_STATUS = SearchAttributeKey.for_keyword("PlanStatus")
+WALLET = SearchAttributeKey.for_keyword("Wallet")
+SEARCH_ATTRIBUTES = {"PlanId": "Keyword", "OpportunityId": "Keyword", "ExecutionMethod": "Keyword", "PlanStatus": "Keyword", "Wallet": "Keyword"}
+
+# Transient failures (an RPC hiccup) retry quickly; codes raised non-retryable fail at once.
+HOT_PATH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=20), backoff_coefficient=2.0, maximum_interval=timedelta(milliseconds=500))
+BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5))
+MIN_STAGE_TIME = timedelta(milliseconds=200)
+BOOKKEEPING_TIME = timedelta(minutes=5)
+LEASE_MARGIN_MS = 60_000
+
+
+def search_attributes(plan: ExecutionPlanEvent) -> TypedSearchAttributes:
+    """Set at start by the bridge, so the Temporal UI can list and filter executions."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(PLAN_ID, plan.plan_id),
+            SearchAttributePair(OPPORTUNITY_ID, plan.opportunity_id),
+            SearchAttributePair(EXECUTION_METHOD, plan.execution_method.value),
+        ]
+    )
+
+
+class PlanStopped(Exception):
+    """Ends the plan early with a status and code (internal to the workflow)."""
+
+    def __init__(self, status: ExecutionStatus, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@workflow.defn(name="ExecutePlan")
+class ExecutePlan:
+    def __init__(self) -> None:
+        self.stage = "received"
+        self.halt_reason: str | None = None
+        self.lease: WalletLeaseInfo | None = None
+        self.signed: SignedTransaction | None = None
+        self.submission: Submission | None = None
+
+    @workflow.signal
+    def halt(self, reason: str) -> None:
+        """Stop before submit; a plan already submitted is still followed to its true outcome."""
+        self.halt_reason = reason or "halted"
+
+    @workflow.query
+    def status(self) -> dict:
+        return {
+            "stage": self.stage,
+            "halted": self.halt_reason,
+            "wallet": self.lease.wallet if self.lease else None,
+            "signature": self.signed.signature if self.signed else None,
+            "bundleId": self.submission.bundle_id if self.submission else None,
+        }
+
+    @workflow.run
+    async def run(self, plan: ExecutionPlanEvent) -> ExecutionResultEvent:
+        started_ms = _now_ms()
+        timings = StageTimings()
+        confirmation: Confirmation | None = None
+        settlement: Settlement | None = None
+        stopped: PlanStopped | None = None
+        try:
+            self._check_deadline(plan)
+            self.stage = "select_wallet"
+            self.lease = await self._hot(
+                "select_wallet", WalletRequest(plan.plan_id, plan.wallet, plan.max_latency + LEASE_MARGIN_MS), WalletLeaseInfo, plan
+            )
+            self.stage = "build"
+            built = await self._hot("build", BuildRequest(plan, self.lease.wallet), BuiltTransaction, plan)
+            self.stage = "sign"
+            self.signed = await self._hot("sign", SignRequest(plan.plan_id, self.lease.wallet, built), SignedTransaction, plan)
+            if not self.signed.sent:  # once the bytes may be on the wire, only the chain can say how it ended
+                if self.halt_reason is not None:
+                    raise PlanStopped(ExecutionStatus.failed, ErrorCode.HALTED, f"halted before submit: {self.halt_reason}")
+                self._check_deadline(plan)
+            self.stage = "submit"
+            request = SubmitRequest(plan.plan_id, plan.execution_method.value, self.signed, plan.deadline)
+            try:
+                self.submission = await self._hot("submit", request, Submission, plan)
+            except FailureError as error:
+                if isinstance(_cause(error), ApplicationError):
+                    raise  # a definite refusal (rejected, rate limited, halted): nothing landed from it
+                # Any other failure may have put the bytes on the wire: find out, don't guess.
+                self.submission = Submission(self.signed.signature, None, _now_ms())
+            self.stage = "confirm"
+            confirmation = await workflow.execute_activity(
+                "confirm",
+                ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, started_ms + plan.max_latency),
+                result_type=Confirmation,
+                start_to_close_timeout=timedelta(milliseconds=plan.max_latency) + timedelta(seconds=30),
+                heartbeat_timeout=timedelta(seconds=10),
+                retry_policy=BOOKKEEPING_RETRY,
+                summary=f"confirm {self.signed.signature[:12]}",
+            )
+            if confirmation.landed:
+                self.stage = "settle"
+                settlement = await workflow.execute_local_activity(
+                    "settle",
+                    SettleRequest(plan, self.lease.wallet, self.signed.signature, self.signed.tip_lamports),
+                    result_type=Settlement,
+                    schedule_to_close_timeout=BOOKKEEPING_TIME,
+                    retry_policy=BOOKKEEPING_RETRY,
+                )
+            timings = StageTimings(
+                select_wallet=self.lease.elapsed_ms,
+                build=built.elapsed_ms,
+                sign=self.signed.elapsed_ms,
+                submit=self.submission.elapsed_ms,
+                confirm=confirmation.elapsed_ms,
+            )
+        except PlanStopped as stop:
+            stopped = stop
+        except FailureError as error:
+            stopped = _stopped_by(error, self.stage)
+        finally:
+            if self.lease is not None:
+                await self._release(confirmation)
+        result = self._result(plan, started_ms, confirmation, settlement, stopped, timings)
+        self.stage = "publish"
+        await workflow.execute_local_activity(
+            "publish", result, schedule_to_close_timeout=BOOKKEEPING_TIME, retry_policy=BOOKKEEPING_RETRY
+        )
+        workflow.upsert_search_attributes(
+            [PLAN_STATUS.value_set(result.status.value)] + ([WALLET.value_set(result.wallet)] if result.wallet else [])
+        )
+        self.stage = "done"
+        return result
+
+    async def _hot(self, name: str, request: object, result_type: type, plan: ExecutionPlanEvent):
+        """A hot-path local activity, retried on transient errors but never past the plan's deadline."""
+        remaining = timedelta(milliseconds=plan.deadline - _now_ms())
+        return await workflow.execute_local_activity(
+            name,
+            request,
+            result_type=result_type,
+            schedule_to_close_timeout=max(remaining, MIN_STAGE_TIME),
+            retry_policy=HOT_PATH_RETRY,
+        )
+
+    def _check_deadline(self, plan: ExecutionPlanEvent) -> None:
+        if _now_ms() > plan.deadline:
+            raise PlanStopped(ExecutionStatus.timeout, ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent")
+
+    async def _release(self, confirmation: Confirmation | None) -> None:
+        outcome = "none" if confirmation is None else ("success" if confirmation.landed and confirmation.err is None else "failure")
+        await workflow.execute_local_activity(
+            "release_wallet",
+            ReleaseRequest(self.lease.lease_id, self.lease.wallet, outcome),
+            schedule_to_close_timeout=BOOKKEEPING_TIME,
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+
+    def _result(
+        self,
+        plan: ExecutionPlanEvent,
+        started_ms: int,
+        confirmation: Confirmation | None,
+        settlement: Settlement | None,
+        stopped: PlanStopped | None,
+        timings: StageTimings,
+    ) -> ExecutionResultEvent:
+        if stopped is not None:
+            status, code, error = stopped.status, stopped.code, stopped.message
+        elif confirmation is not None and confirmation.landed and confirmation.err is None:
+            status, code, error = ExecutionStatus.success, None, None
+        elif confirmation is not None and confirmation.landed:
+            status, code, error = ExecutionStatus.failed, ErrorCode.TX_FAILED, f"transaction failed on-chain: {confirmation.err}"
+        else:
+            code = ErrorCode(confirmation.error_code) if confirmation and confirmation.error_code else ErrorCode.CONFIRMATION_TIMEOUT
+            status, error = ExecutionStatus.timeout, _timeout_text(code, self.signed)
+        cost = ExecutionCost()
+        if settlement is not None:
+            total = settlement.fee_lamports + settlement.tip_lamports
+            cost = ExecutionCost(fee_lamports=settlement.fee_lamports, tip_lamports=settlement.tip_lamports, total_lamports=total, usd=settlement.cost_usd)
+        actual = settlement.actual_profit_usd if settlement is not None else None
+        now = _now_ms()
+        return ExecutionResultEvent(
+            execution_id=workflow.info().workflow_id,
+            plan_id=plan.plan_id,
+            opportunity_id=plan.opportunity_id,
+            status=status,
+            signature=self.signed.signature if self.signed and self.submission else None,
+            block_slot=confirmation.slot if confirmation else None,
+            confirmation_time=confirmation.confirmed_at_ms if confirmation else None,
+            expected_profit=plan.expected_profit,
+            actual_profit=actual,
+            execution_cost=cost,
+            net_profit=(actual - cost.usd) if actual is not None else None,
+            latency=float(now - started_ms),
+            execution_method=plan.execution_method.value,
+            error=error,
+            error_code=code,
+            timestamp=now,
+            wallet=self.lease.wallet if self.lease else None,
+            bundle_id=self.submission.bundle_id if self.submission else None,
+            tip_lamports=self.signed.tip_lamports if self.signed and self.submission else None,
+            stage_timings=timings,
+        )
+
+
+def _now_ms() -> int:
+    return int(workflow.now().timestamp() * 1000)
+
+
+TIMEOUT_CODES = (ErrorCode.DEADLINE_EXCEEDED, ErrorCode.BLOCKHASH_EXPIRED, ErrorCode.CONFIRMATION_TIMEOUT)
+
+
+def _cause(error: FailureError) -> BaseException | None:
+    """What an activity raised. A failed local activity can arrive as its ApplicationError itself
+    (measured here with SDK 1.35), a failed activity as an ActivityError wrapping it."""
+    return error.cause if isinstance(error, ActivityError) else error
+
+
+def _stopped_by(error: FailureError, stage: str) -> PlanStopped:
+    """An activity's ApplicationError type is the plan's error code; a timeout depends on the stage."""
+    cause = _cause(error)
+    if isinstance(cause, ApplicationError) and cause.type in ErrorCode.__members__:
+        code = ErrorCode(cause.type)
+        return PlanStopped(ExecutionStatus.timeout if code in TIMEOUT_CODES else ExecutionStatus.failed, code, cause.message)
+    message = str(cause) if cause is not None else str(error)
+    if isinstance(cause, ActivityTimeoutError):
+        if stage == "confirm":
+            return PlanStopped(ExecutionStatus.timeout, ErrorCode.CONFIRMATION_TIMEOUT, f"confirmation did not finish: {message}")
+        return PlanStopped(ExecutionStatus.timeout, ErrorCode.DEADLINE_EXCEEDED, f"{stage} did not finish before the plan's deadline")
+    return PlanStopped(ExecutionStatus.failed, ErrorCode.BUILD_FAILED, f"{stage} failed: {message}")
+
+
+def _timeout_text(code: ErrorCode, signed: SignedTransaction | None) -> str:
+    if code is ErrorCode.BLOCKHASH_EXPIRED:
+        return f"not landed before block height {signed.last_valid_block_height if signed else '?'}; it can never land now"
+    return "not confirmed within the plan's maxLatency"

@@ -1,0 +1,130 @@
+"""What the ExecutePlan workflow passes to and gets from its activities: plain data, no secrets.
+
+Only public keys and signed transactions appear here; private keys stay in the worker's
+key store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workflows.events import ExecutionPlanEvent
+
+
+@dataclass(frozen=True)
+class WalletRequest:
+    plan_id: str
+    pinned: str | None
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class WalletLeaseInfo:
+    lease_id: str
+    wallet: str
+    expires_at_ms: int
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    plan: ExecutionPlanEvent
+    wallet: str
+
+
+@dataclass(frozen=True)
+class BuiltTransaction:
+    """An unsigned v0 message and what the workflow needs to know about it."""
+
+    message: str  # base64 of the serialized v0 message
+    blockhash: str
+    last_valid_block_height: int
+    size: int  # serialized size of the signed transaction, bytes
+    compute_unit_limit: int
+    compute_unit_price: int  # micro-lamports per CU
+    tip_lamports: int
+    tip_account: str | None
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    plan_id: str
+    wallet: str
+    built: BuiltTransaction
+
+
+@dataclass(frozen=True)
+class SignedTransaction:
+    """The plan's one signed transaction, as recorded (create-only) before anything is sent."""
+
+    plan_id: str
+    wallet: str
+    signature: str
+    transaction: str  # base64 of the signed transaction
+    last_valid_block_height: int
+    tip_lamports: int
+    reused: bool = False  # True when an earlier run's record was returned
+    sent: bool = False  # True when an earlier run already put it on the wire: it must be followed, not halted
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    plan_id: str
+    method: str
+    signed: SignedTransaction
+    deadline_ms: int
+
+
+@dataclass(frozen=True)
+class Submission:
+    signature: str
+    bundle_id: str | None
+    sent_at_ms: int
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ConfirmRequest:
+    plan_id: str
+    method: str
+    signed: SignedTransaction
+    submission: Submission
+    give_up_at_ms: int  # the plan's maxLatency, from the workflow's start
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """How a submitted transaction ended: landed (maybe with an on-chain error) or not."""
+
+    landed: bool
+    slot: int | None = None
+    err: str | None = None  # on-chain error, JSON
+    error_code: str | None = None  # TX_FAILED | BLOCKHASH_EXPIRED | CONFIRMATION_TIMEOUT
+    confirmed_at_ms: int | None = None
+    rebroadcasts: int = 0
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class SettleRequest:
+    plan: ExecutionPlanEvent
+    wallet: str
+    signature: str
+    tip_lamports: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    fee_lamports: int
+    tip_lamports: int
+    actual_profit_usd: float | None
+    cost_usd: float
+    sol_price_usd: float
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    lease_id: str
+    wallet: str
+    outcome: str  # success | failure | none
