@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/hft-executor localnet
+	$(BIN)/hft-executor dev --demo 20
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

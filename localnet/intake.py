@@ -12,6 +12,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
@@ -43,6 +44,7 @@ class WireRecord:
     times_received: int = 0
     dropped_by_fault: int = 0
     bundle_ids: list[str] = field(default_factory=list)
+    memos: list[str] = field(default_factory=list)  # SPL Memo texts: lets tests and the benchmark attribute a transaction to its plan
 
     def to_json(self, ledger: Ledger) -> dict:
         record = ledger.records.get(Signature.from_string(self.signature))
@@ -53,9 +55,25 @@ class WireRecord:
             "timesReceived": self.times_received,
             "droppedByFault": self.dropped_by_fault,
             "bundleIds": self.bundle_ids,
+            "memos": self.memos,
             "landedSlot": record.slot if record else None,
             "err": error_json(record.err) if record else None,
         }
+
+
+MEMO_PROGRAMS = {
+    Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"),  # SPL Memo v2
+    Pubkey.from_string("Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo"),  # SPL Memo v1
+}
+
+
+def memo_texts(tx: VersionedTransaction) -> list[str]:
+    keys = tx.message.account_keys
+    texts = []
+    for instruction in tx.message.instructions:
+        if instruction.program_id_index < len(keys) and keys[instruction.program_id_index] in MEMO_PROGRAMS:
+            texts.append(bytes(instruction.data).decode("utf-8", errors="replace"))
+    return texts
 
 
 def derive_bundle_id(transactions: list[VersionedTransaction]) -> str:
@@ -89,7 +107,7 @@ class Intake:
         signature = str(tx.signatures[0])
         record = self.wire.get(signature)
         if record is None:
-            record = self.wire[signature] = WireRecord(signature=signature, first_seen_ns=now_ns)
+            record = self.wire[signature] = WireRecord(signature=signature, first_seen_ns=now_ns, memos=memo_texts(tx))
             if len(self.wire) > MAX_WIRE_RECORDS:
                 self.wire.popitem(last=False)
         record.times_received += 1

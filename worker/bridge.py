@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from datetime import timedelta
 from typing import Awaitable, Callable
 
 from nats.aio.msg import Msg
@@ -31,6 +32,9 @@ from .streams import PLANNED_SUBJECTS
 log = logging.getLogger("hft.bridge")
 DURABLE = "executor-bridge"
 START_RETRY_S = 1.0
+# How long a workflow task may go silent before the server hands it to another worker: a
+# dead worker delays its plans by this much. Local activities heartbeat the task at 80% of it.
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 
 
 def workflow_id(plan_id: str) -> str:
@@ -164,6 +168,7 @@ class PlanBridge:
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a plan id runs once, ever
                 request_eager_start=True,
+                task_timeout=WORKFLOW_TASK_TIMEOUT,
                 search_attributes=search_attributes(plan),
                 static_summary=f"{plan.execution_method.value} {plan.strategy.value} {plan.opportunity_id}",
             )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from nats.js.api import DeliverPolicy
 from solders.keypair import Keypair
 
 from activities.keystore import KeyStore
@@ -159,7 +160,8 @@ async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_
             results[result["planId"]] = result
             arrived.set()
 
-    subscription = await worker.nc.subscribe("executed.>", cb=on_result)
+    # Read the stream, not the subject: what a downstream consumer sees, after JetStream's dedupe.
+    subscription = await worker.js.subscribe("executed.>", cb=on_result, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
     started = time.monotonic()
     published_at = {}
     for plan in plans:

@@ -54,6 +54,7 @@ BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), ba
 MIN_STAGE_TIME = timedelta(milliseconds=200)
 BOOKKEEPING_TIME = timedelta(minutes=5)
 LEASE_MARGIN_MS = 60_000
+CONFIRM_HEARTBEAT = timedelta(seconds=3)  # a dead worker's confirmation moves to another worker this fast
 
 
 def search_attributes(plan: ExecutionPlanEvent) -> TypedSearchAttributes:
@@ -135,7 +136,7 @@ class ExecutePlan:
                 ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, started_ms + plan.max_latency),
                 result_type=Confirmation,
                 start_to_close_timeout=timedelta(milliseconds=plan.max_latency) + timedelta(seconds=30),
-                heartbeat_timeout=timedelta(seconds=10),
+                heartbeat_timeout=CONFIRM_HEARTBEAT,
                 retry_policy=BOOKKEEPING_RETRY,
                 summary=f"confirm {self.signed.signature[:12]}",
             )

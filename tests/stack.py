@@ -1,0 +1,170 @@
+"""The real embedded stack for the executor's tests: Temporal dev server, nats-server, localnet.
+
+Nothing here is a stand-in: `Stack` starts the same servers `hft-executor dev` does, on
+free ports, and gives the tests the handles a user has: publish plans on PLANNED, read
+results from the EXECUTED stream (after JetStream's dedupe, as a consumer sees them),
+inspect the chain through JSON-RPC and the cluster's admin view.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+import nats
+from nats.js.api import DeliverPolicy
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Confirmed
+from solders.pubkey import Pubkey
+from solders.token.associated import get_associated_token_address
+from temporalio.client import Client
+
+from worker.demo import plan_memo
+from worker.dev import DevStack
+from worker.main import connect_temporal
+from worker.streams import KILLSWITCH_SUBJECT, RESUME_SUBJECT, ensure_streams
+from worker.killswitch import halt_message
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Stack:
+    def __init__(self, data_dir: Path, *, slot_ms: float = 50.0, wallets: int = 6) -> None:
+        self.dev = DevStack(data_dir, auto_ports=True, slot_ms=slot_ms, wallet_count=wallets, metrics=False)
+        self.results: dict[str, list[dict]] = defaultdict(list)
+        self._arrived = asyncio.Condition()
+
+    async def start(self) -> "Stack":
+        await self.dev.start()
+        self.config = self.dev.config
+        self.pool = self.dev.pool
+        self.wallets = self.dev.keys.public_keys()
+        self.endpoints = self.dev.localnet.endpoints
+        self.nc = await nats.connect(self.config.nats_url)
+        self.js = self.nc.jetstream()
+        await ensure_streams(self.js)
+        self._results_sub = await self.js.subscribe("executed.>", cb=self._on_result, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        self.rpc = AsyncClient(self.endpoints["rpc"], commitment=Confirmed)
+        self.http = aiohttp.ClientSession()
+        self.temporal: Client = await connect_temporal(self.config)
+        return self
+
+    async def stop(self) -> None:
+        await self.http.close()
+        await self.rpc.close()
+        await self.nc.close()
+        await self.dev.stop()
+
+    # --- plans and results -------------------------------------------------------
+
+    def plan(self, method: str = "rpc", *, wallet: int | str = 0, **options) -> dict:
+        """A unique swap-shaped plan (its memo makes every transaction traceable to it)."""
+        plan_id = f"t-{uuid.uuid4().hex[:12]}"
+        address = wallet if isinstance(wallet, str) else self.wallets[wallet]
+        return self.pool.plan(plan_id, address, method, **options)
+
+    async def publish(self, plan: dict | bytes, subject: str | None = None) -> int:
+        """Publish on PLANNED; returns the stream sequence."""
+        data = plan if isinstance(plan, bytes) else json.dumps(plan).encode()
+        if subject is None:
+            opportunity = plan.get("opportunityId") if isinstance(plan, dict) else None
+            subject = f"execution.planned.{opportunity if isinstance(opportunity, str) else 'test'}"
+        return (await self.js.publish(subject, data)).seq
+
+    async def _on_result(self, message) -> None:
+        result = json.loads(message.data)
+        async with self._arrived:
+            self.results[result["planId"]].append(result)
+            self._arrived.notify_all()
+
+    async def result(self, plan_id: str, timeout: float = 30.0) -> dict:
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: plan_id in self.results), timeout)
+        return self.results[plan_id][0]
+
+    async def execute(self, plan: dict, timeout: float = 30.0) -> dict:
+        await self.publish(plan)
+        return await self.result(plan["planId"], timeout)
+
+    # --- kill switch -------------------------------------------------------------
+
+    async def halt(self, reason: str = "test halt") -> None:
+        await self.js.publish(KILLSWITCH_SUBJECT, halt_message(reason, "test"))
+
+    async def resume(self) -> None:
+        await self.js.publish(RESUME_SUBJECT, halt_message("resumed", "test"))
+
+    # --- the chain ---------------------------------------------------------------
+
+    async def admin(self, method: str, path: str, body: dict | None = None) -> dict:
+        async with self.http.request(method, self.endpoints["admin"] + path, json=body) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def faults(self, faults: dict) -> None:
+        await self.admin("PUT", "/faults", faults)
+
+    async def clear_faults(self) -> None:
+        await self.admin("PUT", "/faults", {c: {"drop": 0.0, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0} for c in ("rpc", "bundle", "tpu")})
+
+    async def token_balance(self, wallet: str, mint: str) -> int:
+        ata = get_associated_token_address(Pubkey.from_string(wallet), Pubkey.from_string(mint))
+        return int((await self.rpc.get_token_account_balance(ata)).value.amount)
+
+    async def wire_transactions(self, plan_id: str) -> list[dict]:
+        """Every distinct transaction the cluster received for this plan (by its memo), landed or not."""
+        memo = plan_memo(plan_id)
+        return [row for row in (await self.admin("GET", "/transactions"))["transactions"] if memo in row.get("memos", [])]
+
+    async def landed_for(self, plan_id: str) -> list[str]:
+        return [row["signature"] for row in await self.wire_transactions(plan_id) if row.get("landedSlot") is not None]
+
+    # --- worker processes ----------------------------------------------------------
+
+    def worker_process(self, log_path: Path, **extra_env: str) -> subprocess.Popen:
+        """`hft-executor worker` as its own process, joined to this stack (for crash tests)."""
+        env = {**os.environ, **self.dev.environment(), "METRICS_PORT": "0", "PYTHONUNBUFFERED": "1", **extra_env}
+        log = open(log_path, "ab")  # noqa: SIM115 - the child's lifetime
+        return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--log-level", "INFO"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_until(predicate, timeout: float = 10.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(every)
+
+
+def secret_forms(wallet_dir: Path) -> dict[str, str]:
+    """Every way a wallet's private key could be written down: base58, base64, hex, the JSON
+    array of a keypair file, for the 64-byte keypair and for its 32-byte seed."""
+    import base64
+
+    import base58
+
+    forms = {}
+    for path in sorted(wallet_dir.glob("*.json")):
+        secret = bytes(json.loads(path.read_text()))
+        for label, raw in (("keypair", secret), ("seed", secret[:32])):
+            forms[f"{path.name} {label} base58"] = base58.b58encode(raw).decode()
+            forms[f"{path.name} {label} base64"] = base64.b64encode(raw).decode()
+            forms[f"{path.name} {label} hex"] = raw.hex()
+            forms[f"{path.name} {label} json"] = json.dumps(list(raw))
+            forms[f"{path.name} {label} compact json"] = json.dumps(list(raw), separators=(",", ":"))
+            forms[f"{path.name} {label} bytes repr"] = repr(raw)[2:-1][:40]
+    return forms
+
+
+def leaked(text: str, forms: dict[str, str]) -> list[str]:
+    return [label for label, form in forms.items() if form in text]

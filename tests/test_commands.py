@@ -1,0 +1,77 @@
+"""The commands as a user runs them: `dev --demo --exit --json`, `send-plan`, `halt`, `resume`, `status`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.stack import ROOT
+
+CLI = [sys.executable, "-m", "worker.cli"]
+
+
+def _port_open(url: str) -> bool:
+    host, port = url.rsplit("//", 1)[-1].rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, int(port.split("/")[0]))) == 0
+
+
+def test_dev_demo_runs_every_plan_to_success_and_leaves_nothing_running():
+    with tempfile.TemporaryDirectory() as data_dir:
+        done = subprocess.run(
+            [*CLI, "dev", "--ports", "auto", "--demo", "6", "--exit", "--json", "--slot-ms", "50", "--data-dir", data_dir],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    endpoints, summary = json.loads(lines[0]), json.loads(lines[-1])
+    assert {"temporal", "temporalUi", "nats", "solanaRpc", "solanaBlockEngine", "wallets"} <= set(endpoints)
+    assert summary["plans"] == summary["results"] == summary["success"] == 6, summary
+    assert summary["failed"] == summary["timeout"] == 0
+    assert "results 6/6" in done.stderr and "jito_bundle" in done.stderr  # progress and the result table
+    for name in ("nats", "solanaRpc", "solanaAdmin"):
+        assert not _port_open(endpoints[name]), f"{name} still listening after exit"
+    assert not _port_open("tcp://" + endpoints["temporal"])
+
+
+async def _run(env: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return await asyncio.to_thread(
+        subprocess.run, [*CLI, *args], cwd=ROOT, env={**os.environ, **env}, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_send_plan_halt_resume_and_status(stack, tmp_path: Path):
+    env = stack.dev.environment()
+    plan = stack.plan("rpc", wallet=2)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    sent = await _run(env, "send-plan", str(plan_file))
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["planId"] == plan["planId"]
+    assert (await stack.result(plan["planId"]))["status"] == "success"
+
+    from_stdin = stack.plan("jito_bundle", wallet=2)
+    assert (await _run(env, "send-plan", "-", stdin=json.dumps(from_stdin))).returncode == 0
+    assert (await stack.result(from_stdin["planId"]))["status"] == "success"
+
+    halted = await _run(env, "halt", "--reason", "maintenance window")
+    assert halted.returncode == 0, halted.stderr
+    status = json.loads((await _run(env, "status", "--json")).stdout)
+    assert status["halted"] == "maintenance window"
+    assert {w["wallet"] for w in status["wallets"]} == set(stack.wallets)
+    assert all(w["balance"] is None or w["balance"] > 0 for w in status["wallets"])
+
+    resumed = await _run(env, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((await _run(env, "status", "--json")).stdout)["halted"] is None
+    for _ in range(100):  # the worker hears the resume
+        if stack.worker.killswitch.halted() is None:
+            break
+        await asyncio.sleep(0.05)
+    assert stack.worker.killswitch.halted() is None

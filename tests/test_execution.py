@@ -1,0 +1,170 @@
+"""ExecutePlan end to end on the real stack: plans in on PLANNED, transactions on the local
+cluster, exactly one result out on EXECUTED."""
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+from solders.signature import Signature
+from temporalio.client import WorkflowExecutionStatus
+
+from activities.jito import STATIC_TIP_ACCOUNTS
+from tests.stack import wait_until
+from worker.bridge import workflow_id
+from worker.demo import validate
+
+
+async def test_rpc_plan_lands_once_and_moves_the_tokens(stack):
+    plan = stack.plan("rpc", wallet=1)
+    wallet = plan["wallet"]
+    paid_before = await stack.token_balance(wallet, stack.pool.mint_in)
+    received_before = await stack.token_balance(wallet, stack.pool.mint_out)
+
+    result = await stack.execute(plan)
+
+    assert result["status"] == "success", result
+    assert result["executionMethod"] == "rpc" and result["wallet"] == wallet
+    assert result["blockSlot"] > 0 and result["confirmationTime"] >= plan["timestamp"]
+    assert await stack.token_balance(wallet, stack.pool.mint_in) == paid_before - plan["inputAmount"]
+    assert await stack.token_balance(wallet, stack.pool.mint_out) == received_before + plan["routes"][0]["outAmount"]
+    assert result["executionCost"]["feeLamports"] > 0 and result["executionCost"]["tipLamports"] == 0
+    assert abs(result["actualProfit"] - plan["expectedProfit"]) < 1e-9  # everything promised arrived
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+    stages = result["stageTimings"]
+    assert all(stages[s] is not None for s in ("selectWallet", "build", "sign", "submit", "confirm"))
+
+
+async def test_jito_bundle_plan_lands_and_pays_its_tip(stack):
+    plan = stack.plan("jito_bundle", wallet=2)
+    result = await stack.execute(plan)
+
+    assert result["status"] == "success", result
+    assert result["bundleId"] and len(result["bundleId"]) == 64
+    tip = result["tipLamports"]
+    assert tip >= stack.config.jito_tip_base and result["executionCost"]["tipLamports"] == tip
+    tx = (await stack.rpc.get_transaction(Signature.from_string(result["signature"]), max_supported_transaction_version=0)).value
+    keys = [str(k) for k in tx.transaction.transaction.message.account_keys]
+    meta = tx.transaction.meta
+    tips_received = {k: meta.post_balances[i] - meta.pre_balances[i] for i, k in enumerate(keys) if k in STATIC_TIP_ACCOUNTS}
+    assert list(tips_received.values()) == [tip], "exactly one tip account, paid the result's tip"
+    assert await stack.token_balance(plan["wallet"], stack.pool.mint_out) > 0
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+
+
+async def test_same_plan_published_five_times_runs_once_with_one_result(stack):
+    plan = stack.plan("rpc", wallet=3)
+    for _ in range(5):
+        await stack.publish(plan)
+    result = await stack.result(plan["planId"])
+    assert result["status"] == "success", result
+    await asyncio.sleep(1.0)  # time for any duplicate to surface
+    assert len(stack.results[plan["planId"]]) == 1
+    runs = await stack.temporal.count_workflows(f'WorkflowId = "{workflow_id(plan["planId"])}"')
+    assert runs.count == 1
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+    # ...and published again after it finished: still nothing new (the id is never reused)
+    await stack.publish(plan)
+    await asyncio.sleep(1.0)
+    assert len(stack.results[plan["planId"]]) == 1
+    assert (await stack.temporal.count_workflows(f'WorkflowId = "{workflow_id(plan["planId"])}"')).count == 1
+
+
+async def test_plan_past_its_deadline_times_out_and_sends_nothing(stack):
+    plan = stack.plan("rpc", wallet=4, deadline_ms=-1_000)
+    result = await stack.execute(plan)
+    assert result["status"] == "timeout"
+    assert result["errorCode"] == "DEADLINE_EXCEEDED"
+    assert result.get("signature") is None
+    assert await stack.wire_transactions(plan["planId"]) == []
+
+
+async def test_kill_switch_holds_new_plans_and_stops_workflows_before_submit(stack):
+    await stack.halt("test: market closed")
+    await wait_until(lambda: _async(stack.worker.killswitch.halted() is not None))
+    try:
+        waiting = stack.plan("rpc", wallet=5)
+        await stack.publish(waiting)
+        await asyncio.sleep(1.0)
+        assert waiting["planId"] not in stack.results, "the bridge takes nothing while halted"
+
+        # A workflow started elsewhere (not through this bridge) still never submits.
+        direct = stack.plan("rpc", wallet=5)
+        await stack.temporal.start_workflow(
+            "ExecutePlan", validate(direct), id=workflow_id(direct["planId"]), task_queue=stack.config.temporal_task_queue
+        )
+        halted = await stack.result(direct["planId"])
+        assert halted["status"] == "failed" and halted["errorCode"] == "HALTED", halted
+        assert "market closed" in halted["error"]
+        assert await stack.wire_transactions(direct["planId"]) == []
+    finally:
+        await stack.resume()
+    resumed = await stack.result(waiting["planId"])
+    assert resumed["status"] == "success", resumed
+
+
+async def test_halt_signal_to_one_workflow_stops_it_before_submit(stack):
+    """What the Temporal UI's or `temporal workflow signal`'s halt does to one plan."""
+    plan = stack.plan("rpc", wallet=0)
+    handle = await stack.temporal.start_workflow(
+        "ExecutePlan",
+        validate(plan),
+        id=workflow_id(plan["planId"]),
+        task_queue=stack.config.temporal_task_queue,
+        start_delay=timedelta(seconds=3),  # the signal arrives before its first step
+    )
+    await handle.signal("halt", "operator pressed halt in the UI")
+    result = await stack.result(plan["planId"])
+    assert result["status"] == "failed" and result["errorCode"] == "HALTED", result
+    assert await stack.wire_transactions(plan["planId"]) == []
+    assert (await handle.result())["status"] == "failed"
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED  # ended cleanly, not as a failed workflow
+
+
+async def test_halt_signal_while_submit_runs_still_one_transaction(stack):
+    """A signal cannot stop a running local activity, and makes its workflow task re-run:
+    the re-run must resend the recorded bytes, never sign a second transaction."""
+    plan = stack.plan("rpc", wallet=1)
+    await stack.faults({"rpc": {"delay_ms": 1500}})
+    try:
+        await stack.publish(plan)
+        handle = stack.temporal.get_workflow_handle(workflow_id(plan["planId"]))
+        await wait_until(lambda: _started(handle), timeout=10)
+        await asyncio.sleep(0.4)  # well inside the 1.5 s sendTransaction
+        await handle.signal("halt", "halt during submit")
+        result = await stack.result(plan["planId"], timeout=40)
+    finally:
+        await stack.clear_faults()
+    on_wire = await stack.wire_transactions(plan["planId"])
+    assert len(on_wire) == 1, on_wire
+    assert result["signature"] == on_wire[0]["signature"]
+    assert result["status"] == "success", "sent before the halt: followed to its true outcome"
+    assert len(stack.results[plan["planId"]]) == 1
+
+
+async def test_dropped_bundle_ends_blockhash_expired_without_a_second_signature(stack):
+    plan = stack.plan("jito_bundle", wallet=2, max_latency_ms=60_000)
+    await stack.faults({"bundle": {"drop": 1.0}})
+    try:
+        result = await stack.execute(plan, timeout=40)
+    finally:
+        await stack.clear_faults()
+    assert result["status"] == "timeout" and result["errorCode"] == "BLOCKHASH_EXPIRED", result
+    on_wire = await stack.wire_transactions(plan["planId"])
+    assert [row["signature"] for row in on_wire] == [result["signature"]] and on_wire[0]["landedSlot"] is None
+
+
+async def _started(handle) -> bool:
+    try:
+        await handle.describe()
+        return True
+    except Exception:
+        return False
+
+
+async def _async(value):
+    return value
+
+
+def _json(value) -> str:
+    return json.dumps(value)

@@ -1,0 +1,38 @@
+"""No private key leaves the key store: not into workflow history, results, logs or KV state.
+
+Runs after the other tests on the session stack, so every kind of plan (success, halted,
+malformed, expired) has left its traces to search.
+"""
+from __future__ import annotations
+
+import json
+
+from tests.stack import leaked, secret_forms
+
+
+async def test_no_private_key_in_history_results_logs_or_kv(stack, worker_log):
+    forms = secret_forms(stack.dev.data_dir / "wallets")
+    assert forms, "the dev wallets exist as key files"
+    plans = [stack.plan("jito_bundle", wallet=3), stack.plan("rpc", wallet=4), stack.plan("rpc", wallet=5, deadline_ms=-1)]
+    statuses = [(await stack.execute(plan))["status"] for plan in plans]
+    assert statuses == ["success", "success", "timeout"]
+
+    histories = []
+    async for execution in stack.temporal.list_workflows('WorkflowType = "ExecutePlan"'):
+        history = await stack.temporal.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+        histories.append(history.to_json())
+    assert len(histories) >= len(plans)
+    assert leaked("\n".join(histories), forms) == []
+
+    assert leaked(json.dumps(stack.results), forms) == []
+
+    assert len(worker_log.lines) > 50
+    assert leaked("\n".join(worker_log.lines), forms) == []
+    assert leaked(repr(stack.dev.keys) + str(stack.dev.keys), forms) == []
+
+    values = []
+    for bucket in ("plan_records", "wallet_leases"):
+        kv = await stack.js.key_value(bucket)
+        for key in await kv.keys():
+            values.append((await kv.get(key)).value.decode())
+    assert values and leaked("\n".join(values), forms) == []
