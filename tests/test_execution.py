@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import timedelta
 
+import pytest
 from solders.signature import Signature
 from temporalio.client import WorkflowExecutionStatus
 
@@ -168,3 +169,19 @@ async def _async(value):
 
 def _json(value) -> str:
     return json.dumps(value)
+
+
+@pytest.mark.parametrize(("method", "channel"), [("rpc", "rpc"), ("jito_bundle", "bundle")])
+async def test_rate_limited_submit_backs_off_and_lands_once(stack, method, channel):
+    """HTTP 429 from the RPC or the block engine is transient: submit retries the same bytes."""
+    plan = stack.plan(method, wallet=4)
+    await stack.faults({channel: {"rate_limit": 1.0}})
+    try:
+        await stack.publish(plan)
+        await asyncio.sleep(0.8)
+        assert plan["planId"] not in stack.results, "still retrying while every request gets 429"
+    finally:
+        await stack.clear_faults()
+    result = await stack.result(plan["planId"])
+    assert result["status"] == "success", result
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]

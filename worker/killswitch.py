@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Callable
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -28,12 +29,13 @@ def halt_message(reason: str, by: str) -> bytes:
 
 
 class KillSwitch:
-    def __init__(self, nc: NATS, js: JetStreamContext, client: Client, executor_name: str) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, client: Client, executor_name: str, on_change: Callable[[bool], None] | None = None) -> None:
         self.nc = nc
         self.js = js
         self.client = client
         self.executor_name = executor_name
         self.reason: str | None = None
+        self.on_change = on_change or (lambda halted: None)
         self._subscriptions = []
 
     def halted(self) -> str | None:
@@ -45,6 +47,7 @@ class KillSwitch:
             await self.nc.subscribe(KILLSWITCH_SUBJECT, cb=self._on_halt),
             await self.nc.subscribe(RESUME_SUBJECT, cb=self._on_resume),
         ]
+        self.on_change(self.reason is not None)
         if self.reason is not None:
             log.warning("stage=killswitch event=restored halted=true reason=%s", self.reason)
             await self.halt_running()
@@ -69,12 +72,14 @@ class KillSwitch:
 
     async def _on_halt(self, message) -> None:
         self.reason = _reason(message.data)
+        self.on_change(True)
         log.warning("stage=killswitch event=halt reason=%s", self.reason)
         await self.halt_running()
         await self.nc.publish(STOPPED_SUBJECT, json.dumps({"executor": self.executor_name, "reason": self.reason, "timestamp": int(time.time() * 1000)}).encode())
 
     async def _on_resume(self, message) -> None:
         self.reason = None
+        self.on_change(False)
         log.warning("stage=killswitch event=resume")
 
     async def halt_running(self) -> int:

@@ -100,7 +100,7 @@ class ExecutorWorker:
         self.jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid)
         self.client = await connect_temporal(config, config.temporal_metrics_port if config.metrics_port else 0)
         await ensure_search_attributes(self.client, config.temporal_namespace)
-        self.killswitch = KillSwitch(self.nc, self.js, self.client, config.executor_name)
+        self.killswitch = KillSwitch(self.nc, self.js, self.client, config.executor_name, on_change=lambda on: self.metrics.halted.set(int(on)))
         await self.killswitch.start()
         self.watcher = SignatureWatcher(self.rpc, poll_s=config.confirmation_poll_ms / 1000)
         self.watcher.start()

@@ -11,7 +11,7 @@ each unique) and send them one at a time, sequentially, to the same block engine
 Each call is timed from raw bytes to the checked bundle id (base64 encoding included for
 both). Afterwards every bundle is polled with getInflightBundleStatuses until it landed.
 
-    python -m activities.jito_compare --json
+    python -m bench.jito_client_comparison --json
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from solders.transaction import VersionedTransaction
 from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient, JitoError, bundle_id
 from localnet.cluster import ClusterConfig, ClusterThread, LocalCluster
 
-log = logging.getLogger("activities.jito_compare")
+log = logging.getLogger("bench.jito_client_comparison")
 
 LAMPORTS_PER_SOL = 1_000_000_000
 TIP_PUBKEYS = [Pubkey.from_string(a) for a in STATIC_TIP_ACCOUNTS]
@@ -181,7 +181,7 @@ async def compare(cluster: ClusterThread, payers: list[Keypair], n: int, devnull
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m activities.jito_compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.jito_client_comparison", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--bundles", type=int, default=200, help="bundles per client (default 200)")
     parser.add_argument("--payers", type=int, default=4, help="funded payers the bundles rotate over (default 4)")
