@@ -4,7 +4,8 @@ One poller per worker asks getSignatureStatuses for every in-flight signature at
 (up to 256 a request; rate limits are per request), every `poll_s` (200 ms by default:
 the seed's 2 s is far too slow for a 400 ms slot), plus the confirmed block height to
 know when a blockhash has expired. Each confirm activity waits on its signature,
-heartbeats, and for rpc rebroadcasts the same bytes every `rebroadcast_s`.
+heartbeats, and rebroadcasts the same bytes every `rebroadcast_s` (rpc
+plans, to the RPC and its backups; a bundle is sent once).
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ async def follow(
         while True:
             seen = watcher.statuses.get(signature)
             now_ms = int(time.time() * 1000)
-            if seen is not None and (seen.err is not None or seen.level >= wanted):
+            # An error seen at a lower level than wanted may be on a fork that gets dropped: wait.
+            if seen is not None and seen.level >= wanted:
                 err = json.dumps(str(seen.err)) if seen.err is not None else None
                 return Confirmation(
                     landed=True, slot=seen.slot, err=err, error_code=ErrorCode.TX_FAILED.value if err else None,

@@ -69,6 +69,7 @@ class ExecutionActivities:
         sol_price_usd: float = 150.0,
         on_result: Callable[[ExecutionResultEvent], None] | None = None,
         crash_after: str | None = None,
+        confirmation_timeout_ms: int = 30_000,
     ) -> None:
         self.rpc = rpc
         self.wallets = wallets
@@ -83,6 +84,7 @@ class ExecutionActivities:
         self.sol_price_usd = sol_price_usd
         self.on_result = on_result
         self.crash_after = crash_after
+        self.confirmation_timeout_ms = confirmation_timeout_ms
 
     def _crash_point(self, stage: str) -> None:
         """Fault injection for the durability tests (HFT_TEST_CRASH_AFTER): the worker dies here, hard."""
@@ -147,10 +149,15 @@ class ExecutionActivities:
     async def confirm(self, request: ConfirmRequest) -> Confirmation:
         self._crash_point("confirm")
         raw = base64.b64decode(request.signed.transaction)
+        # CONFIRMATION_TIMEOUT caps the wait after the send, within the plan's own maxLatency.
+        give_up = min(request.give_up_at_ms, request.submission.sent_at_ms + self.confirmation_timeout_ms)
+        request = replace(request, give_up_at_ms=give_up)
 
         async def rebroadcast() -> None:
             await self.submitter.send("rpc", raw)
 
+        # Bundles are sent once: resending would spend the block engine's per-IP rate limit that
+        # new plans need, and a dropped bundle is reported BLOCKHASH_EXPIRED for the planner to decide.
         outcome = await follow(
             request,
             self.watcher,

@@ -19,7 +19,7 @@ from nats.js.kv import KeyValue
 from workflows.stages import SignedTransaction
 
 BUCKET = "plan_records"
-RECORD_TTL_S = 48 * 3600  # longer than Temporal's id-dedupe retention, so no plan id is ever signed twice
+RECORD_TTL_S = 7 * 24 * 3600  # longer than the namespace retention (72 h in dev and compose), so no plan id is ever signed twice
 
 
 def _key(kind: str, plan_id: str) -> str:

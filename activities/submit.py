@@ -6,10 +6,11 @@ worker's own halt flag: a signal cannot stop a local activity already running.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import httpx
 from solana.rpc.async_api import AsyncClient
@@ -25,17 +26,24 @@ from .jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
 from .records import PlanRecords
 
 log = logging.getLogger("hft.submit")
+SENDABLE = ("rpc", "jito_bundle")
 SEND_OPTS = TxOpts(skip_preflight=True, max_retries=0)  # the planner simulated; we rebroadcast ourselves
 
 
 class Submitter:
-    def __init__(self, rpc: AsyncClient, jito: JitoClient, records: PlanRecords, halted: Callable[[], str | None]) -> None:
+    def __init__(
+        self, rpc: AsyncClient, jito: JitoClient, records: PlanRecords, halted: Callable[[], str | None], backups: Sequence[AsyncClient] = ()
+    ) -> None:
         self.rpc = rpc
         self.jito = jito
         self.records = records
         self.halted = halted
+        self.backups = list(backups)  # RPC_BACKUPS: get a copy of every rpc send, never waited on
+        self._background: set[asyncio.Task] = set()
 
     async def submit(self, request: SubmitRequest) -> Submission:
+        if request.method not in SENDABLE:
+            fail(ErrorCode.SUBMIT_REJECTED, f"execution method {request.method} is not available yet (direct TPU submission arrives with its own issue)")
         refusal = self._refusal(request)
         if refusal is not None:
             if not await self.records.was_sent(request.plan_id):
@@ -67,6 +75,11 @@ class Submitter:
                 if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 429:
                     fail(ErrorCode.RATE_LIMITED, "RPC rate limited (HTTP 429)")
                 raise  # connection trouble: unknown whether it arrived, retry the same bytes
+            finally:
+                for backup in self.backups:
+                    task = asyncio.create_task(_copy_to(backup, raw))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
             return None
         if method == "jito_bundle":
             try:
@@ -77,4 +90,11 @@ class Submitter:
                 raise  # unknown whether it arrived: retry the same bytes
             except JitoError as error:
                 fail(ErrorCode.SUBMIT_REJECTED, f"block engine refused the bundle: {error}")
-        fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available yet (direct TPU submission arrives with its own issue)")
+        fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available")
+
+
+async def _copy_to(backup: AsyncClient, raw: bytes) -> None:
+    try:
+        await backup.send_raw_transaction(raw, opts=SEND_OPTS)
+    except Exception as error:  # a backup's trouble never fails the plan
+        log.debug("backup RPC %s refused a copy: %s", backup._provider.endpoint_uri, error)

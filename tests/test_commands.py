@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,3 +76,31 @@ async def test_send_plan_halt_resume_and_status(stack, tmp_path: Path):
             break
         await asyncio.sleep(0.05)
     assert stack.worker.killswitch.halted() is None
+
+
+def test_dev_stops_everything_on_ctrl_c():
+    with tempfile.TemporaryDirectory() as data_dir:
+        process = subprocess.Popen(
+            [*CLI, "dev", "--ports", "auto", "--json", "--slot-ms", "50", "--data-dir", data_dir],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            endpoints = json.loads(process.stdout.readline())
+            assert _port_open(endpoints["solanaRpc"]) and _port_open("tcp://" + endpoints["temporal"])
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=60) == 0, process.stderr.read()[-2000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+    for name in ("nats", "solanaRpc", "solanaBlockEngine", "solanaAdmin", "temporalUi"):
+        assert not _port_open(endpoints[name]), f"{name} still listening after Ctrl-C"
+    assert not _port_open("tcp://" + endpoints["temporal"])
+
+
+async def test_operator_commands_fail_clearly(stack):
+    env = stack.dev.environment()
+    unknown = await _run(env, "halt", "--plan", "no-such-plan")
+    assert unknown.returncode == 1 and "no running execution plan-no-such-plan" in unknown.stderr
+    unreachable = await _run({**env, "NATS_URL": "nats://127.0.0.1:1"}, "status")
+    assert unreachable.returncode == 1 and "cannot reach NATS at nats://127.0.0.1:1" in unreachable.stderr
+    assert "Traceback" not in unknown.stderr + unreachable.stderr

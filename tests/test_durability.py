@@ -8,6 +8,7 @@ before the workflow task completed; at the start of confirm, after the task comp
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import signal
@@ -103,3 +104,28 @@ async def test_halt_after_a_crash_mid_submit_still_follows_the_sent_transaction(
         await stop_worker(survivor)
     assert result["status"] == "success", (result, survivor_log.read_text()[-3000:])
     assert [row["signature"] for row in await stack.wire_transactions(plan["planId"])] == [result["signature"]]
+
+
+async def test_kill_switch_survives_a_worker_restart_and_announces_the_stop(crash_stack):
+    stack = crash_stack
+    stopped = asyncio.Queue()
+    subscription = await stack.nc.subscribe("metrics.executor.stopped", cb=stopped.put)
+    first, _ = await start_worker(stack, "halt-first")
+    await stack.halt("risk limit reached")
+    announcement = json.loads((await asyncio.wait_for(stopped.get(), 10)).data)
+    assert announcement["reason"] == "risk limit reached" and announcement["executor"]
+    await stop_worker(first)
+    await subscription.unsubscribe()
+
+    restarted, restarted_log = await start_worker(stack, "halt-restarted")
+    try:
+        assert b"event=restored halted=true" in restarted_log.read_bytes()
+        plan = stack.plan("rpc", wallet=2)
+        await stack.publish(plan)
+        await asyncio.sleep(1.5)
+        assert plan["planId"] not in stack.results, "a restarted worker is still halted"
+        await stack.resume()
+        result = await stack.result(plan["planId"], timeout=30)
+    finally:
+        await stop_worker(restarted)
+    assert result["status"] == "success", result

@@ -185,3 +185,28 @@ async def test_rate_limited_submit_backs_off_and_lands_once(stack, method, chann
     result = await stack.result(plan["planId"])
     assert result["status"] == "success", result
     assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+
+
+async def test_recorded_histories_replay_deterministically(stack):
+    """Every history this session produced (success, halted, expired, signalled) replays with
+    today's workflow code: a non-deterministic change would fail here, not in production."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.worker import Replayer
+
+    from workflows.execute_plan import ExecutePlan
+
+    await stack.execute(stack.plan("rpc", wallet=5))
+    histories = [
+        await stack.temporal.get_workflow_handle(e.id, run_id=e.run_id).fetch_history()
+        async for e in stack.temporal.list_workflows('WorkflowType = "ExecutePlan" AND ExecutionStatus = "Completed"')
+    ]
+    assert len(histories) >= 1
+    replayer = Replayer(workflows=[ExecutePlan], data_converter=pydantic_data_converter)
+    async with replayer.workflow_replay_iterator(_iterate(histories)) as results:
+        async for outcome in results:
+            assert outcome.replay_failure is None, outcome.replay_failure
+
+
+async def _iterate(items):
+    for item in items:
+        yield item

@@ -46,6 +46,8 @@ class ExecutorConfig:
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "hft-executor"
+    temporal_tls: bool = False
+    temporal_api_key: str | None = field(default=None, repr=False)  # Temporal Cloud; implies TLS
     balance_refresh_s: float = 30.0
     max_plans_in_flight: int = 256  # bridge backpressure: ack-pending cap on the PLANNED consumer
 
@@ -76,6 +78,8 @@ class ExecutorConfig:
             temporal_address=env.get("TEMPORAL_ADDRESS", cls.temporal_address),
             temporal_namespace=env.get("TEMPORAL_NAMESPACE", cls.temporal_namespace),
             temporal_task_queue=env.get("TEMPORAL_TASK_QUEUE", cls.temporal_task_queue),
+            temporal_tls=env.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes"),
+            temporal_api_key=env.get("TEMPORAL_API_KEY") or None,
             balance_refresh_s=_float(env, "BALANCE_REFRESH_S", cls.balance_refresh_s),
             max_plans_in_flight=_int(env, "MAX_PLANS_IN_FLIGHT", cls.max_plans_in_flight),
         )

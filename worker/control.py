@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import nats
+from temporalio.service import RPCError, RPCStatusCode
 from nats.js.errors import NotFoundError
 
 from activities.keystore import KeyStore
@@ -37,6 +38,18 @@ def environment() -> dict[str, str]:
         for key, value in json.loads(DEV_ENVIRONMENT.read_text()).items():
             env.setdefault(key, value)
     return env
+
+
+async def _nats(config: ExecutorConfig):
+    """A short-lived operator connection: fail fast with a clear message, don't retry forever."""
+    async def quiet(_error: Exception) -> None:
+        pass
+
+    try:
+        # nats-py keeps retrying a refused first connect on its own; the deadline is ours.
+        return await asyncio.wait_for(nats.connect(config.nats_url, connect_timeout=3, allow_reconnect=False, error_cb=quiet), 5)
+    except Exception as error:
+        raise SystemExit(f"cannot reach NATS at {config.nats_url} ({str(error) or type(error).__name__}); set NATS_URL or start `hft-executor dev`") from None
 
 
 # --- worker -------------------------------------------------------------------------
@@ -93,7 +106,7 @@ def send_plan(args: argparse.Namespace) -> int:
 async def _send_plan(args: argparse.Namespace) -> int:
     plans = read_plans(args.file)
     config = ExecutorConfig.from_environment(environment())
-    nc = await nats.connect(config.nats_url)
+    nc = await _nats(config)
     js = nc.jetstream()
     await ensure_streams(js)
     for plan in plans:
@@ -116,10 +129,16 @@ async def _halt(args: argparse.Namespace) -> int:
     config = ExecutorConfig.from_environment(environment())
     if args.plan:
         client = await connect_temporal(config)
-        await client.get_workflow_handle(workflow_id(args.plan)).signal("halt", args.reason)
+        try:
+            await client.get_workflow_handle(workflow_id(args.plan)).signal("halt", args.reason)
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                print(f"no running execution {workflow_id(args.plan)}: it finished already or never started", file=sys.stderr, flush=True)
+                return 1
+            raise
         print(f"halt signalled to {workflow_id(args.plan)}", flush=True)
         return 0
-    nc = await nats.connect(config.nats_url)
+    nc = await _nats(config)
     js = nc.jetstream()
     await ensure_streams(js)
     await js.publish(KILLSWITCH_SUBJECT, halt_message(args.reason, "cli"))
@@ -134,7 +153,7 @@ def resume(args: argparse.Namespace) -> int:
 
 async def _resume() -> int:
     config = ExecutorConfig.from_environment(environment())
-    nc = await nats.connect(config.nats_url)
+    nc = await _nats(config)
     js = nc.jetstream()
     await ensure_streams(js)
     await js.publish(RESUME_SUBJECT, halt_message("resumed", "cli"))
@@ -165,7 +184,7 @@ def status(args: argparse.Namespace) -> int:
 
 async def _status() -> dict:
     config = ExecutorConfig.from_environment(environment())
-    nc = await nats.connect(config.nats_url)
+    nc = await _nats(config)
     js = nc.jetstream()
     halted = None
     try:

@@ -47,7 +47,12 @@ async def connect_temporal(config: ExecutorConfig, sdk_metrics_port: int = 0) ->
     if sdk_metrics_port:
         runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"0.0.0.0:{sdk_metrics_port}")))
     return await Client.connect(
-        config.temporal_address, namespace=config.temporal_namespace, data_converter=pydantic_data_converter, **({"runtime": runtime} if runtime else {})
+        config.temporal_address,
+        namespace=config.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        tls=config.temporal_tls or bool(config.temporal_api_key),
+        api_key=config.temporal_api_key,
+        **({"runtime": runtime} if runtime else {}),
     )
 
 
@@ -94,6 +99,7 @@ class ExecutorWorker:
         self.records = await PlanRecords.open(self.js)
         self.wallets = await WalletPool.open(self.js, self.keys.public_keys())
         self.rpc = AsyncClient(config.rpc_endpoint, commitment=Confirmed, timeout=10)
+        self.backups = [AsyncClient(url, commitment=Confirmed, timeout=10) for url in config.rpc_backups]
         self.blockhashes = BlockhashCache(self.rpc)
         await self.blockhashes.refresh()
         self.blockhashes.start()
@@ -118,7 +124,7 @@ class ExecutorWorker:
             keys=self.keys,
             builder=builder,
             records=self.records,
-            submitter=Submitter(self.rpc, self.jito, self.records, self.killswitch.halted),
+            submitter=Submitter(self.rpc, self.jito, self.records, self.killswitch.halted, self.backups),
             watcher=self.watcher,
             js=self.js,
             commitment=config.confirmation_commitment,
@@ -126,6 +132,7 @@ class ExecutorWorker:
             sol_price_usd=config.sol_price_usd,
             on_result=self.metrics.record,
             crash_after=os.environ.get("HFT_TEST_CRASH_AFTER") or None,
+            confirmation_timeout_ms=config.confirmation_timeout_ms,
         )
         self.worker = Worker(
             self.client,
@@ -169,5 +176,7 @@ class ExecutorWorker:
         await self.blockhashes.stop()
         await self.jito.close()
         await self.rpc.close()
+        for backup in self.backups:
+            await backup.close()
         await self.nc.close()  # everything we publish is acked already; a drain would only wait on the bridge's pull inbox
         log.info("stage=worker event=stopped name=%s", self.config.executor_name)

@@ -53,6 +53,7 @@ HOT_PATH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=20), backof
 BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5))
 MIN_STAGE_TIME = timedelta(milliseconds=200)
 BOOKKEEPING_TIME = timedelta(minutes=5)
+SETTLE_TIME = timedelta(seconds=30)
 LEASE_MARGIN_MS = 60_000
 CONFIRM_HEARTBEAT = timedelta(seconds=3)  # a dead worker's confirmation moves to another worker this fast
 
@@ -142,13 +143,17 @@ class ExecutePlan:
             )
             if confirmation.landed:
                 self.stage = "settle"
-                settlement = await workflow.execute_local_activity(
-                    "settle",
-                    SettleRequest(plan, self.lease.wallet, self.signed.signature, self.signed.tip_lamports),
-                    result_type=Settlement,
-                    schedule_to_close_timeout=BOOKKEEPING_TIME,
-                    retry_policy=BOOKKEEPING_RETRY,
-                )
+                try:
+                    settlement = await workflow.execute_local_activity(
+                        "settle",
+                        SettleRequest(plan, self.lease.wallet, self.signed.signature, self.signed.tip_lamports),
+                        result_type=Settlement,
+                        schedule_to_close_timeout=SETTLE_TIME,
+                        retry_policy=BOOKKEEPING_RETRY,
+                    )
+                except FailureError as error:
+                    # The trade's outcome stands; only its accounting (fees, actual profit) is missing.
+                    workflow.logger.warning("plan=%s stage=settle unavailable: %s", plan.plan_id, _cause(error))
             timings = StageTimings(
                 select_wallet=self.lease.elapsed_ms,
                 build=built.elapsed_ms,
