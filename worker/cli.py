@@ -9,10 +9,12 @@ import sys
 from localnet import command as localnet_command
 
 
-TEMPORAL_COMMANDS = {"dev", "worker", "halt", "status"}
+TEMPORAL_COMMANDS = {"dev", "worker", "halt", "status", "bench"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import command as bench_command
+
     from . import control, dev
 
     parser = argparse.ArgumentParser(prog="hft-executor", description="Durable Solana trade executor: every plan a Temporal workflow.")
@@ -25,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     command = commands.add_parser("worker", help="the production process: Temporal worker + PLANNED bridge + kill switch + metrics")
     command.add_argument("--log-level", default="INFO")
     command.set_defaults(run=control.run_worker)
+
+    command = commands.add_parser("bench", help="plan-to-wire latency, throughput and the durability tax (embedded stack)")
+    bench_command.add_arguments(command)
+    command.set_defaults(run=bench_command.run)
 
     command = commands.add_parser("localnet", help="run the local Solana cluster (JSON-RPC, Jito block engine, TPU over QUIC)")
     localnet_command.add_arguments(command)

@@ -321,6 +321,7 @@ class TemporalDevServer(_Server):
         metrics_port: int = 0,
         retention_hours: float | None = None,
         log_level: str = "warn",
+        sqlite_pragmas: tuple[str, ...] = (),
     ):
         super().__init__(data_dir, log_file)
         for attr, kind in (search_attributes or {}).items():
@@ -337,6 +338,7 @@ class TemporalDevServer(_Server):
         self.retention_hours = retention_hours
         self.log_level = log_level
         self.db_file = self.data_dir / "temporal.sqlite"
+        self.sqlite_pragmas = tuple(sqlite_pragmas)
 
     @property
     def address(self) -> str:
@@ -369,6 +371,8 @@ class TemporalDevServer(_Server):
             argv += ["--search-attribute", f"{attr}={kind}"]
         for key, value in self.dynamic_config.items():
             argv += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
+        for pragma in self.sqlite_pragmas:
+            argv += ["--sqlite-pragma", pragma]
         return argv
 
     def _resolve_ports(self) -> None:

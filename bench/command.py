@@ -1,0 +1,352 @@
+"""`hft-executor bench`: plan-to-wire latency, throughput and the durability tax, side by side.
+
+One run starts the embedded stack (as `dev` does), warms it up, then sends the same kind
+of plans at the same open-loop rate twice:
+
+* durable: published on PLANNED, each an ExecutePlan workflow, to its result on EXECUTED;
+* direct: published on a plain NATS subject to a loop in the same process that runs the
+  same parse / wallet lease / build / sign / send code with no Temporal and no KV record.
+
+Plans are published on a fixed schedule, never waiting for an earlier one (no coordinated
+omission). Plan-to-wire is measured from the publish timestamp to the local cluster's
+first sight of the transaction (its admin view, same machine, same clock); the
+difference between the two runs is the durability tax.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nats.js.api import DeliverPolicy
+from solders.keypair import Keypair
+from solders.message import from_bytes_versioned
+
+from worker import logs
+from worker.bridge import parse_plan
+from worker.dev import DevStack, _post
+from worker.main import ExecutorWorker
+
+from .plans import bench_plan
+
+log = logging.getLogger("hft.bench")
+PLAN_MEMO_PREFIX = "hft-executor plan "
+DIRECT_SUBJECT = "bench.direct"
+METHODS = ("rpc", "jito_bundle")
+
+
+@dataclass
+class Phase:
+    name: str
+    published_ns: dict[str, int] = field(default_factory=dict)
+    result_ns: dict[str, int] = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)
+    wire_ns: dict[str, int] = field(default_factory=dict)
+    landed: dict[str, set[str]] = field(default_factory=dict)
+    started_ns: int = 0
+    errors: int = 0
+
+    def plan_to_wire_ms(self) -> list[float]:
+        return [(self.wire_ns[p] - t) / 1e6 for p, t in self.published_ns.items() if p in self.wire_ns]
+
+    def plan_to_result_ms(self) -> list[float]:
+        return [(self.result_ns[p] - t) / 1e6 for p, t in self.published_ns.items() if p in self.result_ns]
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": round(statistics.median(ordered), 3), "p90": at(0.90), "p99": at(0.99), "max": round(ordered[-1], 3)}
+
+
+def cpu_ms(pid: int | str = "self") -> float:
+    """User + system CPU of a process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def methods_for(method: str, count: int) -> list[str]:
+    return [METHODS[i % len(METHODS)] for i in range(count)] if method == "mixed" else [method] * count
+
+
+async def publish_open_loop(publish, plans: list[dict], rate: float | None, phase: Phase) -> None:
+    """Publish on schedule: plan i at start + i/rate, whatever happened to the ones before."""
+    loop = asyncio.get_running_loop()
+    pending = []
+    start = loop.time() + 0.05
+    phase.started_ns = time.time_ns()
+    for index, plan in enumerate(plans):
+        if rate is not None:
+            delay = start + index / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        plan["timestamp"] = int(time.time() * 1000)
+        phase.published_ns[plan["planId"]] = time.time_ns()
+        pending.append(asyncio.create_task(publish(plan)))
+    await asyncio.gather(*pending)
+
+
+async def collect_wire(stack: DevStack, http, phase: Phase) -> None:
+    async with http.get(f"{stack.localnet.endpoints['admin']}/transactions", params={"since_ns": str(phase.started_ns - 1)}) as response:
+        rows = (await response.json())["transactions"]
+    for row in rows:
+        for memo in row.get("memos", []):
+            if not memo.startswith(PLAN_MEMO_PREFIX):
+                continue
+            plan_id = memo[len(PLAN_MEMO_PREFIX) :]
+            if plan_id not in phase.published_ns:
+                continue
+            phase.wire_ns[plan_id] = min(phase.wire_ns.get(plan_id, row["firstSeenNs"]), row["firstSeenNs"])
+            if row.get("landedSlot") is not None:
+                phase.landed.setdefault(plan_id, set()).add(row["signature"])
+
+
+async def durable_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dict], rate: float | None, wait_s: float) -> Phase:
+    phase = Phase("durable")
+    arrived = asyncio.Event()
+
+    async def on_result(message) -> None:
+        result = json.loads(message.data)
+        plan_id = result.get("planId")
+        if plan_id in phase.published_ns and plan_id not in phase.results:
+            phase.result_ns[plan_id] = time.time_ns()
+            phase.results[plan_id] = result
+            if len(phase.results) == len(plans):
+                arrived.set()
+
+    subscription = await worker.js.subscribe("executed.>", cb=on_result, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+
+    async def publish(plan: dict) -> None:
+        await worker.js.publish(f"execution.planned.{plan['opportunityId']}", json.dumps(plan).encode())
+
+    progress = asyncio.create_task(_progress("durable", phase, len(plans)))
+    await publish_open_loop(publish, plans, rate, phase)
+    try:
+        await asyncio.wait_for(arrived.wait(), wait_s)
+    except asyncio.TimeoutError:
+        log.warning("stage=bench event=results_missing missing=%d", len(plans) - len(phase.results))
+    progress.cancel()
+    await subscription.unsubscribe()
+    return phase
+
+
+async def direct_phase(worker: ExecutorWorker, plans: list[dict], rate: float | None) -> Phase:
+    """The same hot-path code without Temporal: parse, lease, build, sign, send, release."""
+    phase = Phase("direct")
+    activities = worker.activities
+    done = asyncio.Event()
+    finished = 0
+
+    async def handle(message) -> None:
+        nonlocal finished
+        try:
+            plan = parse_plan(message.data)
+            lease = await activities.wallets.acquire(f"direct-{plan.plan_id}", None, ttl_ms=60_000)
+            built = await activities.builder.build(plan, lease.wallet)
+            tx = activities.keys.sign(lease.wallet, from_bytes_versioned(base64.b64decode(built.message)))
+            await activities.submitter.send(plan.execution_method.value, bytes(tx))
+            await activities.wallets.release(lease.lease_id, lease.wallet, "none")
+        except Exception as error:
+            phase.errors += 1
+            log.warning("stage=bench event=direct_failed error=%s", error)
+        finished += 1
+        if finished == len(plans):
+            done.set()
+
+    async def on_message(message) -> None:
+        asyncio.create_task(handle(message))
+
+    subscription = await worker.nc.subscribe(f"{DIRECT_SUBJECT}.>", cb=on_message)
+
+    async def publish(plan: dict) -> None:
+        await worker.nc.publish(f"{DIRECT_SUBJECT}.{plan['opportunityId']}", json.dumps(plan).encode())
+
+    await publish_open_loop(publish, plans, rate, phase)
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+    except asyncio.TimeoutError:
+        pass
+    await subscription.unsubscribe()
+    return phase
+
+
+async def _progress(name: str, phase: Phase, total: int) -> None:
+    while True:
+        await asyncio.sleep(2.0)
+        sys.stderr.write(f"  {name}: published {len(phase.published_ns)}/{total}, results {len(phase.results)}\n")
+        sys.stderr.flush()
+
+
+async def history_events(worker: ExecutorWorker, phase: Phase, sample: int = 40) -> float | None:
+    successful = [p for p, r in phase.results.items() if r.get("status") == "success"][:sample]
+    counts = []
+    for plan_id in successful:
+        history = await worker.client.get_workflow_handle(f"plan-{plan_id}").fetch_history()
+        counts.append(len(history.events))
+    return statistics.median(counts) if counts else None
+
+
+async def run_bench(args: argparse.Namespace) -> dict:
+    rate = None if args.rate == "max" else float(args.rate)
+    data_dir = args.data_dir / "bench" / str(os.getpid())
+    stack = DevStack(data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False)
+    worker = None
+    try:
+        await stack.start()
+        worker = ExecutorWorker(stack.config, stack.keys)
+        await worker.start()
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            sink = str(Keypair().pubkey())
+            await _post(http, f"{stack.localnet.endpoints['admin']}/fund", {"pubkey": sink, "lamports": 1_000_000_000})
+            run = uuid.uuid4().hex[:8]
+            methods = methods_for(args.method, args.plans)
+
+            warmup = [bench_plan(f"warm-{run}-{i}", METHODS[i % 2] if args.method == "mixed" else args.method, sink) for i in range(args.warmup)]
+            if warmup:
+                await durable_phase(stack, worker, warmup, 10.0, 30)
+                await direct_phase(worker, [bench_plan(f"warmd-{run}-{i}", p["executionMethod"], sink) for i, p in enumerate(warmup)], 10.0)
+                await asyncio.sleep(1.0)
+
+            durable_plans = [bench_plan(f"d-{run}-{i}", m, sink) for i, m in enumerate(methods)]
+            temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid), cpu_ms()
+            expected_s = args.plans / rate if rate else args.plans / 40
+            durable = await durable_phase(stack, worker, durable_plans, rate, wait_s=max(60.0, expected_s * 2 + 45))
+            temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid) - temporal_cpu, cpu_ms() - worker_cpu
+            await asyncio.sleep(0.5)
+            await collect_wire(stack, http, durable)
+
+            direct_plans = [bench_plan(f"x-{run}-{i}", m, sink) for i, m in enumerate(methods)]
+            direct = await direct_phase(worker, direct_plans, rate)
+            await asyncio.sleep(0.5)
+            await collect_wire(stack, http, direct)
+            events = await history_events(worker, durable)
+    finally:
+        if worker is not None and hasattr(worker, "bridge"):
+            await worker.stop()
+        await stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    statuses = [r["status"] for r in durable.results.values()]
+    to_wire, direct_to_wire = durable.plan_to_wire_ms(), direct.plan_to_wire_ms()
+    durable_p, direct_p = percentiles(to_wire), percentiles(direct_to_wire)
+    result_times = sorted(durable.result_ns.values())
+    span_s = (result_times[-1] - durable.started_ns) / 1e9 if result_times else None
+    return {
+        "plans": args.plans,
+        "results": len(durable.results),
+        "lost": args.plans - len(durable.results),
+        "success": statuses.count("success"),
+        "failed": statuses.count("failed"),
+        "timeout": statuses.count("timeout"),
+        "double_landed": sum(1 for signatures in durable.landed.values() if len(signatures) > 1),
+        "plan_to_wire_ms": durable_p,
+        "plan_to_result_ms": percentiles(durable.plan_to_result_ms()),
+        "direct_plan_to_wire_ms": direct_p,
+        "durability_tax_ms": {
+            "p50": _minus(durable_p["p50"], direct_p["p50"]),
+            "p99": _minus(durable_p["p99"], direct_p["p99"]),
+        },
+        "throughput_results_per_s": round(len(durable.results) / span_s, 2) if span_s else None,
+        "history_events_per_plan": events,
+        "temporal_cpu_ms_per_plan": round(temporal_cpu / args.plans, 3),
+        "worker_cpu_ms_per_plan": round(worker_cpu / args.plans, 3),
+        "method": args.method,
+        "rate": args.rate if rate is None else rate,
+        "direct_sent": len(direct_to_wire),
+        "direct_errors": direct.errors,
+        "error_codes": sorted({r.get("errorCode") for r in durable.results.values() if r.get("errorCode")}),
+        "_samples": {"durable": to_wire, "direct": direct_to_wire},
+    }
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return round(a - b, 3) if a is not None and b is not None else None
+
+
+def plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: .venv/bin/pip install matplotlib") from None
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for name, samples in (("durable (Temporal)", report["_samples"]["durable"]), ("direct (no Temporal)", report["_samples"]["direct"])):
+        ordered = sorted(samples)
+        if ordered:
+            axes.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=f"{name}, p50 {statistics.median(ordered):.1f} ms")
+    axes.set_xscale("log")
+    axes.set_xlabel("plan-to-wire latency, ms (log scale)")
+    axes.set_ylabel("fraction of plans")
+    axes.set_title(f"hft-executor: {report['plans']} plans, {report['method']}, rate {report['rate']}/s; tax p50 {report['durability_tax_ms']['p50']} ms")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plans", type=int, default=200, help="plans per run (default 200)")
+    parser.add_argument("--rate", default="20", help="plans per second, open loop, or 'max' (default 20)")
+    parser.add_argument("--method", choices=("rpc", "jito_bundle", "mixed"), default="rpc")
+    parser.add_argument("--ports", choices=("default", "auto"), default="auto", help="embedded servers on free ports (default) or the usual ones")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--plot", type=Path, help="draw the durable and direct latency CDFs to this PNG")
+    parser.add_argument("--slot-ms", type=float, default=100.0, help="local cluster slot time (default 100)")
+    parser.add_argument("--wallets", type=int, default=16, help="funded wallets (default 16)")
+    parser.add_argument("--warmup", type=int, default=20, help="plans sent first and not counted (default 20)")
+    parser.add_argument("--data-dir", type=Path, default=Path(".data"))
+    parser.add_argument("--log-level", default="WARNING")
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    if args.rate != "max":
+        try:
+            if float(args.rate) <= 0:
+                raise ValueError
+        except ValueError:
+            raise SystemExit("--rate takes a positive number of plans per second, or 'max'") from None
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    report = asyncio.run(run_bench(args))
+    if args.plot:
+        plot(report, args.plot)
+    samples = report.pop("_samples")
+    if not args.json:
+        _print_report(report, len(samples["durable"]))
+    else:
+        print(json.dumps(report), flush=True)
+    return 0 if report["lost"] == 0 and report["double_landed"] == 0 else 1
+
+
+def _print_report(report: dict, measured: int) -> None:
+    def row(name: str, p: dict) -> str:
+        return f"  {name:28} p50 {p['p50']!s:>8}  p90 {p['p90']!s:>8}  p99 {p['p99']!s:>8}  max {p['max']!s:>8}"
+
+    print(f"hft-executor bench: {report['plans']} plans, method {report['method']}, rate {report['rate']}")
+    print(f"  results {report['results']}  lost {report['lost']}  success {report['success']}  failed {report['failed']}  timeout {report['timeout']}  double-landed {report['double_landed']}")
+    print(row("plan-to-wire, durable (ms)", report["plan_to_wire_ms"]))
+    print(row("plan-to-wire, direct (ms)", report["direct_plan_to_wire_ms"]))
+    print(row("plan-to-result, durable (ms)", report["plan_to_result_ms"]))
+    print(f"  durability tax: p50 {report['durability_tax_ms']['p50']} ms, p99 {report['durability_tax_ms']['p99']} ms")
+    print(f"  throughput {report['throughput_results_per_s']} results/s; history events per plan {report['history_events_per_plan']}")
+    print(f"  CPU per plan: Temporal server {report['temporal_cpu_ms_per_plan']} ms, worker {report['worker_cpu_ms_per_plan']} ms")
