@@ -24,6 +24,8 @@ from workflows.stages import (
     BuiltTransaction,
     Confirmation,
     ConfirmRequest,
+    Prepared,
+    PrepareRequest,
     ReleaseRequest,
     SettleRequest,
     Settlement,
@@ -94,9 +96,21 @@ class ExecutionActivities:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def all(self) -> list:
-        return [self.select_wallet, self.build, self.sign, self.submit, self.confirm, self.settle, self.release_wallet, self.publish]
+        return [self.prepare, self.submit, self.confirm, self.settle, self.release_wallet, self.publish]
 
-    @activity.defn(name="select_wallet")
+    @activity.defn(name="prepare")
+    async def prepare(self, request: PrepareRequest) -> Prepared:
+        """select wallet -> build -> sign. A failure after the lease gives the lease back."""
+        plan = request.plan
+        lease = await self.select_wallet(WalletRequest(plan.plan_id, plan.wallet, request.lease_ttl_ms))
+        try:
+            built = await self.build(BuildRequest(plan, lease.wallet))
+            signed = await self.sign(SignRequest(plan.plan_id, lease.wallet, built))
+        except Exception:
+            await self.wallets.release(lease.lease_id, lease.wallet, "none")
+            raise
+        return Prepared(lease, built.elapsed_ms, signed)
+
     async def select_wallet(self, request: WalletRequest) -> WalletLeaseInfo:
         started = time.perf_counter()
         try:
@@ -107,14 +121,12 @@ class ExecutionActivities:
         log.info("plan=%s stage=select_wallet wallet=%s", request.plan_id, lease.wallet)
         return WalletLeaseInfo(lease.lease_id, lease.wallet, lease.expires_at_ms, _ms_since(started))
 
-    @activity.defn(name="build")
     async def build(self, request: BuildRequest) -> BuiltTransaction:
         started = time.perf_counter()
         built = await self.builder.build(request.plan, request.wallet)
         log.info("plan=%s stage=build size=%d lastValidBlockHeight=%d", request.plan.plan_id, built.size, built.last_valid_block_height)
         return replace(built, elapsed_ms=_ms_since(started))
 
-    @activity.defn(name="sign")
     async def sign(self, request: SignRequest) -> SignedTransaction:
         """Sign once per plan, ever: an earlier run's record wins over this build."""
         started = time.perf_counter()

@@ -26,6 +26,14 @@ class WalletLeaseInfo:
 
 
 @dataclass(frozen=True)
+class PrepareRequest:
+    """Lease a wallet, build and sign: the hot path up to the wire, in one local activity."""
+
+    plan: ExecutionPlanEvent
+    lease_ttl_ms: int
+
+
+@dataclass(frozen=True)
 class BuildRequest:
     plan: ExecutionPlanEvent
     wallet: str
@@ -66,6 +74,13 @@ class SignedTransaction:
     reused: bool = False  # True when an earlier run's record was returned
     sent: bool = False  # True when an earlier run already put it on the wire: it must be followed, not halted
     elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    lease: WalletLeaseInfo
+    build_ms: float
+    signed: SignedTransaction
 
 
 @dataclass(frozen=True)
