@@ -17,17 +17,15 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from solana.rpc.async_api import AsyncClient
-from solana.rpc.commitment import Commitment, Confirmed
-from solders.signature import Signature
-from solders.transaction_status import TransactionConfirmationStatus
 
 from workflows.events import ErrorCode
 from workflows.stages import Confirmation, ConfirmRequest
 
+from .rpc import SolanaRpc
+
 log = logging.getLogger("hft.confirm")
 MAX_STATUSES_PER_REQUEST = 256
-LEVELS = ((TransactionConfirmationStatus.Processed, 0), (TransactionConfirmationStatus.Confirmed, 1), (TransactionConfirmationStatus.Finalized, 2))
+LEVELS = {"processed": 0, "confirmed": 1, "finalized": 2}
 WANTED = {"processed": 0, "confirmed": 1, "finalized": 2}
 
 
@@ -41,11 +39,11 @@ class SeenStatus:
 class SignatureWatcher:
     """The worker's shared status poller."""
 
-    def __init__(self, rpc: AsyncClient, poll_s: float = 0.2) -> None:
+    def __init__(self, rpc: SolanaRpc, poll_s: float = 0.2) -> None:
         self.rpc = rpc
         self.poll_s = poll_s
-        self.watching: dict[Signature, int] = {}  # signature -> number of waiters
-        self.statuses: dict[Signature, SeenStatus] = {}
+        self.watching: dict[str, int] = {}  # signature -> number of waiters
+        self.statuses: dict[str, SeenStatus] = {}
         self.block_height: int | None = None
         self.updated = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -58,10 +56,10 @@ class SignatureWatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def watch(self, signature: Signature) -> None:
+    def watch(self, signature: str) -> None:
         self.watching[signature] = self.watching.get(signature, 0) + 1
 
-    def unwatch(self, signature: Signature) -> None:
+    def unwatch(self, signature: str) -> None:
         left = self.watching.get(signature, 1) - 1
         if left <= 0:
             self.watching.pop(signature, None)
@@ -80,25 +78,14 @@ class SignatureWatcher:
 
     async def _poll(self) -> None:
         signatures = list(self.watching)
-        height = await self.rpc.get_block_height(Confirmed)
-        self.block_height = height.value
+        self.block_height = await self.rpc.block_height("confirmed")
         for start in range(0, len(signatures), MAX_STATUSES_PER_REQUEST):
             chunk = signatures[start : start + MAX_STATUSES_PER_REQUEST]
-            answer = await self.rpc.get_signature_statuses(chunk)
-            for signature, status in zip(chunk, answer.value):
+            for signature, status in zip(chunk, await self.rpc.signature_statuses(chunk)):
                 if status is not None:
-                    level = _level(status)
-                    self.statuses[signature] = SeenStatus(status.slot, level, status.err)
+                    self.statuses[signature] = SeenStatus(status.slot, LEVELS.get(status.confirmation_status, 0), status.err)
         self.updated.set()
         self.updated = asyncio.Event()
-
-
-def _level(status) -> int:
-    # solders' status enum is not hashable, so no dict lookup
-    for known, level in LEVELS:
-        if status.confirmation_status == known:
-            return level
-    return 2 if status.confirmations is None else 0  # old validators: no confirmations means rooted
 
 
 async def follow(
@@ -112,7 +99,7 @@ async def follow(
 ) -> Confirmation:
     """Wait until the signature reaches `commitment`, fails on-chain, expires, or the plan's time is up."""
     started = time.monotonic()
-    signature = Signature.from_string(request.signed.signature)
+    signature = request.signed.signature
     wanted = WANTED[commitment]
     last_sent = time.monotonic()
     rebroadcasts = 0
@@ -123,7 +110,7 @@ async def follow(
             now_ms = int(time.time() * 1000)
             # An error seen at a lower level than wanted may be on a fork that gets dropped: wait.
             if seen is not None and seen.level >= wanted:
-                err = json.dumps(str(seen.err)) if seen.err is not None else None
+                err = json.dumps(seen.err) if seen.err is not None else None
                 return Confirmation(
                     landed=True, slot=seen.slot, err=err, error_code=ErrorCode.TX_FAILED.value if err else None,
                     confirmed_at_ms=now_ms, rebroadcasts=rebroadcasts, elapsed_ms=_ms_since(started),
@@ -156,4 +143,4 @@ def raw_transaction(request: ConfirmRequest) -> bytes:
     return base64.b64decode(request.signed.transaction)
 
 
-__all__ = ["Commitment", "SignatureWatcher", "follow", "raw_transaction"]
+__all__ = ["SignatureWatcher", "follow", "raw_transaction"]

@@ -12,11 +12,6 @@ import logging
 import time
 from typing import Callable, Sequence
 
-import httpx
-from solana.rpc.async_api import AsyncClient
-from solana.exceptions import SolanaRpcException
-from solana.rpc.core import RPCException
-from solana.rpc.models import TxOpts
 
 from workflows.events import ErrorCode
 from workflows.stages import Submission, SubmitRequest
@@ -24,15 +19,15 @@ from workflows.stages import Submission, SubmitRequest
 from .errors import fail
 from .jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
 from .records import PlanRecords
+from .rpc import RpcRateLimited, RpcRefused, SolanaRpc
 
 log = logging.getLogger("hft.submit")
 SENDABLE = ("rpc", "jito_bundle")
-SEND_OPTS = TxOpts(skip_preflight=True, max_retries=0)  # the planner simulated; we rebroadcast ourselves
 
 
 class Submitter:
     def __init__(
-        self, rpc: AsyncClient, jito: JitoClient, records: PlanRecords, halted: Callable[[], str | None], backups: Sequence[AsyncClient] = ()
+        self, rpc: SolanaRpc, jito: JitoClient, records: PlanRecords, halted: Callable[[], str | None], backups: Sequence[SolanaRpc] = ()
     ) -> None:
         self.rpc = rpc
         self.jito = jito
@@ -67,14 +62,12 @@ class Submitter:
         """Send once; returns the bundle id for jito_bundle. Uncertain failures raise for a retry."""
         if method == "rpc":
             try:
-                await self.rpc.send_raw_transaction(raw, opts=SEND_OPTS)
-            except RPCException as error:
+                await self.rpc.send_transaction(raw)
+            except RpcRefused as error:
                 fail(ErrorCode.SUBMIT_REJECTED, f"RPC refused the transaction: {error}")
-            except SolanaRpcException as error:
-                cause = error.__cause__
-                if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 429:
-                    fail(ErrorCode.RATE_LIMITED, "RPC rate limited (HTTP 429)")
-                raise  # connection trouble: unknown whether it arrived, retry the same bytes
+            except RpcRateLimited:
+                fail(ErrorCode.RATE_LIMITED, "RPC rate limited (HTTP 429)")
+            # RpcUnavailable propagates: unknown whether it arrived, retry the same bytes
             finally:
                 for backup in self.backups:
                     task = asyncio.create_task(_copy_to(backup, raw))
@@ -93,8 +86,8 @@ class Submitter:
         fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available")
 
 
-async def _copy_to(backup: AsyncClient, raw: bytes) -> None:
+async def _copy_to(backup: SolanaRpc, raw: bytes) -> None:
     try:
-        await backup.send_raw_transaction(raw, opts=SEND_OPTS)
+        await backup.send_transaction(raw)
     except Exception as error:  # a backup's trouble never fails the plan
-        log.debug("backup RPC %s refused a copy: %s", backup._provider.endpoint_uri, error)
+        log.debug("backup RPC %s refused a copy: %s", backup.url, error)

@@ -28,6 +28,7 @@ from activities.jito import JitoClient
 from activities.keystore import KeyStore
 from activities.publish import publish_result
 from activities.records import PlanRecords
+from activities.rpc import SolanaRpc
 from activities.submit import Submitter
 from activities.wallets import WalletPool
 from workflows.events import ExecutionResultEvent
@@ -99,7 +100,8 @@ class ExecutorWorker:
         self.records = await PlanRecords.open(self.js)
         self.wallets = await WalletPool.open(self.js, self.keys.public_keys())
         self.rpc = AsyncClient(config.rpc_endpoint, commitment=Confirmed, timeout=10)
-        self.backups = [AsyncClient(url, commitment=Confirmed, timeout=10) for url in config.rpc_backups]
+        self.hot_rpc = SolanaRpc(config.rpc_endpoint)
+        self.backups = [SolanaRpc(url) for url in config.rpc_backups]
         self.blockhashes = BlockhashCache(self.rpc)
         await self.blockhashes.refresh()
         self.blockhashes.start()
@@ -108,7 +110,7 @@ class ExecutorWorker:
         await ensure_search_attributes(self.client, config.temporal_namespace)
         self.killswitch = KillSwitch(self.nc, self.js, self.client, config.executor_name, on_change=lambda on: self.metrics.halted.set(int(on)))
         await self.killswitch.start()
-        self.watcher = SignatureWatcher(self.rpc, poll_s=config.confirmation_poll_ms / 1000)
+        self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000)
         self.watcher.start()
         settings = BuildSettings(
             compute_unit_limit=config.compute_unit_limit,
@@ -124,7 +126,7 @@ class ExecutorWorker:
             keys=self.keys,
             builder=builder,
             records=self.records,
-            submitter=Submitter(self.rpc, self.jito, self.records, self.killswitch.halted, self.backups),
+            submitter=Submitter(self.hot_rpc, self.jito, self.records, self.killswitch.halted, self.backups),
             watcher=self.watcher,
             js=self.js,
             commitment=config.confirmation_commitment,
@@ -179,6 +181,7 @@ class ExecutorWorker:
         await self.blockhashes.stop()
         await self.jito.close()
         await self.rpc.close()
+        await self.hot_rpc.close()
         for backup in self.backups:
             await backup.close()
         await self.nc.close()  # everything we publish is acked already; a drain would only wait on the bridge's pull inbox
