@@ -17,6 +17,7 @@ from typing import Callable
 from solana.rpc.async_api import AsyncClient
 from solders.message import from_bytes_versioned
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from workflows.events import ErrorCode, ExecutionResultEvent
 from workflows.stages import (
@@ -24,8 +25,8 @@ from workflows.stages import (
     BuiltTransaction,
     Confirmation,
     ConfirmRequest,
-    Prepared,
-    PrepareRequest,
+    Executed,
+    ExecuteRequest,
     ReleaseRequest,
     SettleRequest,
     Settlement,
@@ -96,20 +97,29 @@ class ExecutionActivities:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def all(self) -> list:
-        return [self.prepare, self.submit, self.confirm, self.settle, self.release_wallet, self.publish]
+        return [self.execute, self.confirm, self.settle, self.release_wallet, self.publish]
 
-    @activity.defn(name="prepare")
-    async def prepare(self, request: PrepareRequest) -> Prepared:
-        """select wallet -> build -> sign. A failure after the lease gives the lease back."""
+    @activity.defn(name="execute")
+    async def execute(self, request: ExecuteRequest) -> Executed:
+        """Lease -> build -> sign -> send. A definite refusal gives the lease back; a send whose
+        fate is unknown returns normally, so the workflow goes on to find out on chain."""
         plan = request.plan
         lease = await self.select_wallet(WalletRequest(plan.plan_id, plan.wallet, request.lease_ttl_ms))
         try:
             built = await self.build(BuildRequest(plan, lease.wallet))
             signed = await self.sign(SignRequest(plan.plan_id, lease.wallet, built))
+            submit = SubmitRequest(plan.plan_id, plan.execution_method.value, signed, plan.deadline, request.halt_reason)
+            try:
+                submission = await self.submit(submit)
+            except ApplicationError:
+                raise
+            except Exception as error:  # connection lost or timed out mid-send: the bytes may be out
+                log.warning("plan=%s stage=submit outcome=unknown error=%s", plan.plan_id, error)
+                submission = Submission(signed.signature, None, int(time.time() * 1000))
         except Exception:
             await self.wallets.release(lease.lease_id, lease.wallet, "none")
             raise
-        return Prepared(lease, built.elapsed_ms, signed)
+        return Executed(lease, built.elapsed_ms, signed, submission)
 
     async def select_wallet(self, request: WalletRequest) -> WalletLeaseInfo:
         started = time.perf_counter()
@@ -149,7 +159,6 @@ class ExecutionActivities:
         self._crash_point("sign")
         return replace(existing, elapsed_ms=_ms_since(started))
 
-    @activity.defn(name="submit")
     async def submit(self, request: SubmitRequest) -> Submission:
         started = time.perf_counter()
         submission = await self.submitter.submit(request)

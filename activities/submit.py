@@ -51,7 +51,7 @@ class Submitter:
         return Submission(signature=request.signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
 
     def _refusal(self, request: SubmitRequest) -> tuple[ErrorCode, str] | None:
-        reason = self.halted()
+        reason = request.halt_reason or self.halted()
         if reason is not None:
             return ErrorCode.HALTED, f"halted before submit: {reason}"
         if time.time() * 1000 > request.deadline_ms:

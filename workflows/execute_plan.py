@@ -1,7 +1,7 @@
 """ExecutePlan: one execution plan, from a wallet lease to exactly one result event.
 
-Reads top to bottom as the trade: check the deadline, lease a wallet, build and sign
-(one local activity), (halted?), submit, confirm, settle, release the lease, publish. The hot path up to submit is local
+Reads top to bottom as the trade: check the deadline, lease a wallet, build, sign and
+send (one local activity; halted? just before the send), confirm, settle, release the lease, publish. The hot path up to submit is local
 activities in one workflow task (a few ms); confirmation is a heartbeating activity.
 Deterministic and free of I/O: every side effect is an activity.
 """
@@ -26,14 +26,13 @@ with workflow.unsafe.imports_passed_through():
     from workflows.stages import (
         Confirmation,
         ConfirmRequest,
-        Prepared,
-        PrepareRequest,
+        Executed,
+        ExecuteRequest,
         ReleaseRequest,
         SettleRequest,
         Settlement,
         SignedTransaction,
         Submission,
-        SubmitRequest,
         WalletLeaseInfo,
     )
 
@@ -108,25 +107,12 @@ class ExecutePlan:
         stopped: PlanStopped | None = None
         try:
             self._check_deadline(plan)
-            # select wallet -> build -> sign, as one local activity: each local activity costs
-            # a round trip through the SDK core (measured 2-5 ms), and the signed record is the
-            # only thing that must exist before the send.
-            self.stage = "prepare"
-            prepared = await self._hot("prepare", PrepareRequest(plan, plan.max_latency + LEASE_MARGIN_MS), Prepared, plan)
-            self.lease, self.signed = prepared.lease, prepared.signed
-            if not self.signed.sent:  # once the bytes may be on the wire, only the chain can say how it ended
-                if self.halt_reason is not None:
-                    raise PlanStopped(ExecutionStatus.failed, ErrorCode.HALTED, f"halted before submit: {self.halt_reason}")
-                self._check_deadline(plan)
-            self.stage = "submit"
-            request = SubmitRequest(plan.plan_id, plan.execution_method.value, self.signed, plan.deadline)
-            try:
-                self.submission = await self._hot("submit", request, Submission, plan)
-            except FailureError as error:
-                if isinstance(_cause(error), ApplicationError):
-                    raise  # a definite refusal (rejected, rate limited, halted): nothing landed from it
-                # Any other failure may have put the bytes on the wire: find out, don't guess.
-                self.submission = Submission(self.signed.signature, None, _now_ms())
+            # lease -> build -> sign -> send as one local activity: each local activity costs a
+            # round trip through the SDK core (measured 2-5 ms each). The signed transaction is
+            # recorded outside Temporal before the send; a re-run resends those bytes.
+            self.stage = "execute"
+            executed = await self._hot("execute", ExecuteRequest(plan, plan.max_latency + LEASE_MARGIN_MS, self.halt_reason), Executed, plan)
+            self.lease, self.signed, self.submission = executed.lease, executed.signed, executed.submission
             self.stage = "confirm"
             confirmation = await workflow.execute_activity(
                 "confirm",
@@ -152,7 +138,7 @@ class ExecutePlan:
                     workflow.logger.warning("plan=%s stage=settle unavailable: %s", plan.plan_id, _cause(error))
             timings = StageTimings(
                 select_wallet=self.lease.elapsed_ms,
-                build=prepared.build_ms,
+                build=executed.build_ms,
                 sign=self.signed.elapsed_ms,
                 submit=self.submission.elapsed_ms,
                 confirm=confirmation.elapsed_ms,

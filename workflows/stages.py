@@ -26,11 +26,12 @@ class WalletLeaseInfo:
 
 
 @dataclass(frozen=True)
-class PrepareRequest:
-    """Lease a wallet, build and sign: the hot path up to the wire, in one local activity."""
+class ExecuteRequest:
+    """Lease a wallet, build, sign, send: the hot path to the wire, in one local activity."""
 
     plan: ExecutionPlanEvent
     lease_ttl_ms: int
+    halt_reason: str | None  # a halt signal the workflow has seen: refuse to send unless already sent
 
 
 @dataclass(frozen=True)
@@ -77,18 +78,12 @@ class SignedTransaction:
 
 
 @dataclass(frozen=True)
-class Prepared:
-    lease: WalletLeaseInfo
-    build_ms: float
-    signed: SignedTransaction
-
-
-@dataclass(frozen=True)
 class SubmitRequest:
     plan_id: str
     method: str
     signed: SignedTransaction
     deadline_ms: int
+    halt_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +92,14 @@ class Submission:
     bundle_id: str | None
     sent_at_ms: int
     elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Executed:
+    lease: WalletLeaseInfo
+    build_ms: float
+    signed: SignedTransaction
+    submission: Submission
 
 
 @dataclass(frozen=True)
