@@ -185,7 +185,7 @@ class ExecutionActivities:
             commitment=self.commitment,
             rebroadcast=rebroadcast if request.method == "rpc" else None,
             rebroadcast_s=self.rebroadcast_s,
-            heartbeat=activity.heartbeat,
+            heartbeat=(lambda details: None) if activity.info().is_local else activity.heartbeat,
         )
         log.info(
             "plan=%s stage=confirm landed=%s slot=%s code=%s rebroadcasts=%d",

