@@ -73,6 +73,7 @@ class ExecutionActivities:
         on_result: Callable[[ExecutionResultEvent], None] | None = None,
         crash_after: str | None = None,
         confirmation_timeout_ms: int = 30_000,
+        tpu_rebroadcast_s: float = 0.4,
     ) -> None:
         self.rpc = rpc
         self.wallets = wallets
@@ -88,6 +89,7 @@ class ExecutionActivities:
         self.on_result = on_result
         self.crash_after = crash_after
         self.confirmation_timeout_ms = confirmation_timeout_ms
+        self.tpu_rebroadcast_s = tpu_rebroadcast_s
 
     def _crash_point(self, stage: str) -> None:
         """Fault injection for the durability tests (HFT_TEST_CRASH_AFTER): the worker dies here, hard."""
@@ -175,16 +177,18 @@ class ExecutionActivities:
         request = replace(request, give_up_at_ms=give_up)
 
         async def rebroadcast() -> None:
-            await self.submitter.send("rpc", raw)
+            await self.submitter.send(request.method, raw)
 
-        # Bundles are sent once: resending would spend the block engine's per-IP rate limit that
-        # new plans need, and a dropped bundle is reported BLOCKHASH_EXPIRED for the planner to decide.
+        # rpc: resend every REBROADCAST_MS; tpu_direct: every TPU_REBROADCAST_MS, so each new
+        # leader window gets a copy. Bundles are sent once: resending would spend the block
+        # engine's per-IP rate limit that new plans need (a dropped bundle ends BLOCKHASH_EXPIRED).
+        every = {"rpc": self.rebroadcast_s, "tpu_direct": self.tpu_rebroadcast_s}.get(request.method)
         outcome = await follow(
             request,
             self.watcher,
             commitment=self.commitment,
-            rebroadcast=rebroadcast if request.method == "rpc" else None,
-            rebroadcast_s=self.rebroadcast_s,
+            rebroadcast=rebroadcast if every is not None else None,
+            rebroadcast_s=every or self.rebroadcast_s,
             heartbeat=(lambda details: None) if activity.info().is_local else activity.heartbeat,
         )
         log.info(

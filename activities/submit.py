@@ -20,17 +20,29 @@ from .errors import fail
 from .jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
 from .records import PlanRecords
 from .rpc import RpcRateLimited, RpcRefused, SolanaRpc
+from .tpu import TpuClient
+
+
+class TpuUndelivered(Exception):
+    """Every leader refused or timed out: the outcome is unknown until the chain says."""
 
 log = logging.getLogger("hft.submit")
-SENDABLE = ("rpc", "jito_bundle")
+SENDABLE = ("rpc", "jito_bundle", "tpu_direct")
 
 
 class Submitter:
     def __init__(
-        self, rpc: SolanaRpc, jito: JitoClient, records: PlanRecords, halted: Callable[[], str | None], backups: Sequence[SolanaRpc] = ()
+        self,
+        rpc: SolanaRpc,
+        jito: JitoClient,
+        records: PlanRecords,
+        halted: Callable[[], str | None],
+        backups: Sequence[SolanaRpc] = (),
+        tpu: TpuClient | None = None,
     ) -> None:
         self.rpc = rpc
         self.jito = jito
+        self.tpu = tpu
         self.records = records
         self.halted = halted
         self.backups = list(backups)  # RPC_BACKUPS: get a copy of every rpc send, never waited on
@@ -38,7 +50,7 @@ class Submitter:
 
     async def submit(self, request: SubmitRequest) -> Submission:
         if request.method not in SENDABLE:
-            fail(ErrorCode.SUBMIT_REJECTED, f"execution method {request.method} is not available yet (direct TPU submission arrives with its own issue)")
+            fail(ErrorCode.SUBMIT_REJECTED, f"execution method {request.method} is not available")
         refusal = self._refusal(request)
         if refusal is not None:
             if not await self.records.was_sent(request.plan_id):
@@ -73,6 +85,14 @@ class Submitter:
                     task = asyncio.create_task(_copy_to(backup, raw))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
+            return None
+        if method == "tpu_direct":
+            if self.tpu is None:
+                fail(ErrorCode.SUBMIT_REJECTED, "direct TPU submission is not available on this worker (its TPU client did not start)")
+            report = await self.tpu.send(raw)
+            if report.delivered == 0:
+                # No leader acknowledged it; confirm resends on every leader window until it expires.
+                raise TpuUndelivered(f"no leader acknowledged the transaction: {dict(report.outcomes)}")
             return None
         if method == "jito_bundle":
             try:

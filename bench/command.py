@@ -43,7 +43,7 @@ from .plans import bench_plan
 log = logging.getLogger("hft.bench")
 PLAN_MEMO_PREFIX = "hft-executor plan "
 DIRECT_SUBJECT = "bench.direct"
-METHODS = ("rpc", "jito_bundle")
+METHODS = ("rpc", "jito_bundle", "tpu_direct")
 
 
 @dataclass
@@ -219,7 +219,7 @@ async def run_bench(args: argparse.Namespace) -> dict:
             run = uuid.uuid4().hex[:8]
             methods = methods_for(args.method, args.plans)
 
-            warmup = [bench_plan(f"warm-{run}-{i}", METHODS[i % 2] if args.method == "mixed" else args.method, sink) for i in range(args.warmup)]
+            warmup = [bench_plan(f"warm-{run}-{i}", METHODS[i % len(METHODS)] if args.method == "mixed" else args.method, sink) for i in range(args.warmup)]
             if warmup:
                 await durable_phase(stack, worker, warmup, 10.0, 30)
                 await direct_phase(worker, [bench_plan(f"warmd-{run}-{i}", p["executionMethod"], sink) for i, p in enumerate(warmup)], 10.0)
@@ -307,7 +307,7 @@ def plot(report: dict, path: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plans", type=int, default=200, help="plans per run (default 200)")
     parser.add_argument("--rate", default="20", help="plans per second, open loop, or 'max' (default 20)")
-    parser.add_argument("--method", choices=("rpc", "jito_bundle", "mixed"), default="rpc")
+    parser.add_argument("--method", choices=("rpc", "jito_bundle", "tpu_direct", "mixed"), default="rpc")
     parser.add_argument("--ports", choices=("default", "auto"), default="auto", help="embedded servers on free ports (default) or the usual ones")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--plot", type=Path, help="draw the durable and direct latency CDFs to this PNG")

@@ -210,3 +210,29 @@ async def test_recorded_histories_replay_deterministically(stack):
 async def _iterate(items):
     for item in items:
         yield item
+
+
+async def test_tpu_direct_plan_lands_once(stack):
+    plan = stack.plan("tpu_direct", wallet=0)
+    result = await stack.execute(plan)
+    assert result["status"] == "success", result
+    assert result["executionMethod"] == "tpu_direct"
+    assert not result.get("tipLamports"), "no tip without Jito"
+    on_wire = await stack.wire_transactions(plan["planId"])
+    assert [row["signature"] for row in on_wire] == [result["signature"]]
+    assert on_wire[0]["channels"] == ["tpu"], "straight to the leaders, no RPC hop"
+    await asyncio.sleep(0.5)
+    assert len(stack.results[plan["planId"]]) == 1
+
+
+async def test_tpu_direct_lands_by_rebroadcast_when_leaders_drop_half(stack):
+    plan = stack.plan("tpu_direct", wallet=1, max_latency_ms=30_000)
+    await stack.faults({"tpu": {"drop": 0.5}, "seed": 3})
+    try:
+        result = await stack.execute(plan, timeout=30)
+    finally:
+        await stack.clear_faults()
+    assert result["status"] == "success", result
+    on_wire = await stack.wire_transactions(plan["planId"])
+    assert [row["signature"] for row in on_wire] == [result["signature"]], "resent, never re-signed"
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]

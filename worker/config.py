@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -29,6 +30,7 @@ class ExecutorConfig:
     executor_name: str = "hft-executor"
     rpc_endpoint: str = "http://127.0.0.1:8899"
     rpc_backups: tuple[str, ...] = ()
+    rpc_ws_endpoint: str | None = None  # RPC_WS_ENDPOINT; default: RPC_ENDPOINT as ws(s)://, port + 1 (Solana's convention)
     jito_block_engine_url: str = "http://127.0.0.1:8910"
     jito_uuid: str | None = field(default=None, repr=False)
     jito_tip_base: int = 10_000
@@ -40,6 +42,11 @@ class ExecutorConfig:
     confirmation_poll_ms: int = 200
     rebroadcast_ms: int = 1_000
     sol_price_usd: float = 150.0
+    tpu_timeout_ms: int = 2_000  # per leader, per send
+    tpu_retry_count: int = 2  # reconnects to one leader within a send
+    tpu_fanout_slots: int = 4  # send to the distinct leaders of this many upcoming slots
+    tpu_rebroadcast_ms: int = 400  # confirm resends tpu_direct bytes this often (each leader window gets a copy)
+    tpu_identity_keypair: str | None = None  # path of the QUIC identity keypair (never a wallet); fresh if unset
     nats_url: str = "nats://127.0.0.1:4222"
     metrics_port: int = 9464  # 0 turns both metrics listeners off
     temporal_metrics_port: int = 9465  # the Temporal SDK's own metrics
@@ -61,6 +68,7 @@ class ExecutorConfig:
             executor_name=env.get("EXECUTOR_NAME", cls.executor_name),
             rpc_endpoint=env.get("RPC_ENDPOINT", cls.rpc_endpoint),
             rpc_backups=tuple(u for u in env.get("RPC_BACKUPS", "").split(",") if u),
+            rpc_ws_endpoint=env.get("RPC_WS_ENDPOINT") or None,
             jito_block_engine_url=env.get("JITO_BLOCK_ENGINE_URL", cls.jito_block_engine_url),
             jito_uuid=env.get("JITO_UUID") or None,
             jito_tip_base=_int(env, "JITO_TIP_BASE", cls.jito_tip_base),
@@ -72,6 +80,11 @@ class ExecutorConfig:
             confirmation_poll_ms=_int(env, "CONFIRMATION_POLL_MS", cls.confirmation_poll_ms),
             rebroadcast_ms=_int(env, "REBROADCAST_MS", cls.rebroadcast_ms),
             sol_price_usd=_float(env, "SOL_PRICE_USD", cls.sol_price_usd),
+            tpu_timeout_ms=_int(env, "TPU_TIMEOUT", cls.tpu_timeout_ms),
+            tpu_retry_count=_int(env, "TPU_RETRY_COUNT", cls.tpu_retry_count),
+            tpu_fanout_slots=_int(env, "TPU_FANOUT_SLOTS", cls.tpu_fanout_slots),
+            tpu_rebroadcast_ms=_int(env, "TPU_REBROADCAST_MS", cls.tpu_rebroadcast_ms),
+            tpu_identity_keypair=env.get("TPU_IDENTITY_KEYPAIR") or None,
             nats_url=env.get("NATS_URL", cls.nats_url),
             metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
             temporal_metrics_port=_int(env, "TEMPORAL_METRICS_PORT", cls.temporal_metrics_port),
@@ -83,6 +96,14 @@ class ExecutorConfig:
             balance_refresh_s=_float(env, "BALANCE_REFRESH_S", cls.balance_refresh_s),
             max_plans_in_flight=_int(env, "MAX_PLANS_IN_FLIGHT", cls.max_plans_in_flight),
         )
+
+    def websocket_endpoint(self) -> str:
+        if self.rpc_ws_endpoint:
+            return self.rpc_ws_endpoint
+        url = urlsplit(self.rpc_endpoint)
+        scheme = "wss" if url.scheme == "https" else "ws"
+        netloc = f"{url.hostname}:{url.port + 1}" if url.port else url.hostname
+        return urlunsplit((scheme, netloc, url.path, url.query, ""))
 
     def describe(self) -> dict:
         """For logs and `status`: everything but secrets."""

@@ -103,6 +103,7 @@ class DevStack:
         self.config = ExecutorConfig(
             executor_name=f"hft-executor-dev-{os.getpid()}",
             rpc_endpoint=self.localnet.endpoints["rpc"],
+            rpc_ws_endpoint=self.localnet.endpoints["ws"],
             jito_block_engine_url=self.localnet.endpoints["blockEngine"],
             nats_url=self.nats.url,
             temporal_address=self.temporal.address,
@@ -124,6 +125,7 @@ class DevStack:
         assert self.config is not None
         return {
             "RPC_ENDPOINT": self.config.rpc_endpoint,
+            "RPC_WS_ENDPOINT": self.config.websocket_endpoint(),
             "JITO_BLOCK_ENGINE_URL": self.config.jito_block_engine_url,
             "NATS_URL": self.config.nats_url,
             "TEMPORAL_ADDRESS": self.config.temporal_address,
@@ -152,8 +154,8 @@ async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_
     assert stack.pool is not None and stack.keys is not None
     run = f"demo-{int(time.time())}-{os.getpid()}"
     wallets = stack.keys.public_keys()
-    methods = ("rpc", "jito_bundle")
-    plans = [stack.pool.plan(f"{run}-{i}", wallets[i % len(wallets)], methods[i % 2]) for i in range(count)]
+    methods = ("rpc", "jito_bundle", "tpu_direct")
+    plans = [stack.pool.plan(f"{run}-{i}", wallets[i % len(wallets)], methods[i % len(methods)]) for i in range(count)]
     wanted = {p["planId"] for p in plans}
     results: dict[str, dict] = {}
     arrived = asyncio.Event()
@@ -239,7 +241,7 @@ def print_table(results: list[dict], out) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ports", choices=("default", "auto"), default="default", help="'auto' picks free ports (and a throwaway data dir)")
     parser.add_argument("--json", action="store_true", help="print one JSON line of endpoints when ready (and the demo summary last)")
-    parser.add_argument("--demo", type=int, default=0, metavar="N", help="publish N sample plans (rpc and jito_bundle)")
+    parser.add_argument("--demo", type=int, default=0, metavar="N", help="publish N sample plans (rpc, jito_bundle and tpu_direct in turn)")
     parser.add_argument("--exit", action="store_true", help="stop once every demo plan has its result")
     parser.add_argument("--slot-ms", type=float, default=400.0, help="local cluster slot time (default 400)")
     parser.add_argument("--wallets", type=int, default=8, help="funded dev wallets (default 8)")

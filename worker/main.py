@@ -7,14 +7,17 @@ Temporal client the worker polls with, which is what lets a start be eager.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import nats
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
+from solders.keypair import Keypair
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -30,6 +33,7 @@ from activities.publish import publish_result
 from activities.records import PlanRecords
 from activities.rpc import SolanaRpc
 from activities.submit import Submitter
+from activities.tpu import TpuClient
 from activities.wallets import WalletPool
 from workflows.events import ExecutionResultEvent
 from workflows.execute_plan import SEARCH_ATTRIBUTES, ExecutePlan
@@ -106,6 +110,7 @@ class ExecutorWorker:
         await self.blockhashes.refresh()
         self.blockhashes.start()
         self.jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid)
+        self.tpu = await self._start_tpu(config)
         self.client = await connect_temporal(config, config.temporal_metrics_port if config.metrics_port else 0)
         await ensure_search_attributes(self.client, config.temporal_namespace)
         self.killswitch = KillSwitch(self.nc, self.js, self.client, config.executor_name, on_change=lambda on: self.metrics.halted.set(int(on)))
@@ -126,7 +131,7 @@ class ExecutorWorker:
             keys=self.keys,
             builder=builder,
             records=self.records,
-            submitter=Submitter(self.hot_rpc, self.jito, self.records, self.killswitch.halted, self.backups),
+            submitter=Submitter(self.hot_rpc, self.jito, self.records, self.killswitch.halted, self.backups, self.tpu),
             watcher=self.watcher,
             js=self.js,
             commitment=config.confirmation_commitment,
@@ -135,6 +140,7 @@ class ExecutorWorker:
             on_result=self.metrics.record,
             crash_after=os.environ.get("HFT_TEST_CRASH_AFTER") or None,
             confirmation_timeout_ms=config.confirmation_timeout_ms,
+            tpu_rebroadcast_s=config.tpu_rebroadcast_ms / 1000,
         )
         self.worker = Worker(
             self.client,
@@ -158,6 +164,29 @@ class ExecutorWorker:
         ]
         log.info("stage=worker event=started name=%s wallets=%d taskQueue=%s", config.executor_name, len(self.keys), config.temporal_task_queue)
 
+    async def _start_tpu(self, config: ExecutorConfig) -> TpuClient | None:
+        """The direct-TPU client (leader tracking, warm QUIC connections). Without it, tpu_direct
+        plans fail with SUBMIT_REJECTED; rpc and jito_bundle are unaffected."""
+        identity = None
+        if config.tpu_identity_keypair:
+            identity = Keypair.from_bytes(bytes(json.loads(Path(config.tpu_identity_keypair).read_text())))
+        tpu = TpuClient(
+            config.rpc_endpoint,
+            config.websocket_endpoint(),
+            identity=identity,
+            fanout_slots=config.tpu_fanout_slots,
+            timeout_s=config.tpu_timeout_ms / 1000,
+            retry_count=config.tpu_retry_count,
+            registry=self.metrics.registry,
+        )
+        try:
+            await tpu.start()
+        except Exception as error:
+            log.warning("stage=worker event=tpu_unavailable error=%s", error)
+            return None
+        log.info("stage=worker event=tpu_ready identity=%s fanoutSlots=%d", tpu.identity_pubkey, config.tpu_fanout_slots)
+        return tpu
+
     async def _publish_rejection(self, result: ExecutionResultEvent) -> None:
         await publish_result(self.js, result)
         self.metrics.plans_rejected.labels(result.error_code.value if result.error_code else "INVALID_PLAN").inc()
@@ -180,6 +209,8 @@ class ExecutorWorker:
         await self.watcher.stop()
         await self.blockhashes.stop()
         await self.jito.close()
+        if self.tpu is not None:
+            await self.tpu.stop()
         await self.rpc.close()
         await self.hot_rpc.close()
         for backup in self.backups:
