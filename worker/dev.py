@@ -150,7 +150,7 @@ async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
 
 
 async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_table: bool, out) -> dict:
-    """Publish `count` sample plans (rpc and jito_bundle, wallets in turn) and wait for every result."""
+    """Publish `count` sample plans (rpc, jito_bundle and tpu_direct in turn, wallets in turn) and wait for every result."""
     assert stack.pool is not None and stack.keys is not None
     run = f"demo-{int(time.time())}-{os.getpid()}"
     wallets = stack.keys.public_keys()
