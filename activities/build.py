@@ -1,9 +1,12 @@
 """Build: turn a plan into one unsigned v0 message for the chosen wallet.
 
-Order inside the transaction: compute budget first (the priority fee is charged on the
-requested limit, so the limit is the planner's estimate), then the routes' instructions
-with wallet placeholders resolved, then the Jito tip for bundles (in the same transaction
-as the trade, so it can never land alone).
+Order inside the transaction: compute budget first (limit from the planner's estimate plus
+a margin; price from the plan or from recent fees), then for a flash-loan plan the
+wallet's token account (created idempotently if the plan allows) and the klend borrow,
+the routes' instructions with wallet placeholders resolved, the klend repay (carrying the
+borrow's absolute index, which the compute-budget and account-creation instructions
+shift), and last the Jito tip for bundles (in the same transaction, so it never lands
+alone). Compiled as v0 with the plan's, the routes' and the executor's own lookup tables.
 """
 from __future__ import annotations
 
@@ -16,13 +19,17 @@ from solders.instruction import AccountMeta, Instruction
 from solders.message import MessageV0, to_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
+from solders.address_lookup_table_account import AddressLookupTableAccount
 from solders.token.associated import get_associated_token_address
 
-from workflows.events import PLACEHOLDER_WALLET, PLACEHOLDER_WALLET_ATA, ErrorCode, ExecutionMethod, ExecutionPlanEvent
+from workflows.events import PLACEHOLDER_WALLET, PLACEHOLDER_WALLET_ATA, ErrorCode, ExecutionMethod, ExecutionPlanEvent, FlashLoan
 from workflows.stages import BuiltTransaction
 
 from .chain import BlockhashCache, LookupTableCache, LookupTableMissing
+from . import klend
 from .errors import fail
+from .fees import PriorityFeeEstimator
+from .klend import ReserveCache
 
 PACKET_DATA_SIZE = 1232
 LAMPORTS_PER_SOL = 1_000_000_000
@@ -30,10 +37,19 @@ TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
 MIN_JITO_TIP = 1000  # lamports (Jito's minimum)
 
 
+MAX_COMPUTE_UNITS = 1_400_000
+FLASH_LOAN_COMPUTE_UNITS = 600_000  # the seed's budget for flash-loan plans without a gasEstimate
+ATA_PROGRAM = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
+SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
+CREATE_IDEMPOTENT = bytes([1])  # spl-associated-token-account instruction 1
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     compute_unit_limit: int = 200_000  # COMPUTE_UNIT_LIMIT, when the plan has no gasEstimate
-    compute_unit_price: int = 1_000  # COMPUTE_UNIT_PRICE (micro-lamports/CU), when the plan has no priorityFee
+    compute_unit_margin: float = 0.10  # COMPUTE_UNIT_MARGIN: added to the plan's gasEstimate
+    compute_unit_price: int = 1_000  # COMPUTE_UNIT_PRICE (micro-lamports/CU): no priorityFee and no estimator
+    executor_lookup_tables: tuple[str, ...] = ()  # EXECUTOR_LOOKUP_TABLES: the executor's own ALTs
     jito_tip_base: int = 10_000  # JITO_TIP_BASE lamports
     jito_tip_profit_share: float = 0.05  # share of expected profit paid as tip
     sol_price_usd: float = 150.0  # SOL_PRICE_USD, when the plan gives none
@@ -52,8 +68,29 @@ def resolve_account(key: str, wallet: Pubkey) -> Pubkey:
 def _associated_token_address(wallet: Pubkey, mint: Pubkey, token_program: Pubkey) -> Pubkey:
     if token_program == TOKEN_PROGRAM:
         return get_associated_token_address(wallet, mint)
-    ata_program = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
-    return Pubkey.find_program_address([bytes(wallet), bytes(token_program), bytes(mint)], ata_program)[0]
+    return Pubkey.find_program_address([bytes(wallet), bytes(token_program), bytes(mint)], ATA_PROGRAM)[0]
+
+
+def create_token_account_idempotent(payer: Pubkey, owner: Pubkey, mint: Pubkey, token_program: Pubkey) -> Instruction:
+    """spl-associated-token-account CreateIdempotent: a no-op when the account exists."""
+    return Instruction(
+        ATA_PROGRAM,
+        CREATE_IDEMPOTENT,
+        [
+            AccountMeta(payer, is_signer=True, is_writable=True),
+            AccountMeta(_associated_token_address(owner, mint, token_program), is_signer=False, is_writable=True),
+            AccountMeta(owner, is_signer=False, is_writable=False),
+            AccountMeta(mint, is_signer=False, is_writable=False),
+            AccountMeta(SYSTEM_PROGRAM, is_signer=False, is_writable=False),
+            AccountMeta(token_program, is_signer=False, is_writable=False),
+        ],
+    )
+
+
+def compute_unit_limit(plan: ExecutionPlanEvent, settings: BuildSettings) -> int:
+    if plan.gas_estimate is not None:
+        return min(MAX_COMPUTE_UNITS, int(plan.gas_estimate * (1 + settings.compute_unit_margin)))
+    return FLASH_LOAN_COMPUTE_UNITS if plan.flash_loan is not None else settings.compute_unit_limit
 
 
 def tip_lamports(plan: ExecutionPlanEvent, settings: BuildSettings) -> int:
@@ -79,38 +116,75 @@ def route_instructions(plan: ExecutionPlanEvent, wallet: Pubkey) -> list[Instruc
     return instructions
 
 
+@dataclass
+class Composition:
+    """The transaction's instructions before compilation, and what went into them."""
+
+    instructions: list[Instruction]
+    tables: list[AddressLookupTableAccount]
+    compute_unit_limit: int
+    compute_unit_price: int
+    tip_lamports: int = 0
+    tip_account: str | None = None
+    flash_loan_borrow_index: int | None = None
+
+
 class TransactionBuilder:
-    def __init__(self, blockhashes: BlockhashCache, lookup_tables: LookupTableCache, settings: BuildSettings, tip_accounts) -> None:
+    def __init__(
+        self,
+        blockhashes: BlockhashCache,
+        lookup_tables: LookupTableCache,
+        settings: BuildSettings,
+        tip_accounts,
+        *,
+        fees: PriorityFeeEstimator | None = None,
+        reserves: ReserveCache | None = None,
+    ) -> None:
         self.blockhashes = blockhashes
         self.lookup_tables = lookup_tables
         self.settings = settings
         self.tip_accounts = tip_accounts  # async () -> list[str]
+        self.fees = fees
+        self.reserves = reserves
 
-    async def build(self, plan: ExecutionPlanEvent, wallet_key: str) -> BuiltTransaction:
-        if plan.flash_loan is not None:
-            fail(ErrorCode.BUILD_FAILED, "flash-loan plans are not supported yet (Kamino flash loans arrive with their own issue)")
+    async def compose(self, plan: ExecutionPlanEvent, wallet_key: str) -> Composition:
         wallet = Pubkey.from_string(wallet_key)
-        limit = plan.gas_estimate or self.settings.compute_unit_limit
-        price = plan.priority_fee if plan.priority_fee is not None else self.settings.compute_unit_price
-        instructions = [set_compute_unit_limit(limit), set_compute_unit_price(price), *route_instructions(plan, wallet)]
+        routes = route_instructions(plan, wallet)
+        limit = compute_unit_limit(plan, self.settings)
+        price = await self._priority_fee(plan, routes)
+        instructions = [set_compute_unit_limit(limit), set_compute_unit_price(price)]
+        borrow_index = None
+        if plan.flash_loan is not None:
+            reserve = await self._reserve(plan.flash_loan)
+            user_account = _associated_token_address(wallet, reserve.liquidity_mint, reserve.token_program)
+            if plan.flash_loan.create_token_account:
+                instructions.append(create_token_account_idempotent(wallet, wallet, reserve.liquidity_mint, reserve.token_program))
+            borrow_index = len(instructions)  # absolute: compute budget and account creation come first
+            amount = plan.flash_loan.amount
+            instructions.append(klend.flash_borrow_instruction(reserve, wallet, user_account, amount))
+            instructions += routes
+            instructions.append(klend.flash_repay_instruction(reserve, wallet, user_account, amount, borrow_index))
+        else:
+            instructions += routes
         tip, tip_account = 0, None
         if plan.execution_method is ExecutionMethod.jito_bundle:
             tip = tip_lamports(plan, self.settings)
             tip_account = random.choice(await self.tip_accounts())
             instructions.append(transfer(TransferParams(from_pubkey=wallet, to_pubkey=Pubkey.from_string(tip_account), lamports=tip)))
-        table_addresses = [Pubkey.from_string(a) for a in plan.address_lookup_tables]
-        table_addresses += [Pubkey.from_string(a) for route in plan.routes for a in route.address_lookup_table_addresses]
+        addresses = list(plan.address_lookup_tables) + [a for route in plan.routes for a in route.address_lookup_table_addresses]
+        addresses += list(self.settings.executor_lookup_tables)
         try:
-            tables = await self.lookup_tables.get(table_addresses) if table_addresses else []
+            tables = await self.lookup_tables.get([Pubkey.from_string(a) for a in dict.fromkeys(addresses)]) if addresses else []
         except LookupTableMissing as missing:
             fail(ErrorCode.BUILD_FAILED, str(missing))
+        return Composition(instructions, tables, limit, price, tip, tip_account, borrow_index)
+
+    async def build(self, plan: ExecutionPlanEvent, wallet_key: str) -> BuiltTransaction:
+        composed = await self.compose(plan, wallet_key)
         recent = await self.blockhashes.get()
-        try:
-            message = MessageV0.try_compile(wallet, instructions, tables, recent.blockhash)
-        except Exception as error:
-            fail(ErrorCode.BUILD_FAILED, f"could not compile the transaction: {error}")
+        message = compile_message(Pubkey.from_string(wallet_key), composed, recent.blockhash)
         raw = to_bytes_versioned(message)
-        size = 1 + 64 * message.header.num_required_signatures + len(raw)
+        size = transaction_size(message)
         if size > PACKET_DATA_SIZE:
             fail(ErrorCode.TX_TOO_LARGE, f"transaction is {size} bytes, over the {PACKET_DATA_SIZE}-byte packet limit")
         return BuiltTransaction(
@@ -118,8 +192,51 @@ class TransactionBuilder:
             blockhash=str(recent.blockhash),
             last_valid_block_height=recent.last_valid_block_height,
             size=size,
-            compute_unit_limit=limit,
-            compute_unit_price=price,
-            tip_lamports=tip,
-            tip_account=tip_account,
+            compute_unit_limit=composed.compute_unit_limit,
+            compute_unit_price=composed.compute_unit_price,
+            tip_lamports=composed.tip_lamports,
+            tip_account=composed.tip_account,
         )
+
+    async def _priority_fee(self, plan: ExecutionPlanEvent, routes: list[Instruction]) -> int:
+        if plan.priority_fee is not None:
+            return plan.priority_fee
+        if self.fees is None:
+            return self.settings.compute_unit_price
+        writable = [str(meta.pubkey) for ix in routes for meta in ix.accounts if meta.is_writable]
+        try:
+            return await self.fees.fee_for(writable)
+        except Exception:  # an estimate is not worth a failed plan: fall back to the configured price
+            return self.settings.compute_unit_price
+
+    async def _reserve(self, loan: FlashLoan) -> klend.ReserveInfo:
+        """The reserve from the plan when it carries all of it, else from chain (cached)."""
+        carried = (loan.lending_market, loan.liquidity_mint, loan.supply_vault, loan.fee_receiver, loan.token_program)
+        if all(carried):
+            market, mint, supply, fee_receiver, program = (Pubkey.from_string(v) for v in carried)
+            return klend.ReserveInfo(Pubkey.from_string(loan.reserve), market, mint, supply, fee_receiver, program, None, None, None)
+        if self.reserves is None:
+            fail(ErrorCode.BUILD_FAILED, "flash loan: the plan does not carry the reserve's data and this builder cannot read it")
+        try:
+            reserve = await self.reserves.get(Pubkey.from_string(loan.reserve))
+        except klend.ReserveInvalid as invalid:
+            fail(ErrorCode.BUILD_FAILED, f"flash loan: {invalid}")
+        if loan.lending_market and str(reserve.lending_market) != loan.lending_market:
+            fail(ErrorCode.BUILD_FAILED, f"flash loan: reserve {loan.reserve} belongs to market {reserve.lending_market}, not {loan.lending_market}")
+        if loan.liquidity_mint and str(reserve.liquidity_mint) != loan.liquidity_mint:
+            fail(ErrorCode.BUILD_FAILED, f"flash loan: reserve {loan.reserve} lends {reserve.liquidity_mint}, not {loan.liquidity_mint}")
+        if not klend.flash_loans_enabled(reserve):
+            fail(ErrorCode.BUILD_FAILED, f"flash loan: reserve {loan.reserve} has flash loans disabled")
+        return reserve
+
+
+def compile_message(wallet: Pubkey, composed: Composition, blockhash) -> MessageV0:
+    try:
+        return MessageV0.try_compile(wallet, composed.instructions, composed.tables, blockhash)
+    except Exception as error:
+        fail(ErrorCode.BUILD_FAILED, f"could not compile the transaction: {error}")
+
+
+def transaction_size(message: MessageV0) -> int:
+    """Serialized size of the signed transaction: signature count (1 byte here), signatures, message."""
+    return 1 + 64 * message.header.num_required_signatures + len(to_bytes_versioned(message))

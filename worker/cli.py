@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import command as bench_command
 
     from . import control, dev
+    from . import inspect as inspect_command
 
     parser = argparse.ArgumentParser(prog="hft-executor", description="Durable Solana trade executor: every plan a Temporal workflow.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     command = commands.add_parser("send-plan", help="publish execution plans (a JSON file, array or JSON lines; - for stdin)")
     command.add_argument("file", metavar="FILE|-")
     command.set_defaults(run=control.send_plan)
+
+    command = commands.add_parser("inspect-plan", help="the transaction a plan would become (decoded), without signing or sending")
+    inspect_command.add_arguments(command)
+    command.set_defaults(run=inspect_command.run)
 
     command = commands.add_parser("halt", help="kill switch on: no plan submits until `resume` (or halt one plan)")
     command.add_argument("--plan", help="halt only this plan id (signals its workflow)")

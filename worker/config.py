@@ -36,7 +36,13 @@ class ExecutorConfig:
     jito_tip_base: int = 10_000
     jito_tip_profit_share: float = 0.05
     compute_unit_limit: int = 200_000
-    compute_unit_price: int = 1_000
+    compute_unit_price: int = 1_000  # fallback when a plan has no priorityFee and the estimate fails
+    compute_unit_margin: float = 0.10
+    priority_fee_percentile: float = 75.0
+    priority_fee_floor: int = 1_000
+    priority_fee_ceiling: int = 2_000_000
+    priority_fee_congestion: bool = False
+    executor_lookup_tables: tuple[str, ...] = ()
     confirmation_timeout_ms: int = 30_000
     confirmation_commitment: str = "confirmed"
     confirmation_poll_ms: int = 200
@@ -75,6 +81,12 @@ class ExecutorConfig:
             jito_tip_profit_share=_float(env, "JITO_TIP_PROFIT_SHARE", cls.jito_tip_profit_share),
             compute_unit_limit=_int(env, "COMPUTE_UNIT_LIMIT", cls.compute_unit_limit),
             compute_unit_price=_int(env, "COMPUTE_UNIT_PRICE", cls.compute_unit_price),
+            compute_unit_margin=_float(env, "COMPUTE_UNIT_MARGIN", cls.compute_unit_margin),
+            priority_fee_percentile=_float(env, "PRIORITY_FEE_PERCENTILE", cls.priority_fee_percentile),
+            priority_fee_floor=_int(env, "PRIORITY_FEE_FLOOR", cls.priority_fee_floor),
+            priority_fee_ceiling=_int(env, "PRIORITY_FEE_CEILING", cls.priority_fee_ceiling),
+            priority_fee_congestion=env.get("PRIORITY_FEE_CONGESTION", "").lower() in ("1", "true", "yes"),
+            executor_lookup_tables=tuple(a for a in env.get("EXECUTOR_LOOKUP_TABLES", "").split(",") if a),
             confirmation_timeout_ms=_int(env, "CONFIRMATION_TIMEOUT", cls.confirmation_timeout_ms),
             confirmation_commitment=commitment,
             confirmation_poll_ms=_int(env, "CONFIRMATION_POLL_MS", cls.confirmation_poll_ms),

@@ -27,8 +27,10 @@ from activities.build import BuildSettings, TransactionBuilder
 from activities.chain import BlockhashCache, LookupTableCache
 from activities.confirm import SignatureWatcher
 from activities.execution import ExecutionActivities
+from activities.fees import FeePolicy, PriorityFeeEstimator
 from activities.jito import JitoClient
 from activities.keystore import KeyStore
+from activities.klend import ReserveCache
 from activities.publish import publish_result
 from activities.records import PlanRecords
 from activities.rpc import SolanaRpc
@@ -119,12 +121,20 @@ class ExecutorWorker:
         self.watcher.start()
         settings = BuildSettings(
             compute_unit_limit=config.compute_unit_limit,
+            compute_unit_margin=config.compute_unit_margin,
             compute_unit_price=config.compute_unit_price,
+            executor_lookup_tables=config.executor_lookup_tables,
             jito_tip_base=config.jito_tip_base,
             jito_tip_profit_share=config.jito_tip_profit_share,
             sol_price_usd=config.sol_price_usd,
         )
-        builder = TransactionBuilder(self.blockhashes, LookupTableCache(self.rpc), settings, self.jito.tip_accounts)
+        fees = PriorityFeeEstimator(
+            self.hot_rpc,
+            FeePolicy(config.priority_fee_percentile, config.priority_fee_floor, config.priority_fee_ceiling, config.priority_fee_congestion),
+        )
+        builder = TransactionBuilder(
+            self.blockhashes, LookupTableCache(self.rpc), settings, self.jito.tip_accounts, fees=fees, reserves=ReserveCache(self.rpc)
+        )
         self.activities = ExecutionActivities(
             rpc=self.rpc,
             wallets=self.wallets,

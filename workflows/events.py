@@ -132,6 +132,11 @@ class FlashLoan(WireModel):
     reserve: PubkeyStr
     lending_market: PubkeyStr | None = None
     liquidity_mint: PubkeyStr | None = None
+    # Extensions: the rest of the reserve's data, so a planner that has it spares a chain read
+    supply_vault: PubkeyStr | None = None
+    fee_receiver: PubkeyStr | None = None
+    token_program: PubkeyStr | None = None
+    create_token_account: bool = False  # may the transaction create the wallet's token account (idempotent)?
 
 
 class ExecutionPlanEvent(WireModel):

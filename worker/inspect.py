@@ -1,0 +1,191 @@
+"""`hft-executor inspect-plan FILE|-`: the transaction a plan would become, without signing or sending.
+
+It validates the plan exactly as the bridge does, composes the instructions the build
+activity would (compute budget, flash loan, routes, tip), compiles the v0 message with the
+lookup tables and reports every instruction decoded by name where known, the accounts
+with their flags, the tables used, the size against 1232 bytes, the compute budget and
+the fee. It reads the chain only for what the plan does not carry (blockhash, lookup
+tables, reserve data, recent fees); with no RPC reachable it still reports what it can.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Confirmed
+from solders.hash import Hash
+from solders.instruction import Instruction
+from solders.pubkey import Pubkey
+from temporalio.exceptions import ApplicationError
+
+from activities import klend
+from activities.build import PACKET_DATA_SIZE, BuildSettings, TransactionBuilder, compile_message, transaction_size
+from activities.chain import BlockhashCache, LookupTableCache
+from activities.fees import FeePolicy, PriorityFeeEstimator
+from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient
+from activities.keystore import KeyStore
+from activities.rpc import SolanaRpc
+
+from .bridge import InvalidPlan, parse_plan
+from .config import ExecutorConfig
+from .control import environment
+
+LAMPORTS_PER_SIGNATURE = 5_000
+PROGRAMS = {
+    "ComputeBudget111111111111111111111111111111": "compute budget",
+    "11111111111111111111111111111111": "system",
+    "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA": "spl token",
+    "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb": "spl token-2022",
+    "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL": "associated token account",
+    "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr": "memo",
+    "Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo": "memo v1",
+    str(klend.KLEND_PROGRAM_ID): "kamino lending",
+}
+TOKEN_INSTRUCTIONS = {3: "transfer", 7: "mint_to", 8: "burn", 9: "close_account", 12: "transfer_checked", 17: "sync_native"}
+
+
+def decode(ix: Instruction) -> dict:
+    """A name and the arguments an operator checks, for the programs a plan usually uses."""
+    program, data = str(ix.program_id), bytes(ix.data)
+    if program == "ComputeBudget111111111111111111111111111111" and data:
+        if data[0] == 2:
+            return {"name": "set_compute_unit_limit", "units": int.from_bytes(data[1:5], "little")}
+        if data[0] == 3:
+            return {"name": "set_compute_unit_price", "microLamports": int.from_bytes(data[1:9], "little")}
+    if program == "11111111111111111111111111111111" and len(data) >= 12 and int.from_bytes(data[:4], "little") == 2:
+        lamports = int.from_bytes(data[4:12], "little")
+        to = str(ix.accounts[1].pubkey) if len(ix.accounts) > 1 else None
+        return {"name": "jito tip" if to in STATIC_TIP_ACCOUNTS else "transfer", "lamports": lamports, "to": to}
+    if program in ("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA", "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb") and data:
+        decoded = {"name": TOKEN_INSTRUCTIONS.get(data[0], f"instruction {data[0]}")}
+        if data[0] in (3, 7, 8, 12) and len(data) >= 9:
+            decoded["amount"] = int.from_bytes(data[1:9], "little")
+        return decoded
+    if program == "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL":
+        return {"name": {b"": "create", b"\x00": "create", b"\x01": "create_idempotent"}.get(data[:1], "instruction")}
+    if program.startswith("Memo"):
+        return {"name": "memo", "text": data.decode("utf-8", errors="replace")}
+    known = klend.decode_instruction(ix)
+    if known is not None:
+        return known
+    return {"name": None}
+
+
+def describe(plan, wallet: str, composed, message, blockhash_known: bool) -> dict:
+    size = transaction_size(message)
+    price, limit = composed.compute_unit_price, composed.compute_unit_limit
+    signatures = message.header.num_required_signatures
+    priority_lamports = -(-limit * price // 1_000_000)  # ceil, as the runtime charges
+    return {
+        "planId": plan.plan_id,
+        "wallet": wallet,
+        "executionMethod": plan.execution_method.value,
+        "size": size,
+        "sizeLimit": PACKET_DATA_SIZE,
+        "fits": size <= PACKET_DATA_SIZE,
+        "computeUnitLimit": limit,
+        "computeUnitPrice": price,
+        "fee": {"baseLamports": LAMPORTS_PER_SIGNATURE * signatures, "priorityLamports": priority_lamports, "tipLamports": composed.tip_lamports},
+        "tipAccount": composed.tip_account,
+        "flashLoanBorrowIndex": composed.flash_loan_borrow_index,
+        "lookupTables": [
+            {"address": str(lookup.account_key), "writableIndexes": list(lookup.writable_indexes), "readonlyIndexes": list(lookup.readonly_indexes)}
+            for lookup in message.address_table_lookups
+        ],
+        "blockhash": str(message.recent_blockhash) if blockhash_known else None,
+        "instructions": [
+            {
+                "index": index,
+                "programId": str(ix.program_id),
+                "program": PROGRAMS.get(str(ix.program_id)),
+                **{k: v for k, v in decode(ix).items()},
+                "accounts": [{"pubkey": str(m.pubkey), "isSigner": m.is_signer, "isWritable": m.is_writable} for m in ix.accounts],
+                "data": base64.b64encode(bytes(ix.data)).decode(),
+            }
+            for index, ix in enumerate(composed.instructions)
+        ],
+    }
+
+
+async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys: KeyStore | None) -> dict:
+    plan = parse_plan(data)
+    wallet = wallet or plan.wallet or (keys.public_keys()[0] if keys is not None and len(keys) else None)
+    if wallet is None:
+        raise SystemExit("inspect-plan: no wallet: give --wallet PUBKEY (or configure WALLET_1 / WALLET_KEYS_DIR)")
+    Pubkey.from_string(wallet)
+    rpc = AsyncClient(config.rpc_endpoint, commitment=Confirmed, timeout=5)
+    hot = SolanaRpc(config.rpc_endpoint)
+    jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid, tip_retry_s=0)
+    try:
+        settings = BuildSettings(
+            compute_unit_limit=config.compute_unit_limit,
+            compute_unit_margin=config.compute_unit_margin,
+            compute_unit_price=config.compute_unit_price,
+            jito_tip_base=config.jito_tip_base,
+            jito_tip_profit_share=config.jito_tip_profit_share,
+            sol_price_usd=config.sol_price_usd,
+            executor_lookup_tables=config.executor_lookup_tables,
+        )
+        fees = PriorityFeeEstimator(hot, FeePolicy(config.priority_fee_percentile, config.priority_fee_floor, config.priority_fee_ceiling, config.priority_fee_congestion))
+        blockhashes = BlockhashCache(rpc)
+        builder = TransactionBuilder(blockhashes, LookupTableCache(rpc), settings, jito.tip_accounts, fees=fees, reserves=klend.ReserveCache(rpc))
+        composed = await builder.compose(plan, wallet)
+        try:
+            blockhash, known = (await blockhashes.get()).blockhash, True
+        except Exception:  # no RPC: the size and layout do not depend on which blockhash
+            blockhash, known = Hash.default(), False
+        message = compile_message(Pubkey.from_string(wallet), composed, blockhash)
+        return describe(plan, wallet, composed, message, known)
+    finally:
+        await jito.close()
+        await hot.close()
+        await rpc.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE|-", help="one plan as JSON (- for stdin)")
+    parser.add_argument("--wallet", help="build for this wallet (default: the plan's pinned wallet, else the first configured key)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+    env = environment()
+    config = ExecutorConfig.from_environment(env)
+    try:
+        keys = KeyStore.from_environment(env)
+    except Exception:
+        keys = None
+    try:
+        report = asyncio.run(inspect(data, args.wallet, config, keys))
+    except InvalidPlan as invalid:
+        print(f"{invalid.code.value}: {invalid}", file=sys.stderr)
+        return 2
+    except ApplicationError as error:
+        print(f"{error.type}: {error.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report), flush=True)
+    else:
+        _print(report)
+    return 0
+
+
+def _print(report: dict) -> None:
+    fits = "fits" if report["fits"] else "TOO LARGE"
+    print(f"plan {report['planId']} for wallet {report['wallet']} ({report['executionMethod']})")
+    print(f"  size {report['size']} / {report['sizeLimit']} bytes ({fits}); compute units {report['computeUnitLimit']} at {report['computeUnitPrice']} micro-lamports")
+    fee = report["fee"]
+    print(f"  fee: base {fee['baseLamports']} + priority {fee['priorityLamports']} lamports; tip {fee['tipLamports']} lamports")
+    for table in report["lookupTables"]:
+        print(f"  lookup table {table['address']}: {len(table['writableIndexes'])} writable, {len(table['readonlyIndexes'])} read-only")
+    for ix in report["instructions"]:
+        extra = {k: v for k, v in ix.items() if k not in ("index", "programId", "program", "name", "accounts", "data")}
+        print(f"  [{ix['index']}] {ix['program'] or ix['programId']}: {ix['name'] or '?'} {extra if extra else ''}")
+        for account in ix["accounts"]:
+            flags = ("s" if account["isSigner"] else "-") + ("w" if account["isWritable"] else "-")
+            print(f"        {flags} {account['pubkey']}")
