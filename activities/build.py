@@ -183,8 +183,13 @@ class TransactionBuilder:
         composed = await self.compose(plan, wallet_key)
         recent = await self.blockhashes.get()
         message = compile_message(Pubkey.from_string(wallet_key), composed, recent.blockhash)
-        raw = to_bytes_versioned(message)
         size = transaction_size(message)
+        if size > PACKET_DATA_SIZE and composed.tables:
+            # A cached table may have grown on chain since it was read: look once more before giving up.
+            composed.tables = await self.lookup_tables.get([t.key for t in composed.tables], max_age_s=0)
+            message = compile_message(Pubkey.from_string(wallet_key), composed, recent.blockhash)
+            size = transaction_size(message)
+        raw = to_bytes_versioned(message)
         if size > PACKET_DATA_SIZE:
             fail(ErrorCode.TX_TOO_LARGE, f"transaction is {size} bytes, over the {PACKET_DATA_SIZE}-byte packet limit")
         return BuiltTransaction(

@@ -76,16 +76,21 @@ class LookupTableCache:
         self.ttl_s = ttl_s
         self.tables: dict[Pubkey, tuple[AddressLookupTableAccount, float]] = {}
 
-    async def get(self, addresses: list[Pubkey]) -> list[AddressLookupTableAccount]:
+    async def get(self, addresses: list[Pubkey], max_age_s: float | None = None) -> list[AddressLookupTableAccount]:
+        """`max_age_s` forces a fresher read (a table may have grown since it was cached)."""
         now = time.monotonic()
-        missing = [a for a in dict.fromkeys(addresses) if a not in self.tables or now - self.tables[a][1] > self.ttl_s]
+        limit = self.ttl_s if max_age_s is None else max_age_s
+        missing = [a for a in dict.fromkeys(addresses) if a not in self.tables or now - self.tables[a][1] > limit]
         for start in range(0, len(missing), 100):
             chunk = missing[start : start + 100]
             accounts = (await self.rpc.get_multiple_accounts(chunk, Confirmed)).value
             for address, account in zip(chunk, accounts):
                 if account is None:
                     raise LookupTableMissing(f"address lookup table {address} does not exist")
-                table = AddressLookupTable.deserialize(bytes(account.data))
+                try:
+                    table = AddressLookupTable.deserialize(bytes(account.data))
+                except ValueError:
+                    raise LookupTableMissing(f"account {address} is not an address lookup table") from None
                 self.tables[address] = (AddressLookupTableAccount(address, list(table.addresses)), now)
         return [self.tables[a][0] for a in dict.fromkeys(addresses)]
 

@@ -106,6 +106,9 @@ class ExecutionActivities:
         """Lease -> build -> sign -> send. A definite refusal gives the lease back; a send whose
         fate is unknown returns normally, so the workflow goes on to find out on chain."""
         plan = request.plan
+        if time.time() * 1000 > plan.deadline and not await self.records.was_sent(plan.plan_id):
+            # Retries of a failing build must end at the deadline, whatever the retry policy does.
+            fail(ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent")
         lease = await self.select_wallet(WalletRequest(plan.plan_id, plan.wallet, request.lease_ttl_ms))
         try:
             built = await self.build(BuildRequest(plan, lease.wallet))

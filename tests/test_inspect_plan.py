@@ -113,3 +113,11 @@ async def test_invalid_plan_is_refused_with_its_code(stack):
     plan["simulationSuccess"] = False
     done = await inspect(stack, plan)
     assert done.returncode == 2 and done.stderr.startswith("PLAN_NOT_SIMULATED")
+
+
+async def test_flash_loan_reserve_read_from_chain_must_exist(stack):
+    plan = stack.plan("rpc", wallet=2)
+    plan["flashLoan"] = {"provider": "kamino", "amount": 1_000_000, "reserve": RESERVE["reserve"]}
+    done = await inspect(stack, plan)
+    assert done.returncode == 1
+    assert done.stderr.startswith("BUILD_FAILED") and f"reserve {RESERVE['reserve']} does not exist" in done.stderr

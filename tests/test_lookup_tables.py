@@ -79,7 +79,11 @@ async def _send_and_confirm(stack, payer: Keypair, instructions: list[Instructio
 
 
 async def _recent_slot(stack) -> int:
-    """The newest slot in the SlotHashes sysvar (what CreateLookupTable checks recent_slot against)."""
+    """The newest slot in the SlotHashes sysvar (what CreateLookupTable checks recent_slot against).
+
+    Not getSlot(): localnet does not update SlotHashes as its slots advance (it holds one fixed
+    entry), so a recent_slot from getSlot fails there with "<slot> is not a recent slot".
+    """
     data = bytes((await stack.rpc.get_account_info(SLOT_HASHES, Processed)).value.data)
     (count,) = struct.unpack_from("<Q", data, 0)
     assert count >= 1, "SlotHashes sysvar is empty"
@@ -184,54 +188,13 @@ async def test_plan_naming_a_missing_lookup_table_fails_the_build(stack):
     assert await stack.wire_transactions(plan["planId"]) == []
 
 
-async def test_zz_probe_print_results(stack, big_table):
-    table, extras = big_table
-    plan = _big_plan(stack, extras)
-    r = await stack.execute(plan)
-    print("\nTOO LARGE:", r["status"], r["errorCode"], r["error"])
-    plan = stack.plan("rpc", wallet=WALLET)
-    plan["addressLookupTables"] = [str(Keypair().pubkey())]
-    r = await stack.execute(plan)
-    print("MISSING:", r["status"], r["errorCode"], r["error"])
-    # a non-table account (the mint) named as a table
-    plan = stack.plan("rpc", wallet=WALLET)
+async def test_plan_naming_an_account_that_is_not_a_lookup_table_fails_the_build(stack):
+    """An existing account of another kind (here a mint) is a build error, not a transient one."""
+    plan = stack.plan("rpc", wallet=WALLET, deadline_ms=8_000, max_latency_ms=8_000)
     plan["addressLookupTables"] = [stack.pool.mint_in]
-    t0 = time.monotonic()
-    try:
-        r = await stack.execute(plan, timeout=20)
-        print("NOT A TABLE:", r["status"], r["errorCode"], r["error"], f"{time.monotonic()-t0:.1f}s")
-    except Exception as e:
-        print("NOT A TABLE: no result in 20 s", repr(e))
-    # recent slot from getSlot, as every client does
-    a = Keypair()
-    await stack.admin("POST", "/fund", {"pubkey": str(a.pubkey()), "lamports": 10**9})
-    for c in (Confirmed, Processed):
-        slot = (await stack.rpc.get_slot(c)).value
-        ix, _ = _create_lookup_table(a.pubkey(), a.pubkey(), slot)
-        try:
-            await _send_and_confirm(stack, a, [ix])
-            print("getSlot create OK", c)
-        except Exception as e:
-            print("getSlot create FAILED", c, slot, str(e)[:300])
-    print("SlotHashes newest:", await _recent_slot(stack), "current slot", (await stack.rpc.get_slot(Processed)).value)
 
+    result = await stack.execute(plan, timeout=20)
 
-async def test_zz_probe_stale_cache(stack):
-    """table used once (empty-ish), then extended: does the executor see the new addresses?"""
-    a = Keypair()
-    await stack.admin("POST", "/fund", {"pubkey": str(a.pubkey()), "lamports": 10**9})
-    create, table = _create_lookup_table(a.pubkey(), a.pubkey(), await _recent_slot(stack))
-    await _send_and_confirm(stack, a, [create])
-    extras = [Keypair().pubkey() for _ in range(EXTRA_ACCOUNTS)]
-    s = await _send_and_confirm(stack, a, [_extend_lookup_table(table, a.pubkey(), a.pubkey(), extras[:20])])
-    while (await stack.rpc.get_slot(Processed)).value <= s + 1:
-        await asyncio.sleep(0.05)
-    plan = _big_plan(stack, extras[:20], addressLookupTables=[str(table)])
-    r = await stack.execute(plan)
-    print("\nfirst use:", r["status"], r.get("errorCode"), r.get("error"))
-    s = await _send_and_confirm(stack, a, [_extend_lookup_table(table, a.pubkey(), a.pubkey(), extras[20:])])
-    while (await stack.rpc.get_slot(Processed)).value <= s + 1:
-        await asyncio.sleep(0.05)
-    plan = _big_plan(stack, extras, addressLookupTables=[str(table)])
-    r = await stack.execute(plan)
-    print("after extend:", r["status"], r.get("errorCode"), r.get("error"))
+    assert result["status"] == "failed" and result["errorCode"] == "BUILD_FAILED", result
+    assert f"{stack.pool.mint_in} is not an address lookup table" in result["error"]
+    assert await stack.wire_transactions(plan["planId"]) == []
