@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -41,6 +41,7 @@ log = logging.getLogger("localnet.ledger")
 # A blockhash is valid for 150 blocks after the one that produced it (agave
 # MAX_PROCESSING_AGE / MAX_RECENT_BLOCKHASHES); getLatestBlockhash answers
 # lastValidBlockHeight = block height + 150.
+SLOT_HASHES_ENTRIES = 512  # agave's MAX_ENTRIES for SlotHashes
 BLOCKHASH_VALIDITY_BLOCKS = 150
 SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
 TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
@@ -193,6 +194,7 @@ class Ledger:
         self.blockhashes: OrderedDict[Hash, int] = OrderedDict()
         # slot of the block that produced each blockhash, for answers at a commitment level.
         self.blockhash_by_slot: OrderedDict[int, Hash] = OrderedDict()
+        self.slot_hashes: deque[tuple[int, Hash]] = deque(maxlen=SLOT_HASHES_ENTRIES)
         self._new_blockhash()
         self.pending: list[Submission] = []
         self.pending_signatures: set[Signature] = set()
@@ -217,6 +219,10 @@ class Ledger:
         blockhash = self.svm.latest_blockhash()
         self.blockhashes[blockhash] = self.block_height + BLOCKHASH_VALIDITY_BLOCKS
         self.blockhash_by_slot[self.slot - 1] = blockhash
+        # The SlotHashes sysvar, newest first, as a validator keeps it (512 entries): programs such
+        # as the lookup-table program check a "recent slot" against it.
+        self.slot_hashes.appendleft((self.slot - 1, blockhash))
+        self.svm.set_slot_hashes(list(self.slot_hashes))
         # Keep expired hashes for a while so isBlockhashValid answers false, not "unknown".
         while len(self.blockhashes) > 2 * BLOCKHASH_VALIDITY_BLOCKS + 1:
             self.blockhashes.popitem(last=False)

@@ -24,7 +24,6 @@ from solders.keypair import Keypair
 from solders.message import MessageV0, to_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.signature import Signature
-from solders.sysvar import SLOT_HASHES
 from solders.transaction import VersionedTransaction
 from solders.transaction_status import TransactionConfirmationStatus
 
@@ -79,16 +78,9 @@ async def _send_and_confirm(stack, payer: Keypair, instructions: list[Instructio
 
 
 async def _recent_slot(stack) -> int:
-    """The newest slot in the SlotHashes sysvar (what CreateLookupTable checks recent_slot against).
-
-    Not getSlot(): localnet does not update SlotHashes as its slots advance (it holds one fixed
-    entry), so a recent_slot from getSlot fails there with "<slot> is not a recent slot".
-    """
-    data = bytes((await stack.rpc.get_account_info(SLOT_HASHES, Processed)).value.data)
-    (count,) = struct.unpack_from("<Q", data, 0)
-    assert count >= 1, "SlotHashes sysvar is empty"
-    (slot,) = struct.unpack_from("<Q", data, 8)  # newest first
-    return slot
+    """A recent slot, as a client takes it for CreateLookupTable: getSlot at `confirmed`
+    (the program checks it against the SlotHashes sysvar, which the cluster updates every slot)."""
+    return (await stack.rpc.get_slot(Confirmed)).value
 
 
 @pytest.fixture(scope="module")
