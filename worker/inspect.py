@@ -23,9 +23,8 @@ from solders.pubkey import Pubkey
 from temporalio.exceptions import ApplicationError
 
 from activities import klend
-from activities.build import PACKET_DATA_SIZE, BuildSettings, TransactionBuilder, compile_message, transaction_size
-from activities.chain import BlockhashCache, LookupTableCache
-from activities.fees import FeePolicy, PriorityFeeEstimator
+from activities.build import PACKET_DATA_SIZE, compile_message, transaction_size
+from activities.chain import BlockhashCache
 from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient
 from activities.keystore import KeyStore
 from activities.rpc import SolanaRpc
@@ -33,6 +32,7 @@ from activities.rpc import SolanaRpc
 from .bridge import InvalidPlan, parse_plan
 from .config import ExecutorConfig
 from .control import environment
+from .main import transaction_builder
 
 LAMPORTS_PER_SIGNATURE = 5_000
 PROGRAMS = {
@@ -121,18 +121,8 @@ async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys:
     hot = SolanaRpc(config.rpc_endpoint)
     jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid, tip_retry_s=0)
     try:
-        settings = BuildSettings(
-            compute_unit_limit=config.compute_unit_limit,
-            compute_unit_margin=config.compute_unit_margin,
-            compute_unit_price=config.compute_unit_price,
-            jito_tip_base=config.jito_tip_base,
-            jito_tip_profit_share=config.jito_tip_profit_share,
-            sol_price_usd=config.sol_price_usd,
-            executor_lookup_tables=config.executor_lookup_tables,
-        )
-        fees = PriorityFeeEstimator(hot, FeePolicy(config.priority_fee_percentile, config.priority_fee_floor, config.priority_fee_ceiling, config.priority_fee_congestion))
         blockhashes = BlockhashCache(rpc)
-        builder = TransactionBuilder(blockhashes, LookupTableCache(rpc), settings, jito.tip_accounts, fees=fees, reserves=klend.ReserveCache(rpc))
+        builder = transaction_builder(config, rpc, hot, blockhashes, jito.tip_accounts)
         composed = await builder.compose(plan, wallet)
         try:
             blockhash, known = (await blockhashes.get()).blockhash, True

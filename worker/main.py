@@ -63,6 +63,23 @@ async def connect_temporal(config: ExecutorConfig, sdk_metrics_port: int = 0) ->
     )
 
 
+def transaction_builder(config: ExecutorConfig, rpc: AsyncClient, hot_rpc: SolanaRpc, blockhashes: BlockhashCache, tip_accounts) -> TransactionBuilder:
+    """The build activity's builder as configured (also what `inspect-plan` shows)."""
+    settings = BuildSettings(
+        compute_unit_limit=config.compute_unit_limit,
+        compute_unit_margin=config.compute_unit_margin,
+        compute_unit_price=config.compute_unit_price,
+        executor_lookup_tables=config.executor_lookup_tables,
+        jito_tip_base=config.jito_tip_base,
+        jito_tip_profit_share=config.jito_tip_profit_share,
+        sol_price_usd=config.sol_price_usd,
+    )
+    policy = FeePolicy(config.priority_fee_percentile, config.priority_fee_floor, config.priority_fee_ceiling, config.priority_fee_congestion)
+    return TransactionBuilder(
+        blockhashes, LookupTableCache(rpc), settings, tip_accounts, fees=PriorityFeeEstimator(hot_rpc, policy), reserves=ReserveCache(rpc)
+    )
+
+
 async def ensure_search_attributes(client: Client, namespace: str) -> None:
     """Register ExecutePlan's search attributes if missing, or refuse to start.
 
@@ -119,22 +136,7 @@ class ExecutorWorker:
         await self.killswitch.start()
         self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000)
         self.watcher.start()
-        settings = BuildSettings(
-            compute_unit_limit=config.compute_unit_limit,
-            compute_unit_margin=config.compute_unit_margin,
-            compute_unit_price=config.compute_unit_price,
-            executor_lookup_tables=config.executor_lookup_tables,
-            jito_tip_base=config.jito_tip_base,
-            jito_tip_profit_share=config.jito_tip_profit_share,
-            sol_price_usd=config.sol_price_usd,
-        )
-        fees = PriorityFeeEstimator(
-            self.hot_rpc,
-            FeePolicy(config.priority_fee_percentile, config.priority_fee_floor, config.priority_fee_ceiling, config.priority_fee_congestion),
-        )
-        builder = TransactionBuilder(
-            self.blockhashes, LookupTableCache(self.rpc), settings, self.jito.tip_accounts, fees=fees, reserves=ReserveCache(self.rpc)
-        )
+        builder = transaction_builder(config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts)
         self.activities = ExecutionActivities(
             rpc=self.rpc,
             wallets=self.wallets,
