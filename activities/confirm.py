@@ -10,7 +10,6 @@ plans, to the RPC and its backups; a bundle is sent once).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
@@ -139,8 +138,4 @@ def _ms_since(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 3)
 
 
-def raw_transaction(request: ConfirmRequest) -> bytes:
-    return base64.b64decode(request.signed.transaction)
-
-
-__all__ = ["SignatureWatcher", "follow", "raw_transaction"]
+__all__ = ["SignatureWatcher", "follow"]

@@ -145,19 +145,19 @@ class ExecutionActivities:
     async def sign(self, request: SignRequest) -> SignedTransaction:
         """Sign once per plan, ever: an earlier run's record wins over this build."""
         started = time.perf_counter()
-        existing = await self.records.existing(request.plan_id)
-        if existing is None:
-            message = from_bytes_versioned(base64.b64decode(request.built.message))
-            tx = self.keys.sign(request.wallet, message)
-            candidate = SignedTransaction(
-                plan_id=request.plan_id,
-                wallet=request.wallet,
-                signature=str(tx.signatures[0]),
-                transaction=base64.b64encode(bytes(tx)).decode(),
-                last_valid_block_height=request.built.last_valid_block_height,
-                tip_lamports=request.built.tip_lamports,
-            )
-            existing = await self.records.keep_first(candidate)
+        # Signing costs ~50 us; a read of the record first would cost a KV round trip on every
+        # plan. So sign, then let the create-only write decide which transaction counts.
+        message = from_bytes_versioned(base64.b64decode(request.built.message))
+        tx = self.keys.sign(request.wallet, message)
+        candidate = SignedTransaction(
+            plan_id=request.plan_id,
+            wallet=request.wallet,
+            signature=str(tx.signatures[0]),
+            transaction=base64.b64encode(bytes(tx)).decode(),
+            last_valid_block_height=request.built.last_valid_block_height,
+            tip_lamports=request.built.tip_lamports,
+        )
+        existing = await self.records.keep_first(candidate)
         if existing.reused:
             existing = replace(existing, sent=await self.records.was_sent(request.plan_id))
         log.info("plan=%s stage=sign signature=%s reused=%s sent=%s", request.plan_id, existing.signature, existing.reused, existing.sent)

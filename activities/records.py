@@ -53,12 +53,6 @@ class PlanRecords:
         entry = await self.kv.get(_key("signed", plan_id))
         return replace(SignedTransaction(**json.loads(entry.value)), reused=True)
 
-    async def existing(self, plan_id: str) -> SignedTransaction | None:
-        try:
-            return await self.signed(plan_id)
-        except KeyNotFoundError:
-            return None
-
     async def mark_sent(self, plan_id: str) -> None:
         try:
             await self.kv.create(_key("sent", plan_id), b"1")

@@ -76,7 +76,7 @@ class SolanaRpc:
                 if response.status >= 500:
                     raise RpcUnavailable(f"{method}: HTTP {response.status} from {self.url}")
                 payload = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:  # ValueError: not JSON
             raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
         if not isinstance(payload, dict):
             raise RpcUnavailable(f"{method}: unexpected answer {str(payload)[:200]}")

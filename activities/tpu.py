@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import itertools
 import logging
 import ssl
 import time
@@ -51,6 +50,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from solders.keypair import Keypair
+
+from .rpc import RpcRateLimited, RpcRefused, RpcUnavailable, SolanaRpc
 
 __all__ = [
     "ConnectionCache",
@@ -219,9 +220,9 @@ class LeaderTracker:
         self.ws_url = ws_url
         self.fanout_slots = fanout_slots
         self.refresh_nodes_s = refresh_nodes_s
-        self._session = session
+        self._session = session  # for the websocket
         self._own_session = session is None
-        self._ids = itertools.count(1)
+        self._json_rpc = SolanaRpc(rpc_url, timeout_s=5.0, max_connections=8)
         self._slot = 0
         self._leaders: dict[int, str] = {}
         self._leaders_end = 0  # one past the highest slot whose leader is known
@@ -257,6 +258,7 @@ class LeaderTracker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._json_rpc.close()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -295,16 +297,10 @@ class LeaderTracker:
     # internals
 
     async def _rpc(self, method: str, params: list[Any]) -> Any:
-        assert self._session is not None, "LeaderTracker not started"
-        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         try:
-            async with self._session.post(self.rpc_url, json=body) as response:
-                answer = await response.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
-            raise RpcError(f"{method}: {type(error).__name__}: {error}") from None
-        if not isinstance(answer, dict) or "error" in answer:
-            raise RpcError(f"{method}: {answer.get('error') if isinstance(answer, dict) else answer}")
-        return answer.get("result")
+            return await self._json_rpc.call(method, params)
+        except (RpcRateLimited, RpcRefused, RpcUnavailable) as error:
+            raise RpcError(str(error)) from None
 
     def _set_slot(self, slot: int) -> None:
         if slot > self._slot:
