@@ -35,7 +35,7 @@ from solders.message import from_bytes_versioned
 
 from worker import logs
 from worker.bridge import parse_plan
-from worker.dev import DevStack, _post
+from worker.dev import DevStack, admin_post
 from worker.main import ExecutorWorker
 
 from .plans import bench_plan
@@ -215,7 +215,7 @@ async def run_bench(args: argparse.Namespace) -> dict:
 
         async with aiohttp.ClientSession() as http:
             sink = str(Keypair().pubkey())
-            await _post(http, f"{stack.localnet.endpoints['admin']}/fund", {"pubkey": sink, "lamports": 1_000_000_000})
+            await admin_post(http, f"{stack.localnet.endpoints['admin']}/fund", {"pubkey": sink, "lamports": 1_000_000_000})
             run = uuid.uuid4().hex[:8]
             methods = methods_for(args.method, args.plans)
 

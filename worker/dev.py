@@ -97,8 +97,8 @@ class DevStack:
         admin = self.localnet.endpoints["admin"]
         async with aiohttp.ClientSession() as http:
             for wallet in self.keys.public_keys():
-                await _post(http, f"{admin}/fund", {"pubkey": wallet, "lamports": 100 * LAMPORTS_PER_SOL})
-            self.pool = DemoPool.from_json(await _post(http, f"{admin}/fixtures/swap-pool", {"wallets": self.keys.public_keys()}))
+                await admin_post(http, f"{admin}/fund", {"pubkey": wallet, "lamports": 100 * LAMPORTS_PER_SOL})
+            self.pool = DemoPool.from_json(await admin_post(http, f"{admin}/fixtures/swap-pool", {"wallets": self.keys.public_keys()}))
         metrics_port = (free_port() if auto else 9464) if self.metrics else 0
         self.config = ExecutorConfig(
             executor_name=f"hft-executor-dev-{os.getpid()}",
@@ -139,7 +139,8 @@ class DevStack:
                 await server.stop()
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
+async def admin_post(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
+    """POST to the local cluster's admin endpoint (funding, fixtures); any non-200 is an error."""
     async with http.post(url, json=body) as response:
         if response.status != 200:
             raise RuntimeError(f"{url}: HTTP {response.status}: {await response.text()}")
