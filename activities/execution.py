@@ -6,12 +6,13 @@ bytes, publish is deduplicated by plan id. Every log line carries plan id and st
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
 import signal
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from solana.rpc.async_api import AsyncClient
@@ -19,7 +20,8 @@ from solders.message import from_bytes_versioned
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from workflows.events import ErrorCode, ExecutionResultEvent
+from workflows.events import ErrorCode, ExecutionPlanEvent, ExecutionResultEvent
+from workflows.execute_plan import lease_ttl_for
 from workflows.stages import (
     BuildRequest,
     BuiltTransaction,
@@ -49,6 +51,20 @@ from .submit import Submitter
 from .wallets import NoWalletAvailable, WalletPool
 
 log = logging.getLogger("hft.activities")
+
+
+# A preparation no run claims by its plan's deadline (+1 s), or within this, is undone: its
+# workflow task went to another worker, or its workflow stopped before execute.
+PREPARED_TTL_S = 30.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A plan's lease, built transaction and signature, not yet committed to the wire."""
+
+    lease: WalletLeaseInfo
+    built: BuiltTransaction
+    signed: SignedTransaction
 
 
 def _ms_since(started: float) -> float:
@@ -90,6 +106,8 @@ class ExecutionActivities:
         self.crash_after = crash_after
         self.confirmation_timeout_ms = confirmation_timeout_ms
         self.tpu_rebroadcast_s = tpu_rebroadcast_s
+        self._prepared: dict[str, asyncio.Task[Prepared]] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     def _crash_point(self, stage: str) -> None:
         """Fault injection for the durability tests (HFT_TEST_CRASH_AFTER): the worker dies here, hard."""
@@ -101,19 +119,45 @@ class ExecutionActivities:
     def all(self) -> list:
         return [self.execute, self.confirm, self.settle, self.release_wallet, self.publish]
 
+    # --- the hot path: lease -> build -> sign -> commit -> send ---------------------------------------
+
+    def prepare_ahead(self, plan: ExecutionPlanEvent) -> None:
+        """Lease, build and sign while the bridge's workflow start is in flight (~6 ms on the dev
+        server), so `execute` finds the work done. Nothing is recorded or sent here: the plan
+        commits to the wire only inside its workflow. Unclaimed work is undone (`forget_prepared`)."""
+        if plan.plan_id in self._prepared or self.wallets.holds(plan.plan_id):
+            return  # this plan is already running here: its own run has (or takes) the lease
+        useful_s = plan.deadline / 1000 - time.time()
+        if useful_s <= 0:
+            return  # its workflow ends DEADLINE_EXCEEDED before execute: a lease would only block a wallet
+        self._prepared[plan.plan_id] = asyncio.create_task(self._prepare(plan))
+        asyncio.get_running_loop().call_later(min(useful_s + 1.0, PREPARED_TTL_S), self.forget_prepared, plan.plan_id)
+
+    def forget_prepared(self, plan_id: str) -> None:
+        """Undo a preparation no run claimed (a duplicate plan, a failed start, a task that went to
+        another worker): give its lease back."""
+        task = self._prepared.pop(plan_id, None)
+        if task is None:
+            return
+
+        def release(done: asyncio.Task) -> None:
+            if not done.cancelled() and done.exception() is None:
+                lease = done.result().lease
+                self._background(self.wallets.release(lease.lease_id, lease.wallet, "none"))
+
+        task.add_done_callback(release)
+
     @activity.defn(name="execute")
     async def execute(self, request: ExecuteRequest) -> Executed:
-        """Lease -> build -> sign -> send. A definite refusal gives the lease back; a send whose
-        fate is unknown returns normally, so the workflow goes on to find out on chain."""
+        """Lease -> build -> sign -> commit -> send. A definite refusal gives the lease back; a
+        send whose fate is unknown returns normally, so the workflow goes on to find out on chain."""
         plan = request.plan
-        if time.time() * 1000 > plan.deadline and not await self.records.was_sent(plan.plan_id):
-            # Retries of a failing build must end at the deadline, whatever the retry policy does.
-            fail(ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent")
-        lease = await self.select_wallet(WalletRequest(plan.plan_id, plan.wallet, request.lease_ttl_ms))
+        ahead = self._prepared.pop(plan.plan_id, None)  # whoever pops a preparation owns its lease
+        prepared = await self._claim(ahead, plan, request.lease_ttl_ms)
+        lease = prepared.lease
         try:
-            built = await self.build(BuildRequest(plan, lease.wallet))
-            signed = await self.sign(SignRequest(plan.plan_id, lease.wallet, built))
-            submit = SubmitRequest(plan.plan_id, plan.execution_method.value, signed, plan.deadline, request.halt_reason)
+            signed = await self.commit(prepared, plan.deadline, request.halt_reason)
+            submit = SubmitRequest(plan.plan_id, plan.execution_method.value, signed)
             try:
                 submission = await self.submit(submit)
             except ApplicationError:
@@ -124,7 +168,29 @@ class ExecutionActivities:
         except Exception:
             await self.wallets.release(lease.lease_id, lease.wallet, "none")
             raise
-        return Executed(lease, built.elapsed_ms, signed, submission)
+        return Executed(lease, prepared.built.elapsed_ms, signed, submission)
+
+    async def _claim(self, ahead: asyncio.Task | None, plan: ExecutionPlanEvent, lease_ttl_ms: int) -> Prepared:
+        """The bridge's preparation if it succeeded, else the same work now."""
+        if ahead is not None:
+            try:
+                return await ahead
+            except Exception:
+                pass  # e.g. no wallet was free a few ms ago: this run tries again and reports its own error
+        if time.time() * 1000 > plan.deadline and await self.records.recorded(plan.plan_id) is None:
+            # Retries of a failing build must end at the deadline, whatever the retry policy does.
+            fail(ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent")
+        return await self._prepare(plan, lease_ttl_ms)
+
+    async def _prepare(self, plan: ExecutionPlanEvent, lease_ttl_ms: int | None = None) -> Prepared:
+        ttl = lease_ttl_ms if lease_ttl_ms is not None else lease_ttl_for(plan)
+        lease = await self.select_wallet(WalletRequest(plan.plan_id, plan.wallet, ttl))
+        try:
+            built = await self.build(BuildRequest(plan, lease.wallet))
+            return Prepared(lease, built, self.sign(SignRequest(plan.plan_id, lease.wallet, built)))
+        except Exception:
+            await self.wallets.release(lease.lease_id, lease.wallet, "none")
+            raise
 
     async def select_wallet(self, request: WalletRequest) -> WalletLeaseInfo:
         started = time.perf_counter()
@@ -142,27 +208,37 @@ class ExecutionActivities:
         log.info("plan=%s stage=build size=%d lastValidBlockHeight=%d", request.plan.plan_id, built.size, built.last_valid_block_height)
         return replace(built, elapsed_ms=_ms_since(started))
 
-    async def sign(self, request: SignRequest) -> SignedTransaction:
-        """Sign once per plan, ever: an earlier run's record wins over this build."""
+    def sign(self, request: SignRequest) -> SignedTransaction:
+        """Sign in memory (~50 us). Only `commit` makes it the plan's transaction."""
         started = time.perf_counter()
-        # Signing costs ~50 us; a read of the record first would cost a KV round trip on every
-        # plan. So sign, then let the create-only write decide which transaction counts.
         message = from_bytes_versioned(base64.b64decode(request.built.message))
         tx = self.keys.sign(request.wallet, message)
-        candidate = SignedTransaction(
+        return SignedTransaction(
             plan_id=request.plan_id,
             wallet=request.wallet,
             signature=str(tx.signatures[0]),
             transaction=base64.b64encode(bytes(tx)).decode(),
             last_valid_block_height=request.built.last_valid_block_height,
             tip_lamports=request.built.tip_lamports,
+            elapsed_ms=_ms_since(started),
         )
-        existing = await self.records.keep_first(candidate)
-        if existing.reused:
-            existing = replace(existing, sent=await self.records.was_sent(request.plan_id))
-        log.info("plan=%s stage=sign signature=%s reused=%s sent=%s", request.plan_id, existing.signature, existing.reused, existing.sent)
+
+    async def commit(self, prepared: Prepared, deadline_ms: int, halt_reason: str | None) -> SignedTransaction:
+        """Make one transaction the plan's, once ever: the last halt and deadline check, then a
+        create-only record. An earlier run's record wins over this build, and since a record may
+        already be on the wire it is resent and followed, whatever has happened since."""
+        started = time.perf_counter()
+        candidate = prepared.signed
+        refusal = self.submitter.refusal(halt_reason, deadline_ms)
+        if refusal is None:
+            signed = await self.records.keep_first(candidate)
+        else:
+            signed = await self.records.recorded(candidate.plan_id)
+            if signed is None:
+                fail(*refusal)
+        log.info("plan=%s stage=sign signature=%s reused=%s", candidate.plan_id, signed.signature, signed.reused)
         self._crash_point("sign")
-        return replace(existing, elapsed_ms=_ms_since(started))
+        return replace(signed, elapsed_ms=round(candidate.elapsed_ms + _ms_since(started), 3))
 
     async def submit(self, request: SubmitRequest) -> Submission:
         started = time.perf_counter()
@@ -170,6 +246,11 @@ class ExecutionActivities:
         self._crash_point("submit")
         log.info("plan=%s stage=submit method=%s signature=%s bundle=%s", request.plan_id, request.method, submission.signature, submission.bundle_id)
         return replace(submission, elapsed_ms=_ms_since(started))
+
+    def _background(self, work) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @activity.defn(name="confirm")
     async def confirm(self, request: ConfirmRequest) -> Confirmation:

@@ -1,11 +1,12 @@
-"""The plan's one signed transaction and whether it was sent, recorded outside Temporal.
+"""The plan's one signed transaction, recorded outside Temporal: the commit point of a trade.
 
 Local activities re-run whenever their workflow task fails, and a re-run build takes a
 newer blockhash: signing that would make a second transaction that can land beside the
 first. So the first signed transaction of a plan is written create-only to a JetStream
-key-value bucket before anything is sent, and every later run reuses it. The `sent`
-mark tells a re-run submit that the bytes may already be on the wire, so a halt or a
-passed deadline no longer pretends nothing was sent.
+key-value bucket before anything is sent, and every later run reuses it. The record is
+written only after the last halt and deadline check, right before the send, so a record
+also means "these bytes may be on the wire": a re-run resends them and follows them to
+their outcome; a halt or a passed deadline can no longer pretend nothing was sent.
 """
 from __future__ import annotations
 
@@ -53,15 +54,9 @@ class PlanRecords:
         entry = await self.kv.get(_key("signed", plan_id))
         return replace(SignedTransaction(**json.loads(entry.value)), reused=True)
 
-    async def mark_sent(self, plan_id: str) -> None:
+    async def recorded(self, plan_id: str) -> SignedTransaction | None:
+        """The plan's committed transaction, if an earlier run got that far."""
         try:
-            await self.kv.create(_key("sent", plan_id), b"1")
-        except KeyWrongLastSequenceError:
-            pass  # a re-run: already marked
-
-    async def was_sent(self, plan_id: str) -> bool:
-        try:
-            await self.kv.get(_key("sent", plan_id))
-            return True
+            return await self.signed(plan_id)
         except KeyNotFoundError:
-            return False
+            return None

@@ -1,8 +1,9 @@
-"""Submit: put the plan's signed bytes on the wire the way the plan asks (rpc or jito_bundle).
+"""Submit: put the plan's signed bytes on the wire the way the plan asks (rpc, jito_bundle, tpu_direct).
 
 Resending the same bytes is always safe (a signature is processed at most once), so a
-retry of this activity never risks a second landing. Right before sending it checks the
-worker's own halt flag: a signal cannot stop a local activity already running.
+retry never risks a second landing. `refusal` is the last check before a plan commits to
+the wire: the workflow's halt signal, the worker's own halt flag (a signal cannot stop a
+local activity already running) and the plan's deadline.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from workflows.stages import Submission, SubmitRequest
 
 from .errors import fail
 from .jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
-from .records import PlanRecords
 from .rpc import RpcRateLimited, RpcRefused, SolanaRpc
 from .tpu import TpuClient
 
@@ -35,7 +35,6 @@ class Submitter:
         self,
         rpc: SolanaRpc,
         jito: JitoClient,
-        records: PlanRecords,
         halted: Callable[[], str | None],
         backups: Sequence[SolanaRpc] = (),
         tpu: TpuClient | None = None,
@@ -43,7 +42,6 @@ class Submitter:
         self.rpc = rpc
         self.jito = jito
         self.tpu = tpu
-        self.records = records
         self.halted = halted
         self.backups = list(backups)  # RPC_BACKUPS: get a copy of every rpc send, never waited on
         self._background: set[asyncio.Task] = set()
@@ -51,22 +49,16 @@ class Submitter:
     async def submit(self, request: SubmitRequest) -> Submission:
         if request.method not in SENDABLE:
             fail(ErrorCode.SUBMIT_REJECTED, f"execution method {request.method} is not available")
-        refusal = self._refusal(request)
-        if refusal is not None:
-            if not await self.records.was_sent(request.plan_id):
-                fail(*refusal)
-            log.info("plan=%s stage=submit resending: an earlier run already sent it", request.plan_id)
-        else:
-            await self.records.mark_sent(request.plan_id)
         raw = base64.b64decode(request.signed.transaction)
         bundle_id = await self.send(request.method, raw)
         return Submission(signature=request.signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
 
-    def _refusal(self, request: SubmitRequest) -> tuple[ErrorCode, str] | None:
-        reason = request.halt_reason or self.halted()
+    def refusal(self, halt_reason: str | None, deadline_ms: int) -> tuple[ErrorCode, str] | None:
+        """Why a plan must not go on the wire now (a halt, or its deadline), or None."""
+        reason = halt_reason or self.halted()
         if reason is not None:
             return ErrorCode.HALTED, f"halted before submit: {reason}"
-        if time.time() * 1000 > request.deadline_ms:
+        if time.time() * 1000 > deadline_ms:
             return ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent"
         return None
 

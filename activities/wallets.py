@@ -224,6 +224,9 @@ class WalletPool:
         if removed and outcome == "failure" and state.errors == self.max_errors:
             log.warning("event=wallet_unhealthy wallet=%s errors=%d/%d", wallet, state.errors, self.max_errors)
 
+    def holds(self, lease_id: str) -> bool:
+        return self._held(lease_id) is not None
+
     def _held(self, lease_id: str) -> Lease | None:
         """The unexpired lease ``lease_id`` already holds, according to this process's cache."""
         now = now_ms()

@@ -12,7 +12,8 @@ from temporalio.client import WorkflowExecutionStatus
 
 from activities.jito import STATIC_TIP_ACCOUNTS
 from tests.stack import wait_until
-from worker.bridge import workflow_id
+from activities.wallets import WalletState, now_ms
+from worker.bridge import parse_plan, workflow_id
 from worker.demo import validate
 
 
@@ -69,6 +70,40 @@ async def test_same_plan_published_five_times_runs_once_with_one_result(stack):
     await asyncio.sleep(1.0)
     assert len(stack.results[plan["planId"]]) == 1
     assert (await stack.temporal.count_workflows(f'WorkflowId = "{workflow_id(plan["planId"])}"')).count == 1
+    # The bridge leases a wallet for every plan while its start is in flight; a duplicate's lease is given back.
+    assert await _lease_holders(stack, plan["planId"]) == []
+
+
+async def _lease_holders(stack, lease_id: str) -> list[str]:
+    """Wallets whose shared entry (read fresh from the KV bucket) holds an unexpired lease `lease_id`."""
+    kv = await stack.worker.js.key_value("wallet_leases")
+    holders = []
+    for wallet in stack.worker.activities.wallets.wallets:
+        state = WalletState.decode((await kv.get(f"wallet.{wallet}")).value).pruned(now_ms())
+        if lease_id in state.leases:
+            holders.append(wallet)
+    return holders
+
+
+async def test_a_preparation_no_workflow_claims_gives_its_wallet_back(stack):
+    """Work prepared during a start whose workflow task went elsewhere (or never reached execute)
+    must not hold a wallet: it is undone by the plan's deadline + 1 s, or at once when forgotten."""
+    activities = stack.worker.activities
+    soon = parse_plan(json.dumps(stack.plan("rpc", wallet=2, deadline_ms=300)).encode())
+    activities.prepare_ahead(soon)
+    await wait_until(lambda: _lease_holders(stack, soon.plan_id), timeout=5)  # leased ahead...
+    await wait_until(lambda: _released(stack, soon.plan_id), timeout=5)  # ...and given back after its deadline
+
+    later = parse_plan(json.dumps(stack.plan("rpc", wallet=2, deadline_ms=20_000)).encode())
+    activities.prepare_ahead(later)
+    activities.forget_prepared(later.plan_id)  # as the bridge does when the start fails
+    await asyncio.sleep(0.3)
+    assert await _lease_holders(stack, later.plan_id) == []
+    assert await stack.wire_transactions(soon.plan_id) == [] and await stack.wire_transactions(later.plan_id) == []
+
+
+async def _released(stack, lease_id: str) -> bool:
+    return not await _lease_holders(stack, lease_id)
 
 
 async def test_plan_past_its_deadline_times_out_and_sends_nothing(stack):
@@ -190,7 +225,7 @@ async def test_rate_limited_submit_backs_off_and_lands_once(stack, method, chann
 async def test_recorded_histories_replay_deterministically(stack):
     """Every history this session produced (success, halted, expired, signalled) replays with
     today's workflow code: a non-deterministic change would fail here, not in production."""
-    from temporalio.contrib.pydantic import pydantic_data_converter
+    from workflows.converter import data_converter
     from temporalio.worker import Replayer
 
     from workflows.execute_plan import ExecutePlan
@@ -201,7 +236,7 @@ async def test_recorded_histories_replay_deterministically(stack):
         async for e in stack.temporal.list_workflows('WorkflowType = "ExecutePlan" AND ExecutionStatus = "Completed"')
     ]
     assert len(histories) >= 1
-    replayer = Replayer(workflows=[ExecutePlan], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[ExecutePlan], data_converter=data_converter)
     async with replayer.workflow_replay_iterator(_iterate(histories)) as results:
         async for outcome in results:
             assert outcome.replay_failure is None, outcome.replay_failure

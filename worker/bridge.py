@@ -102,6 +102,8 @@ class PlanBridge:
         *,
         max_in_flight: int = 256,
         ack_wait_s: float = 30.0,
+        prepare: Callable[[ExecutionPlanEvent], None] | None = None,
+        forget: Callable[[str], None] | None = None,
     ) -> None:
         self.js = js
         self.client = client
@@ -110,6 +112,8 @@ class PlanBridge:
         self.halted = halted
         self.max_in_flight = max_in_flight
         self.ack_wait_s = ack_wait_s
+        self.prepare = prepare or (lambda plan: None)
+        self.forget = forget or (lambda plan_id: None)
         self.started = 0
         self.rejected = 0
         self._tasks: set[asyncio.Task] = set()
@@ -160,6 +164,8 @@ class PlanBridge:
         if self.halted() is not None:
             await message.nak(delay=1.0)  # halted while this one was in hand: it waits in the stream
             return
+        # The lease, build and signature overlap the start's round trip; the send waits for the workflow.
+        self.prepare(plan)
         try:
             await self.client.start_workflow(
                 "ExecutePlan",
@@ -175,8 +181,10 @@ class PlanBridge:
             self.started += 1
             log.info("plan=%s stage=bridge event=started_workflow method=%s", plan.plan_id, plan.execution_method.value)
         except WorkflowAlreadyStartedError:
+            self.forget(plan.plan_id)
             log.info("plan=%s stage=bridge event=duplicate_plan already started", plan.plan_id)
         except Exception as error:
+            self.forget(plan.plan_id)
             log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
             await message.nak(delay=START_RETRY_S)
             return

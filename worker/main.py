@@ -19,7 +19,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solders.keypair import Keypair
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from workflows.converter import data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -56,7 +56,7 @@ async def connect_temporal(config: ExecutorConfig, sdk_metrics_port: int = 0) ->
     return await Client.connect(
         config.temporal_address,
         namespace=config.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         tls=config.temporal_tls or bool(config.temporal_api_key),
         api_key=config.temporal_api_key,
         **({"runtime": runtime} if runtime else {}),
@@ -143,7 +143,7 @@ class ExecutorWorker:
             keys=self.keys,
             builder=builder,
             records=self.records,
-            submitter=Submitter(self.hot_rpc, self.jito, self.records, self.killswitch.halted, self.backups, self.tpu),
+            submitter=Submitter(self.hot_rpc, self.jito, self.killswitch.halted, self.backups, self.tpu),
             watcher=self.watcher,
             js=self.js,
             commitment=config.confirmation_commitment,
@@ -165,7 +165,14 @@ class ExecutorWorker:
             workflow_runner=UnsandboxedWorkflowRunner(),
         )
         self.bridge = PlanBridge(
-            self.js, self.client, config.temporal_task_queue, self._publish_rejection, self.killswitch.halted, max_in_flight=config.max_plans_in_flight
+            self.js,
+            self.client,
+            config.temporal_task_queue,
+            self._publish_rejection,
+            self.killswitch.halted,
+            max_in_flight=config.max_plans_in_flight,
+            prepare=self.activities.prepare_ahead,
+            forget=self.activities.forget_prepared,
         )
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)

@@ -54,6 +54,10 @@ SETTLE_TIME = timedelta(seconds=30)
 LEASE_MARGIN_MS = 60_000
 
 
+def lease_ttl_for(plan: ExecutionPlanEvent) -> int:
+    """A plan holds its wallet for its whole life plus a margin; an orphaned lease expires after it."""
+    return plan.max_latency + LEASE_MARGIN_MS
+
 
 def search_attributes(plan: ExecutionPlanEvent) -> TypedSearchAttributes:
     """Set at start by the bridge, so the Temporal UI can list and filter executions."""
@@ -111,7 +115,7 @@ class ExecutePlan:
             # round trip through the SDK core (measured 2-5 ms each). The signed transaction is
             # recorded outside Temporal before the send; a re-run resends those bytes.
             self.stage = "execute"
-            executed = await self._hot("execute", ExecuteRequest(plan, plan.max_latency + LEASE_MARGIN_MS, self.halt_reason), Executed, plan)
+            executed = await self._hot("execute", ExecuteRequest(plan, lease_ttl_for(plan), self.halt_reason), Executed, plan)
             self.lease, self.signed, self.submission = executed.lease, executed.signed, executed.submission
             self.stage = "confirm"
             # A local activity too (measured: Temporal server CPU per plan 24.5 -> 13.6 ms, history
@@ -130,7 +134,7 @@ class ExecutePlan:
                 try:
                     settlement = await workflow.execute_local_activity(
                         "settle",
-                        SettleRequest(plan, self.lease.wallet, self.signed.signature, self.signed.tip_lamports),
+                        SettleRequest(plan, self.signed.wallet, self.signed.signature, self.signed.tip_lamports),
                         result_type=Settlement,
                         schedule_to_close_timeout=SETTLE_TIME,
                         retry_policy=BOOKKEEPING_RETRY,
@@ -228,7 +232,8 @@ class ExecutePlan:
             error=error,
             error_code=code,
             timestamp=now,
-            wallet=self.lease.wallet if self.lease else None,
+            # the fee payer: a re-run may lease another wallet but always sends the recorded transaction
+            wallet=self.signed.wallet if self.signed else (self.lease.wallet if self.lease else None),
             bundle_id=self.submission.bundle_id if self.submission else None,
             tip_lamports=self.signed.tip_lamports if self.signed and self.submission else None,
             stage_timings=timings,

@@ -64,7 +64,7 @@ class SignRequest:
 
 @dataclass(frozen=True)
 class SignedTransaction:
-    """The plan's one signed transaction, as recorded (create-only) before anything is sent."""
+    """The plan's one signed transaction, as recorded (create-only) right before it is sent."""
 
     plan_id: str
     wallet: str
@@ -72,8 +72,7 @@ class SignedTransaction:
     transaction: str  # base64 of the signed transaction
     last_valid_block_height: int
     tip_lamports: int
-    reused: bool = False  # True when an earlier run's record was returned
-    sent: bool = False  # True when an earlier run already put it on the wire: it must be followed, not halted
+    reused: bool = False  # an earlier run recorded it, so it may be on the wire: resend and follow it, never halt it
     elapsed_ms: float = 0.0
 
 
@@ -82,8 +81,6 @@ class SubmitRequest:
     plan_id: str
     method: str
     signed: SignedTransaction
-    deadline_ms: int
-    halt_reason: str | None = None
 
 
 @dataclass(frozen=True)
