@@ -60,7 +60,7 @@ PREPARED_TTL_S = 30.0
 
 @dataclass(frozen=True)
 class Prepared:
-    """A plan's lease, built transaction and signature, not yet committed to the wire."""
+    """A plan's lease, built transaction and recorded signed transaction: ready for the wire."""
 
     lease: WalletLeaseInfo
     built: BuiltTransaction
@@ -119,12 +119,13 @@ class ExecutionActivities:
     def all(self) -> list:
         return [self.execute, self.confirm, self.settle, self.release_wallet, self.publish]
 
-    # --- the hot path: lease -> build -> sign -> commit -> send ---------------------------------------
+    # --- the hot path: lease -> build -> sign -> record -> send ----------------------------------------
 
     def prepare_ahead(self, plan: ExecutionPlanEvent) -> None:
-        """Lease, build and sign while the bridge's workflow start is in flight (~6 ms on the dev
-        server), so `execute` finds the work done. Nothing is recorded or sent here: the plan
-        commits to the wire only inside its workflow. Unclaimed work is undone (`forget_prepared`)."""
+        """Lease, build, sign and record while the bridge's workflow start is in flight (~6 ms on
+        the dev server), so `execute` finds the work done. Nothing is sent here: the halt and
+        deadline checks and the send happen only inside the plan's workflow. Unclaimed work gives
+        its lease back (`forget_prepared`); a record alone sends nothing."""
         if plan.plan_id in self._prepared or self.wallets.holds(plan.plan_id):
             return  # this plan is already running here: its own run has (or takes) the lease
         useful_s = plan.deadline / 1000 - time.time()
@@ -149,26 +150,39 @@ class ExecutionActivities:
 
     @activity.defn(name="execute")
     async def execute(self, request: ExecuteRequest) -> Executed:
-        """Lease -> build -> sign -> commit -> send. A definite refusal gives the lease back; a
-        send whose fate is unknown returns normally, so the workflow goes on to find out on chain."""
+        """Claim the prepared (leased, built, signed, recorded) transaction, then the last halt and
+        deadline check, then send. A definite refusal gives the lease back; a send whose fate is
+        unknown returns normally, so the workflow goes on to find out on chain."""
         plan = request.plan
         ahead = self._prepared.pop(plan.plan_id, None)  # whoever pops a preparation owns its lease
         prepared = await self._claim(ahead, plan, request.lease_ttl_ms)
-        lease = prepared.lease
+        lease, signed = prepared.lease, prepared.signed
         try:
-            signed = await self.commit(prepared, plan.deadline, request.halt_reason)
-            submit = SubmitRequest(plan.plan_id, plan.execution_method.value, signed)
-            try:
-                submission = await self.submit(submit)
-            except ApplicationError:
-                raise
-            except Exception as error:  # connection lost or timed out mid-send: the bytes may be out
-                log.warning("plan=%s stage=submit outcome=unknown error=%s", plan.plan_id, error)
-                submission = Submission(signed.signature, None, int(time.time() * 1000))
+            self._crash_point("sign")
+            refusal = self.submitter.refusal(request.halt_reason, plan.deadline)
+            if refusal is not None and not signed.reused:
+                fail(*refusal)  # recorded by this run a moment ago: nothing of this plan has been sent
+            if refusal is not None:
+                # An earlier run recorded it and may have sent it: never resend, but follow it, so
+                # the result says what really happened on chain.
+                code, why = refusal
+                log.info("plan=%s stage=submit withheld=%s signature=%s following an earlier run's transaction", plan.plan_id, code.value, signed.signature)
+                submission = Submission(signed.signature, None, int(time.time() * 1000), withheld_code=code.value, withheld=f"{why}; an earlier run's transaction was followed and did not land")
+            else:
+                submission = await self._send(SubmitRequest(plan.plan_id, plan.execution_method.value, signed))
         except Exception:
             await self.wallets.release(lease.lease_id, lease.wallet, "none")
             raise
         return Executed(lease, prepared.built.elapsed_ms, signed, submission)
+
+    async def _send(self, request: SubmitRequest) -> Submission:
+        try:
+            return await self.submit(request)
+        except ApplicationError:
+            raise
+        except Exception as error:  # connection lost or timed out mid-send: the bytes may be out
+            log.warning("plan=%s stage=submit outcome=unknown error=%s", request.plan_id, error)
+            return Submission(request.signed.signature, None, int(time.time() * 1000))
 
     async def _claim(self, ahead: asyncio.Task | None, plan: ExecutionPlanEvent, lease_ttl_ms: int) -> Prepared:
         """The bridge's preparation if it succeeded, else the same work now."""
@@ -183,11 +197,13 @@ class ExecutionActivities:
         return await self._prepare(plan, lease_ttl_ms)
 
     async def _prepare(self, plan: ExecutionPlanEvent, lease_ttl_ms: int | None = None) -> Prepared:
+        """Lease, build, sign and record. The record is create-only: an earlier run's wins."""
         ttl = lease_ttl_ms if lease_ttl_ms is not None else lease_ttl_for(plan)
         lease = await self.select_wallet(WalletRequest(plan.plan_id, plan.wallet, ttl))
         try:
             built = await self.build(BuildRequest(plan, lease.wallet))
-            return Prepared(lease, built, self.sign(SignRequest(plan.plan_id, lease.wallet, built)))
+            signed = await self.record(self.sign(SignRequest(plan.plan_id, lease.wallet, built)))
+            return Prepared(lease, built, signed)
         except Exception:
             await self.wallets.release(lease.lease_id, lease.wallet, "none")
             raise
@@ -209,7 +225,7 @@ class ExecutionActivities:
         return replace(built, elapsed_ms=_ms_since(started))
 
     def sign(self, request: SignRequest) -> SignedTransaction:
-        """Sign in memory (~50 us). Only `commit` makes it the plan's transaction."""
+        """Sign in memory (~50 us). Only `record` makes it the plan's transaction."""
         started = time.perf_counter()
         message = from_bytes_versioned(base64.b64decode(request.built.message))
         tx = self.keys.sign(request.wallet, message)
@@ -223,21 +239,11 @@ class ExecutionActivities:
             elapsed_ms=_ms_since(started),
         )
 
-    async def commit(self, prepared: Prepared, deadline_ms: int, halt_reason: str | None) -> SignedTransaction:
-        """Make one transaction the plan's, once ever: the last halt and deadline check, then a
-        create-only record. An earlier run's record wins over this build, and since a record may
-        already be on the wire it is resent and followed, whatever has happened since."""
+    async def record(self, candidate: SignedTransaction) -> SignedTransaction:
+        """Make one transaction the plan's, once ever (create-only); an earlier run's record wins."""
         started = time.perf_counter()
-        candidate = prepared.signed
-        refusal = self.submitter.refusal(halt_reason, deadline_ms)
-        if refusal is None:
-            signed = await self.records.keep_first(candidate)
-        else:
-            signed = await self.records.recorded(candidate.plan_id)
-            if signed is None:
-                fail(*refusal)
+        signed = await self.records.keep_first(candidate)
         log.info("plan=%s stage=sign signature=%s reused=%s", candidate.plan_id, signed.signature, signed.reused)
-        self._crash_point("sign")
         return replace(signed, elapsed_ms=round(candidate.elapsed_ms + _ms_since(started), 3))
 
     async def submit(self, request: SubmitRequest) -> Submission:
@@ -267,6 +273,8 @@ class ExecutionActivities:
         # leader window gets a copy. Bundles are sent once: resending would spend the block
         # engine's per-IP rate limit that new plans need (a dropped bundle ends BLOCKHASH_EXPIRED).
         every = {"rpc": self.rebroadcast_s, "tpu_direct": self.tpu_rebroadcast_s}.get(request.method)
+        if request.submission.withheld_code is not None:
+            every = None  # this run may not send: only watch what an earlier run sent
         outcome = await follow(
             request,
             self.watcher,

@@ -90,7 +90,7 @@ async def test_worker_killed_mid_plan_restarted_worker_lands_it_once(crash_stack
 
 async def test_halt_after_a_crash_mid_submit_still_follows_the_sent_transaction(crash_stack):
     """The bytes went out, then the worker died and a halt arrived: the re-run must not report
-    HALTED for a transaction that is on the wire; it resends the same bytes and follows them."""
+    HALTED for a transaction that is on the wire; it sends nothing more and follows it."""
     stack = crash_stack
     doomed, _ = await start_worker(stack, "doomed-halt", HFT_TEST_CRASH_AFTER="submit")
     plan = stack.plan("rpc", wallet=1, deadline_ms=60_000, max_latency_ms=60_000)
@@ -104,6 +104,27 @@ async def test_halt_after_a_crash_mid_submit_still_follows_the_sent_transaction(
         await stop_worker(survivor)
     assert result["status"] == "success", (result, survivor_log.read_text()[-3000:])
     assert [row["signature"] for row in await stack.wire_transactions(plan["planId"])] == [result["signature"]]
+
+
+async def test_halt_after_a_crash_before_the_send_ends_halted_with_nothing_on_the_wire(crash_stack):
+    """The transaction was recorded but never sent, then the worker died and a halt arrived: the
+    re-run cannot know the bytes never left, so it sends nothing and watches the recorded
+    signature until its blockhash expires; the plan then ends HALTED and nothing ever lands."""
+    stack = crash_stack
+    doomed, doomed_log = await start_worker(stack, "doomed-halt-unsent", HFT_TEST_CRASH_AFTER="sign")
+    plan = stack.plan("rpc", wallet=2, deadline_ms=60_000, max_latency_ms=60_000)
+    await stack.publish(plan)
+    await wait_exit(doomed)
+    recorded = re.search(rb"stage=sign signature=(\w+)", doomed_log.read_bytes()).group(1).decode()
+    await stack.temporal.get_workflow_handle(workflow_id(plan["planId"])).signal("halt", "halt after the crash")
+    survivor, survivor_log = await start_worker(stack, "survivor-halt-unsent")
+    try:
+        result = await stack.result(plan["planId"], timeout=45)
+    finally:
+        await stop_worker(survivor)
+    assert (result["status"], result["errorCode"]) == ("failed", "HALTED"), (result, survivor_log.read_text()[-3000:])
+    assert result["signature"] == recorded, "the result names the transaction that was watched"
+    assert await stack.wire_transactions(plan["planId"]) == []
 
 
 async def test_kill_switch_survives_a_worker_restart_and_announces_the_stop(crash_stack):

@@ -129,6 +129,10 @@ class ExecutePlan:
                 retry_policy=BOOKKEEPING_RETRY,
                 summary=f"confirm {self.signed.signature[:12]}",
             )
+            if not confirmation.landed and self.submission.withheld_code is not None:
+                # Halted (or past its deadline) on a re-run, and the earlier run's transaction never landed.
+                code = ErrorCode(self.submission.withheld_code)
+                raise PlanStopped(_status_for(code), code, self.submission.withheld or code.value)
             if confirmation.landed:
                 self.stage = "settle"
                 try:
@@ -183,7 +187,10 @@ class ExecutePlan:
             raise PlanStopped(ExecutionStatus.timeout, ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent")
 
     async def _release(self, confirmation: Confirmation | None) -> None:
-        outcome = "none" if confirmation is None else ("success" if confirmation.landed and confirmation.err is None else "failure")
+        if confirmation is None or (not confirmation.landed and self.submission.withheld_code is not None):
+            outcome = "none"  # this wallet sent nothing that failed
+        else:
+            outcome = "success" if confirmation.landed and confirmation.err is None else "failure"
         await workflow.execute_local_activity(
             "release_wallet",
             ReleaseRequest(self.lease.lease_id, self.lease.wallet, outcome),
@@ -247,6 +254,10 @@ def _now_ms() -> int:
 TIMEOUT_CODES = (ErrorCode.DEADLINE_EXCEEDED, ErrorCode.BLOCKHASH_EXPIRED, ErrorCode.CONFIRMATION_TIMEOUT)
 
 
+def _status_for(code: ErrorCode) -> ExecutionStatus:
+    return ExecutionStatus.timeout if code in TIMEOUT_CODES else ExecutionStatus.failed
+
+
 def _cause(error: FailureError) -> BaseException | None:
     """What an activity raised. A failed local activity can arrive as its ApplicationError itself
     (measured here with SDK 1.35), a failed activity as an ActivityError wrapping it."""
@@ -258,7 +269,7 @@ def _stopped_by(error: FailureError, stage: str) -> PlanStopped:
     cause = _cause(error)
     if isinstance(cause, ApplicationError) and cause.type in ErrorCode.__members__:
         code = ErrorCode(cause.type)
-        return PlanStopped(ExecutionStatus.timeout if code in TIMEOUT_CODES else ExecutionStatus.failed, code, cause.message)
+        return PlanStopped(_status_for(code), code, cause.message)
     message = str(cause) if cause is not None else str(error)
     if isinstance(cause, ActivityTimeoutError):
         if stage == "confirm":

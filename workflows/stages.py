@@ -89,6 +89,11 @@ class Submission:
     bundle_id: str | None
     sent_at_ms: int
     elapsed_ms: float = 0.0
+    # Set when this run sent nothing (a halt, or the deadline) but an earlier run recorded the
+    # plan's transaction and may have sent it: it is followed, never resent; if it never lands
+    # the plan ends with this code.
+    withheld_code: str | None = None
+    withheld: str | None = None
 
 
 @dataclass(frozen=True)
