@@ -221,6 +221,27 @@ async def test_start_fails_fast_and_clearly_when_a_port_is_taken(tmp_path):
         assert gone(temporal.process.pid) and not temporal.running
 
 
+async def test_a_picked_port_taken_before_the_server_binds_it_is_picked_again(tmp_path, monkeypatch):
+    """free_port() only says a port was free a moment ago; any outgoing connection may take it
+    before the child binds it. Auto-picked ports are then picked again, not a failed stack."""
+    import worker.services as services
+
+    real_free_port = services.free_port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        handed_out = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(services, "free_port", lambda: next(handed_out, None) or real_free_port())
+        server = NatsServer(tmp_path / "nats", port=0)
+        await server.start()
+        try:
+            assert server.port != taken.getsockname()[1]
+            nc = await nats.connect(server.url)
+            await nc.close()
+        finally:
+            await server.stop()
+
+
 def test_missing_binary_is_a_clear_error():
     with pytest.raises(ServiceError, match="'nope' not found"):
         binary("nope")

@@ -202,6 +202,9 @@ def _stop_all_at_exit() -> None:
             log.info("%s stopped pid=%d code=%s at interpreter exit", child.name, child.pid, child.process.returncode)
 
 
+PORT_CLASH_ATTEMPTS = 3
+
+
 class _Server:
     name = "server"
     stop_grace = 5.0
@@ -239,6 +242,17 @@ class _Server:
         if code is not None:
             child._forget()
             raise ServiceError(f"{self.name} exited with code {code} during start-up; log {self.log_file}:\n{child.log_tail()}")
+
+    async def _start_retrying_port_clashes(self, start_once: Callable[[], Awaitable[None]], picked_ports: bool) -> None:
+        """A port found free can be taken (by any outgoing connection) before the child binds it;
+        when we picked the ports, pick again rather than fail the whole stack."""
+        for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
+            try:
+                return await start_once()
+            except ServiceError as error:
+                if not picked_ports or "address already in use" not in str(error) or attempt == PORT_CLASH_ATTEMPTS:
+                    raise
+                log.warning("%s: a port picked free was taken before it bound (attempt %d); picking again", self.name, attempt)
 
     async def _ensure_port_free(self, port: int) -> None:
         """A fixed port already served by someone else would make the readiness probe lie: refuse up front."""
@@ -398,6 +412,10 @@ class TemporalDevServer(_Server):
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start and wait until a temporalio Client connects and the namespace answers a visibility query."""
+        picked = any(port == 0 for port in self.requested_ports.values())
+        await self._start_retrying_port_clashes(lambda: self._start_once(timeout), picked)
+
+    async def _start_once(self, timeout: float) -> None:
         from temporalio.client import Client
 
         self._resolve_ports()
@@ -480,6 +498,9 @@ class NatsServer(_Server):
 
     async def start(self, timeout: float = 15.0) -> None:
         """Start and wait until a nats-py client connects and JetStream answers ``account_info()``."""
+        await self._start_retrying_port_clashes(lambda: self._start_once(timeout), not self.requested_port)
+
+    async def _start_once(self, timeout: float) -> None:
         import nats
 
         self.port = self.requested_port or free_port()
