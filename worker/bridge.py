@@ -35,6 +35,11 @@ START_RETRY_S = 1.0
 # How long a workflow task may go silent before the server hands it to another worker: a
 # dead worker delays its plans by this much. Local activities heartbeat the task at 80% of it.
 WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
+# A plan is prepared ahead (leased, built, signed, recorded) only while fewer starts than this
+# are in flight. In a burst the rest prepare inside their own `execute`: a transaction recorded
+# ahead is the plan's for good, so it must not wait in a queue while its blockhash ages, and
+# leases taken ahead for queued plans would starve the plans actually executing.
+PREPARE_AHEAD_MAX_STARTING = 4
 
 
 def workflow_id(plan_id: str) -> str:
@@ -116,6 +121,7 @@ class PlanBridge:
         self.forget = forget or (lambda plan_id: None)
         self.started = 0
         self.rejected = 0
+        self._starting = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
 
@@ -164,8 +170,10 @@ class PlanBridge:
         if self.halted() is not None:
             await message.nak(delay=1.0)  # halted while this one was in hand: it waits in the stream
             return
-        # The lease, build and signature overlap the start's round trip; the send waits for the workflow.
-        self.prepare(plan)
+        # The lease, build, signature and record overlap the start's round trip; the send waits for the workflow.
+        if self._starting < PREPARE_AHEAD_MAX_STARTING:
+            self.prepare(plan)
+        self._starting += 1
         try:
             await self.client.start_workflow(
                 "ExecutePlan",
@@ -188,6 +196,8 @@ class PlanBridge:
             log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
             await message.nak(delay=START_RETRY_S)
             return
+        finally:
+            self._starting -= 1
         await message.ack()
 
     async def reject(self, message: Msg, invalid: InvalidPlan) -> None:
