@@ -1,8 +1,10 @@
 """The ExecutePlan activities, bound to the worker's shared resources.
 
-Each is small and idempotent: select_wallet returns the same lease for the same plan,
-sign returns the plan's first recorded signed transaction, submit resends the same
-bytes, publish is deduplicated by plan id. Every log line carries plan id and stage.
+Each step is small and idempotent: select_wallet returns the same lease for the same plan,
+record returns the plan's first recorded signed transaction, submit resends the same
+bytes, publish is deduplicated by plan id. The steps up to the record may run ahead, in
+the bridge while the workflow start is in flight (`prepare_ahead`); the send only ever
+runs inside the workflow's `execute`. Every log line carries plan id and stage.
 """
 from __future__ import annotations
 
