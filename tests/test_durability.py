@@ -103,7 +103,9 @@ async def test_halt_after_a_crash_mid_submit_still_follows_the_sent_transaction(
     finally:
         await stop_worker(survivor)
     assert result["status"] == "success", (result, survivor_log.read_text()[-3000:])
-    assert [row["signature"] for row in await stack.wire_transactions(plan["planId"])] == [result["signature"]]
+    on_wire = await stack.wire_transactions(plan["planId"])
+    assert [row["signature"] for row in on_wire] == [result["signature"]]
+    assert [row["timesReceived"] for row in on_wire] == [1], "halted: the survivor watched it and sent nothing"
 
 
 async def test_halt_after_a_crash_before_the_send_ends_halted_with_nothing_on_the_wire(crash_stack):
