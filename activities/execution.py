@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from solana.rpc.async_api import AsyncClient
 from solders.message import from_bytes_versioned
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -48,6 +47,7 @@ from .errors import fail
 from .keystore import KeyStore
 from .publish import publish_result
 from .records import PlanRecords
+from .rpc import SolanaRpc
 from .settle import settle
 from .submit import Submitter
 from .wallets import NoWalletAvailable, WalletPool
@@ -77,7 +77,7 @@ class ExecutionActivities:
     def __init__(
         self,
         *,
-        rpc: AsyncClient,
+        rpc: SolanaRpc,
         wallets: WalletPool,
         keys: KeyStore,
         builder: TransactionBuilder,

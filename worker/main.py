@@ -138,7 +138,7 @@ class ExecutorWorker:
         self.watcher.start()
         builder = transaction_builder(config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts)
         self.activities = ExecutionActivities(
-            rpc=self.rpc,
+            rpc=self.hot_rpc,
             wallets=self.wallets,
             keys=self.keys,
             builder=builder,
