@@ -1,12 +1,13 @@
-"""The plan's one signed transaction, recorded outside Temporal: the commit point of a trade.
+"""The plan's one signed transaction, recorded outside Temporal.
 
 Local activities re-run whenever their workflow task fails, and a re-run build takes a
 newer blockhash: signing that would make a second transaction that can land beside the
 first. So the first signed transaction of a plan is written create-only to a JetStream
-key-value bucket before anything is sent, and every later run reuses it. The record is
-written only after the last halt and deadline check, right before the send, so a record
-also means "these bytes may be on the wire": a re-run resends them and follows them to
-their outcome; a halt or a passed deadline can no longer pretend nothing was sent.
+key-value bucket before anything is sent (usually while the workflow start is in flight),
+and every later run reuses it. The run that wrote the record knows whether it sent it; a
+run that finds an earlier run's record cannot, so it treats those bytes as possibly on
+the wire: it resends them, or, halted or past the deadline, only watches them, and never
+reports HALTED or DEADLINE_EXCEEDED for a transaction that lands.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class PlanRecords:
         return replace(SignedTransaction(**json.loads(entry.value)), reused=True)
 
     async def recorded(self, plan_id: str) -> SignedTransaction | None:
-        """The plan's committed transaction, if an earlier run got that far."""
+        """The plan's recorded transaction, if an earlier run got that far."""
         try:
             return await self.signed(plan_id)
         except KeyNotFoundError:

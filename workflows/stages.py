@@ -64,7 +64,7 @@ class SignRequest:
 
 @dataclass(frozen=True)
 class SignedTransaction:
-    """The plan's one signed transaction, as recorded (create-only) right before it is sent."""
+    """The plan's one signed transaction, as recorded (create-only) before anything is sent."""
 
     plan_id: str
     wallet: str
@@ -72,7 +72,7 @@ class SignedTransaction:
     transaction: str  # base64 of the signed transaction
     last_valid_block_height: int
     tip_lamports: int
-    reused: bool = False  # an earlier run recorded it, so it may be on the wire: resend and follow it, never halt it
+    reused: bool = False  # an earlier run recorded it, so it may be on the wire: resend it, or (halted, late) only watch it
     elapsed_ms: float = 0.0
 
 
