@@ -2,9 +2,12 @@
 
 Each step is small and idempotent: select_wallet returns the same lease for the same plan,
 record returns the plan's first recorded signed transaction, submit resends the same
-bytes, publish is deduplicated by plan id. The steps up to the record may run ahead, in
-the bridge while the workflow start is in flight (`prepare_ahead`); the send only ever
-runs inside the workflow's `execute`. Every log line carries plan id and stage.
+bytes, publish is deduplicated by plan id. The steps up to the record run ahead, in the
+bridge while the workflow start is in flight (`prepare_ahead`), and once the server has
+persisted the start and handed its first workflow task to this process, the send goes too
+(`send_ahead`): the workflow's `execute` claims what was done. A plan whose work was not
+done ahead (a re-run, a start that was not eager) does it inside `execute`. Every log line
+carries plan id and stage.
 """
 from __future__ import annotations
 
@@ -69,6 +72,15 @@ class Prepared:
     signed: SignedTransaction
 
 
+@dataclass
+class Ahead:
+    """A plan's work done ahead of its workflow's `execute`: the preparation, then maybe the send."""
+
+    prepared: asyncio.Task[Prepared]
+    # None until `send_ahead`; it yields None when the preparation failed (execute prepares again)
+    sent: asyncio.Task[Submission | None] | None = None
+
+
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -108,7 +120,7 @@ class ExecutionActivities:
         self.crash_after = crash_after
         self.confirmation_timeout_ms = confirmation_timeout_ms
         self.tpu_rebroadcast_s = tpu_rebroadcast_s
-        self._prepared: dict[str, asyncio.Task[Prepared]] = {}
+        self._ahead: dict[str, Ahead] = {}
         self._tasks: set[asyncio.Task] = set()
 
     def _crash_point(self, stage: str) -> None:
@@ -125,22 +137,40 @@ class ExecutionActivities:
 
     def prepare_ahead(self, plan: ExecutionPlanEvent) -> None:
         """Lease, build, sign and record while the bridge's workflow start is in flight (~6 ms on
-        the dev server), so `execute` finds the work done. Nothing is sent here: the halt and
-        deadline checks and the send happen only inside the plan's workflow. Unclaimed work gives
-        its lease back (`forget_prepared`); a record alone sends nothing."""
-        if plan.plan_id in self._prepared or self.wallets.holds(plan.plan_id):
+        the dev server), so the send can follow the start at once. Nothing is sent here.
+        Unclaimed work gives its lease back (`forget_prepared`); a record alone sends nothing."""
+        if plan.plan_id in self._ahead or self.wallets.holds(plan.plan_id):
             return  # this plan is already running here: its own run has (or takes) the lease
         useful_s = plan.deadline / 1000 - time.time()
         if useful_s <= 0:
-            return  # its workflow ends DEADLINE_EXCEEDED before execute: a lease would only block a wallet
-        self._prepared[plan.plan_id] = asyncio.create_task(self._prepare(plan))
+            return  # execute refuses it DEADLINE_EXCEEDED before leasing: a lease would only block a wallet
+        self._ahead[plan.plan_id] = Ahead(asyncio.create_task(self._prepare(plan)))
         asyncio.get_running_loop().call_later(min(useful_s + 1.0, PREPARED_TTL_S), self.forget_prepared, plan.plan_id)
 
+    def send_ahead(self, plan: ExecutionPlanEvent) -> None:
+        """The start is persisted and its first workflow task is this process's (eager): send the
+        prepared transaction now, after the same halt and deadline check `execute` makes, instead
+        of after the workflow task's round trip through the SDK (~5 ms). The plan is durable
+        before its bytes leave; `execute` claims the outcome, or raises the refusal."""
+        ahead = self._ahead.get(plan.plan_id)
+        if ahead is None or ahead.sent is not None:
+            return  # not prepared here, or execute already claimed it
+
+        async def send() -> Submission | None:
+            try:
+                prepared = await ahead.prepared
+            except Exception:
+                return None  # execute's claim prepares again and reports its own error
+            return await self._send_checked(plan, prepared.signed, halt_reason=None)
+
+        ahead.sent = asyncio.create_task(send())
+
     def forget_prepared(self, plan_id: str) -> None:
-        """Undo a preparation no run claimed (a duplicate plan, a failed start, a task that went to
-        another worker): give its lease back."""
-        task = self._prepared.pop(plan_id, None)
-        if task is None:
+        """Undo work ahead no run claimed (a duplicate plan, a failed start, a task that went to
+        another worker): give its lease back. A transaction sent ahead is followed by the run
+        that does claim the plan, wherever it runs (it finds the record)."""
+        ahead = self._ahead.pop(plan_id, None)
+        if ahead is None:
             return
 
         def release(done: asyncio.Task) -> None:
@@ -148,34 +178,42 @@ class ExecutionActivities:
                 lease = done.result().lease
                 self._background(self.wallets.release(lease.lease_id, lease.wallet, "none"))
 
-        task.add_done_callback(release)
+        ahead.prepared.add_done_callback(release)
+        if ahead.sent is not None:
+            ahead.sent.add_done_callback(lambda done: done.cancelled() or done.exception())  # nobody awaits it
 
     @activity.defn(name="execute")
     async def execute(self, request: ExecuteRequest) -> Executed:
-        """Claim the prepared (leased, built, signed, recorded) transaction, then the last halt and
-        deadline check, then send. A definite refusal gives the lease back; a send whose fate is
-        unknown returns normally, so the workflow goes on to find out on chain."""
+        """Claim the prepared (leased, built, signed, recorded) transaction and, if it was sent
+        ahead, that send's outcome; else the last halt and deadline check, then send. A definite
+        refusal gives the lease back; a send whose fate is unknown returns normally, so the
+        workflow goes on to find out on chain."""
         plan = request.plan
-        ahead = self._prepared.pop(plan.plan_id, None)  # whoever pops a preparation owns its lease
-        prepared = await self._claim(ahead, plan, request.lease_ttl_ms)
+        ahead = self._ahead.pop(plan.plan_id, None)  # whoever pops work done ahead owns its lease
+        prepared = await self._claim(ahead.prepared if ahead else None, plan, request.lease_ttl_ms)
         lease, signed = prepared.lease, prepared.signed
         try:
-            self._crash_point("sign")
-            refusal = self.submitter.refusal(request.halt_reason, plan.deadline)
-            if refusal is not None and not signed.reused:
-                fail(*refusal)  # recorded by this run a moment ago: nothing of this plan has been sent
-            if refusal is not None:
-                # An earlier run recorded it and may have sent it: never resend, but follow it, so
-                # the result says what really happened on chain.
-                code, why = refusal
-                log.info("plan=%s stage=submit withheld=%s signature=%s following an earlier run's transaction", plan.plan_id, code.value, signed.signature)
-                submission = Submission(signed.signature, None, int(time.time() * 1000), withheld_code=code.value, withheld=f"{why}; an earlier run's transaction was followed and did not land")
-            else:
-                submission = await self._send(SubmitRequest(plan.plan_id, plan.execution_method.value, signed))
+            submission = await ahead.sent if ahead is not None and ahead.sent is not None else None
+            if submission is None:
+                submission = await self._send_checked(plan, signed, request.halt_reason)
         except Exception:
             await self.wallets.release(lease.lease_id, lease.wallet, "none")
             raise
         return Executed(lease, prepared.built.elapsed_ms, signed, submission)
+
+    async def _send_checked(self, plan: ExecutionPlanEvent, signed: SignedTransaction, halt_reason: str | None) -> Submission:
+        """The last halt and deadline check, then the send."""
+        self._crash_point("sign")
+        refusal = self.submitter.refusal(halt_reason, plan.deadline)
+        if refusal is not None and not signed.reused:
+            fail(*refusal)  # recorded by this run a moment ago: nothing of this plan has been sent
+        if refusal is not None:
+            # An earlier run recorded it and may have sent it: never resend, but follow it, so
+            # the result says what really happened on chain.
+            code, why = refusal
+            log.info("plan=%s stage=submit withheld=%s signature=%s following an earlier run's transaction", plan.plan_id, code.value, signed.signature)
+            return Submission(signed.signature, None, int(time.time() * 1000), withheld_code=code.value, withheld=f"{why}; an earlier run's transaction was followed and did not land")
+        return await self._send(SubmitRequest(plan.plan_id, plan.execution_method.value, signed))
 
     async def _send(self, request: SubmitRequest) -> Submission:
         try:

@@ -22,10 +22,12 @@ async def test_rpc_plan_lands_once_and_moves_the_tokens(stack):
     wallet = plan["wallet"]
     paid_before = await stack.token_balance(wallet, stack.pool.mint_in)
     received_before = await stack.token_balance(wallet, stack.pool.mint_out)
+    sent_ahead = stack.worker.bridge.sent_ahead
 
     result = await stack.execute(plan)
 
     assert result["status"] == "success", result
+    assert stack.worker.bridge.sent_ahead == sent_ahead + 1, "eager start: the bridge sent right after it"
     assert result["executionMethod"] == "rpc" and result["wallet"] == wallet
     assert result["blockSlot"] > 0 and result["confirmationTime"] >= plan["timestamp"]
     assert await stack.token_balance(wallet, stack.pool.mint_in) == paid_before - plan["inputAmount"]
@@ -33,6 +35,7 @@ async def test_rpc_plan_lands_once_and_moves_the_tokens(stack):
     assert result["executionCost"]["feeLamports"] > 0 and result["executionCost"]["tipLamports"] == 0
     assert abs(result["actualProfit"] - plan["expectedProfit"]) < 1e-9  # everything promised arrived
     assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+    assert [row["timesReceived"] for row in await stack.wire_transactions(plan["planId"])] == [1]
     stages = result["stageTimings"]
     assert all(stages[s] is not None for s in ("selectWallet", "build", "sign", "submit", "confirm"))
 
@@ -104,6 +107,41 @@ async def test_a_preparation_no_workflow_claims_gives_its_wallet_back(stack):
 
 async def _released(stack, lease_id: str) -> bool:
     return not await _lease_holders(stack, lease_id)
+
+
+async def test_a_transaction_sent_ahead_is_claimed_by_its_workflow_not_sent_again(stack):
+    """What the bridge does after an eager start, done by hand: the workflow (started without
+    the bridge, so its task comes from the server's queue) finds the send done and follows it."""
+    activities = stack.worker.activities
+    plan = stack.plan("rpc", wallet=3)
+    event = validate(plan)
+    activities.prepare_ahead(event)
+    activities.send_ahead(event)
+    await wait_until(lambda: stack.wire_transactions(plan["planId"]), timeout=10)
+    await stack.temporal.start_workflow("ExecutePlan", event, id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue)
+    result = await stack.result(plan["planId"])
+    assert result["status"] == "success", result
+    on_wire = await stack.wire_transactions(plan["planId"])
+    assert [(row["signature"], row["timesReceived"]) for row in on_wire] == [(result["signature"], 1)]
+    assert await _lease_holders(stack, plan["planId"]) == []
+
+
+async def test_halt_before_the_send_ahead_sends_nothing_and_the_workflow_reports_it(stack):
+    activities = stack.worker.activities
+    plan = stack.plan("rpc", wallet=4)
+    event = validate(plan)
+    activities.prepare_ahead(event)
+    await stack.halt("test: halted while the start was in flight")
+    await wait_until(lambda: _async(stack.worker.killswitch.halted() is not None))
+    try:
+        activities.send_ahead(event)
+        await stack.temporal.start_workflow("ExecutePlan", event, id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue)
+        result = await stack.result(plan["planId"])
+    finally:
+        await stack.resume()
+    assert result["status"] == "failed" and result["errorCode"] == "HALTED", result
+    assert await stack.wire_transactions(plan["planId"]) == []
+    assert await _lease_holders(stack, plan["planId"]) == []
 
 
 async def test_plan_past_its_deadline_times_out_and_sends_nothing(stack):

@@ -40,6 +40,9 @@ WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)
 # ahead is the plan's for good, so it must not wait in a queue while its blockhash ages, and
 # leases taken ahead for queued plans would starve the plans actually executing.
 PREPARE_AHEAD_MAX_STARTING = 4
+# temporalio (1.x) marks a handle whose start response carried the first workflow task, which
+# the SDK hands to this process's worker. Absent (another SDK version), nothing is sent ahead.
+EAGERLY_STARTED = "__temporal_eagerly_started"
 
 
 def workflow_id(plan_id: str) -> str:
@@ -108,6 +111,7 @@ class PlanBridge:
         max_in_flight: int = 256,
         ack_wait_s: float = 30.0,
         prepare: Callable[[ExecutionPlanEvent], None] | None = None,
+        send: Callable[[ExecutionPlanEvent], None] | None = None,
         forget: Callable[[str], None] | None = None,
     ) -> None:
         self.js = js
@@ -118,8 +122,10 @@ class PlanBridge:
         self.max_in_flight = max_in_flight
         self.ack_wait_s = ack_wait_s
         self.prepare = prepare or (lambda plan: None)
+        self.send = send or (lambda plan: None)
         self.forget = forget or (lambda plan_id: None)
         self.started = 0
+        self.sent_ahead = 0  # starts whose send followed at once, in this process (eager)
         self.rejected = 0
         self._starting = 0
         self._tasks: set[asyncio.Task] = set()
@@ -170,12 +176,12 @@ class PlanBridge:
         if self.halted() is not None:
             await message.nak(delay=1.0)  # halted while this one was in hand: it waits in the stream
             return
-        # The lease, build, signature and record overlap the start's round trip; the send waits for the workflow.
+        # The lease, build, signature and record overlap the start's round trip; the send waits for it.
         if self._starting < PREPARE_AHEAD_MAX_STARTING:
             self.prepare(plan)
         self._starting += 1
         try:
-            await self.client.start_workflow(
+            handle = await self.client.start_workflow(
                 "ExecutePlan",
                 plan,
                 id=workflow_id(plan.plan_id),
@@ -186,8 +192,12 @@ class PlanBridge:
                 search_attributes=search_attributes(plan),
                 static_summary=f"{plan.execution_method.value} {plan.strategy.value} {plan.opportunity_id}",
             )
+            eager = getattr(handle, EAGERLY_STARTED, False)
+            if eager:
+                self.send(plan)  # persisted, and its first workflow task is this process's
+                self.sent_ahead += 1
             self.started += 1
-            log.info("plan=%s stage=bridge event=started_workflow method=%s", plan.plan_id, plan.execution_method.value)
+            log.info("plan=%s stage=bridge event=started_workflow method=%s eager=%s", plan.plan_id, plan.execution_method.value, eager)
         except WorkflowAlreadyStartedError:
             self.forget(plan.plan_id)
             log.info("plan=%s stage=bridge event=duplicate_plan already started", plan.plan_id)

@@ -172,6 +172,7 @@ class ExecutorWorker:
             self.killswitch.halted,
             max_in_flight=config.max_plans_in_flight,
             prepare=self.activities.prepare_ahead,
+            send=self.activities.send_ahead,
             forget=self.activities.forget_prepared,
         )
         if config.metrics_port:

@@ -1,8 +1,9 @@
 """ExecutePlan: one execution plan, from a wallet lease to exactly one result event.
 
-Reads top to bottom as the trade: check the deadline; lease a wallet, build, sign and send
-(one local activity, which checks the halt flag just before the send); confirm; settle;
-release the lease; publish. Every step is a local activity, so a plan costs two workflow
+Reads top to bottom as the trade: lease a wallet, build, sign and send (one local activity,
+which checks the halt flag and the deadline just before the send, and which claims that
+work when the bridge did it ahead of this first workflow task); confirm; settle; release the
+lease; publish. Every step is a local activity, so a plan costs two workflow
 tasks and about 11 history events. Deterministic and free of I/O.
 """
 from __future__ import annotations
@@ -110,10 +111,11 @@ class ExecutePlan:
         settlement: Settlement | None = None
         stopped: PlanStopped | None = None
         try:
-            self._check_deadline(plan)
             # lease -> build -> sign -> send as one local activity: each local activity costs a
             # round trip through the SDK core (measured 2-5 ms each). The signed transaction is
-            # recorded outside Temporal before the send; a re-run resends those bytes.
+            # recorded outside Temporal before the send; a re-run resends those bytes. The
+            # deadline is judged there too, by the clock of the process that sends (the bridge
+            # may have sent already, on that clock).
             self.stage = "execute"
             executed = await self._hot("execute", ExecuteRequest(plan, lease_ttl_for(plan), self.halt_reason), Executed, plan)
             self.lease, self.signed, self.submission = executed.lease, executed.signed, executed.submission
@@ -181,10 +183,6 @@ class ExecutePlan:
             schedule_to_close_timeout=max(remaining, MIN_STAGE_TIME),
             retry_policy=HOT_PATH_RETRY,
         )
-
-    def _check_deadline(self, plan: ExecutionPlanEvent) -> None:
-        if _now_ms() > plan.deadline:
-            raise PlanStopped(ExecutionStatus.timeout, ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent")
 
     async def _release(self, confirmation: Confirmation | None) -> None:
         if confirmation is None or (not confirmation.landed and self.submission.withheld_code is not None):
