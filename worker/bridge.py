@@ -1,7 +1,9 @@
 """The bridge: plans from PLANNED become ExecutePlan workflows, exactly once per plan id.
 
 It runs inside the worker process so that a workflow start can be eager (the server hands
-the first workflow task straight back to this process: no poll round trip). A message is
+the first workflow task straight back to this process: no poll round trip). Beside the
+start it prepares the plan's transaction, and once an eager start is answered it sends it
+(`ExecutionActivities.send_ahead`): the workflow's `execute` claims both. A message is
 acked only once the start is accepted; an id already started counts as accepted, which
 is what makes a redelivered or re-published plan harmless. A plan that does not parse
 gets its failed result here and its message is terminated, never redelivered. While the
