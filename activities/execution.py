@@ -154,7 +154,7 @@ class ExecutionActivities:
         before its bytes leave; `execute` claims the outcome, or raises the refusal."""
         ahead = self._ahead.get(plan.plan_id)
         if ahead is None or ahead.sent is not None:
-            return  # not prepared here, or execute already claimed it
+            return  # not prepared here (or execute has claimed it already), or sent already
 
         async def send() -> Submission | None:
             try:
