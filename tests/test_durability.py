@@ -62,6 +62,19 @@ async def wait_exit(process, timeout: float = 20.0) -> int:
     return process.returncode
 
 
+async def survivor_result(stack, name: str, plan: dict):
+    """A fresh worker takes over the crashed one's plan: its result, and the worker's log."""
+    survivor, survivor_log = await start_worker(stack, name)
+    try:
+        return await stack.result(plan["planId"], timeout=45), survivor_log
+    finally:
+        await stop_worker(survivor)
+
+
+def recorded_signature(worker_log) -> str:
+    """The signature a worker logged when it recorded the plan's transaction."""
+    return re.search(rb"stage=sign signature=(\w+)", worker_log.read_bytes()).group(1).decode()
+
 @pytest.mark.parametrize("crash_after", ["sign", "submit", "confirm"])
 async def test_worker_killed_mid_plan_restarted_worker_lands_it_once(crash_stack, crash_after):
     stack = crash_stack
@@ -69,15 +82,11 @@ async def test_worker_killed_mid_plan_restarted_worker_lands_it_once(crash_stack
     plan = stack.plan("rpc", wallet=0, deadline_ms=60_000, max_latency_ms=60_000)
     await stack.publish(plan)
     assert await wait_exit(doomed) == -signal.SIGKILL, doomed_log.read_text()[-2000:]
-    signed_by_doomed = re.search(rb"stage=sign signature=(\w+)", doomed_log.read_bytes()).group(1).decode()
+    signed_by_doomed = recorded_signature(doomed_log)
     sent_before_restart = await stack.wire_transactions(plan["planId"])
     assert len(sent_before_restart) == (0 if crash_after == "sign" else 1)
 
-    survivor, survivor_log = await start_worker(stack, f"survivor-{crash_after}")
-    try:
-        result = await stack.result(plan["planId"], timeout=45)
-    finally:
-        await stop_worker(survivor)
+    result, survivor_log = await survivor_result(stack, f"survivor-{crash_after}", plan)
     assert result["status"] == "success", (result, survivor_log.read_text()[-3000:])
     on_wire = await stack.wire_transactions(plan["planId"])
     assert [row["signature"] for row in on_wire] == [result["signature"]] == [signed_by_doomed], "one signed transaction, ever"
@@ -97,11 +106,7 @@ async def test_halt_after_a_crash_mid_submit_still_follows_the_sent_transaction(
     await stack.publish(plan)
     await wait_exit(doomed)
     await stack.temporal.get_workflow_handle(workflow_id(plan["planId"])).signal("halt", "halt after the crash")
-    survivor, survivor_log = await start_worker(stack, "survivor-halt")
-    try:
-        result = await stack.result(plan["planId"], timeout=45)
-    finally:
-        await stop_worker(survivor)
+    result, survivor_log = await survivor_result(stack, "survivor-halt", plan)
     assert result["status"] == "success", (result, survivor_log.read_text()[-3000:])
     on_wire = await stack.wire_transactions(plan["planId"])
     assert [row["signature"] for row in on_wire] == [result["signature"]]
@@ -117,13 +122,9 @@ async def test_halt_after_a_crash_before_the_send_ends_halted_with_nothing_on_th
     plan = stack.plan("rpc", wallet=2, deadline_ms=60_000, max_latency_ms=60_000)
     await stack.publish(plan)
     await wait_exit(doomed)
-    recorded = re.search(rb"stage=sign signature=(\w+)", doomed_log.read_bytes()).group(1).decode()
+    recorded = recorded_signature(doomed_log)
     await stack.temporal.get_workflow_handle(workflow_id(plan["planId"])).signal("halt", "halt after the crash")
-    survivor, survivor_log = await start_worker(stack, "survivor-halt-unsent")
-    try:
-        result = await stack.result(plan["planId"], timeout=45)
-    finally:
-        await stop_worker(survivor)
+    result, survivor_log = await survivor_result(stack, "survivor-halt-unsent", plan)
     assert (result["status"], result["errorCode"]) == ("failed", "HALTED"), (result, survivor_log.read_text()[-3000:])
     assert result["signature"] == recorded, "the result names the transaction that was watched"
     assert await stack.wire_transactions(plan["planId"]) == []
