@@ -1,18 +1,23 @@
-"""Publish: the plan's one result on EXECUTED, deduplicated by plan id.
+"""Publish: the plan's one result on EXECUTED, deduplicated by its message id.
 
-Subject executed.<status>.<opportunityId>; header Nats-Msg-Id = planId, so a retried
-publish (or a re-run workflow task) inside the stream's dedupe window is dropped by
-JetStream itself.
+Subject executed.<status>.<opportunityId>; header Nats-Msg-Id = planId (a rejected message's
+own id for a plan that never ran), so a retried publish (or a re-run workflow task) inside
+the stream's dedupe window is dropped by JetStream itself.
 """
 from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from workflows.events import ExecutionResultEvent
+from workflows.events import SUBJECT_TOKENS_PATTERN, ExecutionResultEvent
 
 RESULT_SUBJECT = "executed.{status}.{opportunity}"
 
 
-async def publish_result(js: JetStreamContext, result: ExecutionResultEvent) -> None:
-    subject = RESULT_SUBJECT.format(status=result.status.value, opportunity=result.opportunity_id)
-    await js.publish(subject, result.to_wire(), headers={"Nats-Msg-Id": result.plan_id})
+def result_subject(result: ExecutionResultEvent) -> str:
+    # A plan's opportunity id is validated as subject tokens; a rejected message's may be anything.
+    opportunity = result.opportunity_id if SUBJECT_TOKENS_PATTERN.match(result.opportunity_id) else "unknown"
+    return RESULT_SUBJECT.format(status=result.status.value, opportunity=opportunity)
+
+
+async def publish_result(js: JetStreamContext, result: ExecutionResultEvent, message_id: str | None = None) -> None:
+    await js.publish(result_subject(result), result.to_wire(), headers={"Nats-Msg-Id": message_id or result.plan_id})

@@ -68,22 +68,37 @@ class SolanaRpc:
             await self._session.close()
 
     async def call(self, method: str, params: list) -> object:
-        body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+        payload = await self._post(method, {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+        if not isinstance(payload, dict):
+            raise RpcUnavailable(f"{method}: unexpected answer {str(payload)[:200]}")
+        return _result(payload)
+
+    async def batch(self, calls: list[tuple[str, list]]) -> list[object]:
+        """Several calls in one HTTP request: one node answers them in order, so together they are
+        one view of the chain (a load balancer may send separate requests to nodes that disagree)."""
+        first = next(self._ids)
+        body = [{"jsonrpc": "2.0", "id": first + i, "method": method, "params": params} for i, (method, params) in enumerate(calls)]
+        for _ in calls[1:]:
+            next(self._ids)
+        names = "+".join(method for method, _ in calls)
+        payload = await self._post(names, body)
+        if not isinstance(payload, list) or len(payload) != len(calls):
+            raise RpcUnavailable(f"{names}: unexpected answer {str(payload)[:200]}")
+        by_id = {item.get("id"): item for item in payload if isinstance(item, dict)}
+        if set(by_id) != {first + i for i in range(len(calls))}:
+            raise RpcUnavailable(f"{names}: answers do not match the calls")
+        return [_result(by_id[first + i]) for i in range(len(calls))]
+
+    async def _post(self, method: str, body: object) -> object:
         try:
-            async with self._get_session().post(self.url, data=body) as response:
+            async with self._get_session().post(self.url, data=json.dumps(body)) as response:
                 if response.status == 429:
                     raise RpcRateLimited(f"{method}: HTTP 429 from {self.url}")
                 if response.status >= 500:
                     raise RpcUnavailable(f"{method}: HTTP {response.status} from {self.url}")
-                payload = await response.json(content_type=None)
+                return await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:  # ValueError: not JSON
             raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
-        if not isinstance(payload, dict):
-            raise RpcUnavailable(f"{method}: unexpected answer {str(payload)[:200]}")
-        if "error" in payload:
-            error = payload["error"] or {}
-            raise RpcRefused(error.get("code"), str(error.get("message", error))[:500])
-        return payload.get("result")
 
     async def send_transaction(self, raw: bytes) -> str:
         """sendTransaction, base64, skipPreflight (the planner simulated), maxRetries 0 (we rebroadcast)."""
@@ -91,8 +106,29 @@ class SolanaRpc:
         return await self.call("sendTransaction", [base64.b64encode(raw).decode(), options])
 
     async def signature_statuses(self, signatures: list[str]) -> list[SignatureStatus | None]:
+        """From the node's recent status cache (about 300 slots): cheap, for polling what is in flight."""
         result = await self.call("getSignatureStatuses", [signatures])
         return [None if item is None else _status(item) for item in result["value"]]
 
     async def block_height(self, commitment: str = "confirmed") -> int:
         return int(await self.call("getBlockHeight", [{"commitment": commitment}]))
+
+    async def landed_or_expired(self, signature: str, commitment: str) -> tuple[int, SignatureStatus | None]:
+        """The block height, then the signature's status searched through the node's whole history,
+        in one request: if the status is None and the height is past the transaction's
+        lastValidBlockHeight, the chain says it never landed and never will."""
+        height, statuses = await self.batch(
+            [
+                ("getBlockHeight", [{"commitment": commitment}]),
+                ("getSignatureStatuses", [[signature], {"searchTransactionHistory": True}]),
+            ]
+        )
+        item = statuses["value"][0]
+        return int(height), None if item is None else _status(item)
+
+
+def _result(payload: dict) -> object:
+    if "error" in payload:
+        error = payload["error"] or {}
+        raise RpcRefused(error.get("code"), str(error.get("message", error))[:500])
+    return payload.get("result")

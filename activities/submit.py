@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 
 from workflows.events import ErrorCode
-from workflows.stages import Submission, SubmitRequest
+from workflows.stages import SignedTransaction, Submission
 
 from .errors import fail
 from .jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
@@ -46,12 +46,11 @@ class Submitter:
         self.backups = list(backups)  # RPC_BACKUPS: get a copy of every rpc send, never waited on
         self._background: set[asyncio.Task] = set()
 
-    async def submit(self, request: SubmitRequest) -> Submission:
-        if request.method not in SENDABLE:
-            fail(ErrorCode.SUBMIT_REJECTED, f"execution method {request.method} is not available")
-        raw = base64.b64decode(request.signed.transaction)
-        bundle_id = await self.send(request.method, raw)
-        return Submission(signature=request.signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
+    async def submit(self, method: str, signed: SignedTransaction) -> Submission:
+        if method not in SENDABLE:
+            fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available")
+        bundle_id = await self.send(method, base64.b64decode(signed.transaction))
+        return Submission(signature=signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
 
     def refusal(self, halt_reason: str | None, deadline_ms: int) -> tuple[ErrorCode, str] | None:
         """Why a plan must not go on the wire now (a halt, or its deadline), or None."""
@@ -71,12 +70,11 @@ class Submitter:
                 fail(ErrorCode.SUBMIT_REJECTED, f"RPC refused the transaction: {error}")
             except RpcRateLimited:
                 fail(ErrorCode.RATE_LIMITED, "RPC rate limited (HTTP 429)")
-            # RpcUnavailable propagates: unknown whether it arrived, retry the same bytes
-            finally:
-                for backup in self.backups:
-                    task = asyncio.create_task(_copy_to(backup, raw))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+            except BaseException:
+                self._copy_to_backups(raw)  # unknown whether it arrived: it may be out, so the copies may go too
+                raise  # RpcUnavailable: the caller follows the signature on chain
+            # Copies only once the primary has not refused: a refusal must mean nothing left.
+            self._copy_to_backups(raw)
             return None
         if method == "tpu_direct":
             if self.tpu is None:
@@ -96,6 +94,13 @@ class Submitter:
             except JitoError as error:
                 fail(ErrorCode.SUBMIT_REJECTED, f"block engine refused the bundle: {error}")
         fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available")
+
+
+    def _copy_to_backups(self, raw: bytes) -> None:
+        for backup in self.backups:
+            task = asyncio.create_task(_copy_to(backup, raw))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
 
 async def _copy_to(backup: SolanaRpc, raw: bytes) -> None:

@@ -13,12 +13,12 @@ Bucket ``wallet_leases``, one key per wallet ``wallet.<pubkey>``, value (JSON)::
 ``balance`` null means not yet refreshed; it counts as healthy until a refresh says otherwise, so a
 worker can trade as soon as it starts. Healthy = errors < 5, in-flight < 3, balance >= 0.1 SOL.
 
-Speed: ``acquire`` works from an in-process cache of entries and revisions (the last value this process
-read or wrote) and needs one CAS write in the common case; a stale cache shows up as a CAS conflict,
-answered by a fresh get of that wallet. Wallets that look unavailable in the cache are re-read before
-the pool says no. Known limit: the idempotency check for a lease id reads the cache, so a lease written
-by another process for the same id and not yet read here is not seen; the duplicate then costs one slot
-until its expiry (a plan's lease lives for its max latency plus a margin).
+Speed: ``acquire`` works from an in-process cache of entries and revisions and needs one CAS write in
+the common case. The cache follows the bucket (a KV watch: every write by any worker arrives here within
+a round trip), so a lease id is found wherever it was taken, even by a worker that died: a plan re-run
+after a crash gets its own lease back instead of a second one, and its release finds it. A cache that is
+still stale shows up as a CAS conflict, answered by a fresh get of that wallet; wallets that look
+unavailable are re-read before the pool says no.
 """
 from __future__ import annotations
 
@@ -127,6 +127,7 @@ class WalletPool:
         min_balance_lamports: int = 100_000_000,
         max_in_flight: int = 3,
         max_errors: int = 5,
+        replicas: int = 1,
     ) -> WalletPool:
         """Bind (or create) the bucket and make sure every wallet has an entry."""
         for wallet in wallets:
@@ -135,7 +136,7 @@ class WalletPool:
             kv = await js.key_value(bucket)
         except BucketNotFoundError:
             # two workers starting together both get here; creating an identical bucket twice is accepted
-            kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
+            kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas))
         pool = cls(kv, wallets, min_balance_lamports=min_balance_lamports, max_in_flight=max_in_flight, max_errors=max_errors)
         await asyncio.gather(*(pool._read(wallet) for wallet in pool.wallets))
         log.info("event=pool_open bucket=%s wallets=%d %s", bucket, len(pool.wallets), " ".join(pool.wallets))
@@ -190,15 +191,42 @@ class WalletPool:
         log.info("event=no_wallet lease=%s reason=%r", lease_id, message)  # often transient; the plan's result carries it if final
         raise NoWalletAvailable(message)
 
-    async def release(self, lease_id: str, wallet: str, outcome: str) -> None:
+    async def adopt(self, lease_id: str, wallet: str, ttl_ms: int) -> Lease:
+        """The lease ``lease_id`` on this very wallet, taken whatever its health: a plan whose
+        transaction is already signed by ``wallet`` is in flight on it, so it counts there."""
+        held = self._held(lease_id)
+        if held is not None and held.wallet == wallet:
+            return held
+        expires_at_ms = now_ms() + ttl_ms
+
+        def change(state: WalletState) -> WalletState | None:
+            if lease_id in state.leases:
+                return None
+            return replace(state, leases={**state.leases, lease_id: expires_at_ms})
+
+        if wallet not in self.wallets and wallet not in self._cache and await self._read_existing(wallet) is None:
+            return Lease(lease_id, wallet, expires_at_ms)  # a wallet no worker pools: nothing to count
+        state = await self._mutate(wallet, change)
+        return Lease(lease_id, wallet, state.leases.get(lease_id, expires_at_ms))
+
+    async def release(self, lease_id: str, wallet: str | None, outcome: str) -> None:
         """Give the lease back. "success" resets the wallet's error count, "failure" adds one, "none" neither.
 
-        Idempotent: the error count changes only when this call removes the lease, so a re-run release
-        (local activities can re-run) counts once; a lease already gone (released, or expired and dropped)
-        is fine.
+        ``wallet`` None: wherever ``lease_id`` is held (a run that never learnt its lease, e.g. one whose
+        execute was cut short). Idempotent: the error count changes only when this call removes the lease,
+        so a re-run release (local activities can re-run) counts once; a lease already gone (released, or
+        expired and dropped) is fine.
         """
         if outcome not in ("success", "failure", "none"):
             raise ValueError(f"outcome must be success, failure or none, not {outcome!r}")
+        # A lease the plan also holds elsewhere (taken by a run that died mid-way) goes back uncounted.
+        strays = [w for w in self.wallets if w != wallet and (c := self._cache.get(w)) is not None and lease_id in c.state.leases]
+        for stray in strays:
+            await self._release_on(lease_id, stray, "none")
+        if wallet is not None:
+            await self._release_on(lease_id, wallet, outcome)
+
+    async def _release_on(self, lease_id: str, wallet: str, outcome: str) -> None:
         if wallet not in self.wallets:
             # leased by a worker with other keys: release it all the same, but never create an entry for it
             try:
@@ -226,6 +254,25 @@ class WalletPool:
 
     def holds(self, lease_id: str) -> bool:
         return self._held(lease_id) is not None
+
+    async def follow(self) -> None:
+        """Keep the cache current with every write to the bucket, by any worker (forever)."""
+        while True:
+            try:
+                watcher = await self.kv.watch(KEY_PREFIX + ">")
+                async for entry in watcher:
+                    if entry is None or entry.value is None or entry.operation is not None:
+                        continue  # the end of the initial values, or a delete/purge
+                    wallet = entry.key[len(KEY_PREFIX) :]
+                    try:
+                        self._remember(wallet, WalletState.decode(entry.value), entry.revision)
+                    except ValueError:
+                        log.warning("event=bad_entry wallet=%s", wallet)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - NATS away: CAS still works from a stale cache
+                log.warning("event=watch_failed error=%s; following again in 1 s", error)
+                await asyncio.sleep(1.0)
 
     def _held(self, lease_id: str) -> Lease | None:
         """The unexpired lease ``lease_id`` already holds, according to this process's cache."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -31,10 +30,10 @@ from pathlib import Path
 
 from nats.js.api import DeliverPolicy
 from solders.keypair import Keypair
-from solders.message import from_bytes_versioned
 
 from worker import logs
-from worker.bridge import parse_plan
+from activities.dispatch import Dispatch
+from workflows.events import parse_plan
 from worker.dev import DevStack, admin_post
 from worker.main import ExecutorWorker
 
@@ -147,21 +146,22 @@ async def durable_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dic
 
 
 async def direct_phase(worker: ExecutorWorker, plans: list[dict], rate: float | None) -> Phase:
-    """The same hot-path code without Temporal: parse, lease, build, sign, send, release."""
+    """The same hot-path code without Temporal and without the record: parse, then the plan's
+    dispatch (lease, build, sign, the send gate, send), then the lease back."""
     phase = Phase("direct")
-    activities = worker.activities
+    dispatcher = worker.dispatcher
     done = asyncio.Event()
     finished = 0
 
     async def handle(message) -> None:
         nonlocal finished
         try:
-            plan = parse_plan(message.data)
-            lease = await activities.wallets.acquire(f"direct-{plan.plan_id}", None, ttl_ms=60_000)
-            built = await activities.builder.build(plan, lease.wallet)
-            tx = activities.keys.sign(lease.wallet, from_bytes_versioned(base64.b64decode(built.message)))
-            await activities.submitter.send(plan.execution_method.value, bytes(tx))
-            await activities.wallets.release(lease.lease_id, lease.wallet, "none")
+            dispatch = Dispatch(parse_plan(message.data), dispatcher, durable=False)
+            try:
+                await dispatch.send(None)
+            finally:
+                if dispatch.lease is not None:
+                    await dispatcher.wallets.release(dispatch.plan_id, dispatch.lease.wallet, "none")
         except Exception as error:
             phase.errors += 1
             log.warning("stage=bench event=direct_failed error=%s", error)

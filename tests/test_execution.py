@@ -13,7 +13,8 @@ from temporalio.client import WorkflowExecutionStatus
 from activities.jito import STATIC_TIP_ACCOUNTS
 from tests.stack import wait_until
 from activities.wallets import WalletState, now_ms
-from worker.bridge import parse_plan, workflow_id
+from worker.bridge import workflow_id
+from workflows.events import parse_plan
 from worker.demo import validate
 
 
@@ -81,7 +82,7 @@ async def _lease_holders(stack, lease_id: str) -> list[str]:
     """Wallets whose shared entry (read fresh from the KV bucket) holds an unexpired lease `lease_id`."""
     kv = await stack.worker.js.key_value("wallet_leases")
     holders = []
-    for wallet in stack.worker.activities.wallets.wallets:
+    for wallet in stack.worker.wallets.wallets:
         state = WalletState.decode((await kv.get(f"wallet.{wallet}")).value).pruned(now_ms())
         if lease_id in state.leases:
             holders.append(wallet)
@@ -91,15 +92,15 @@ async def _lease_holders(stack, lease_id: str) -> list[str]:
 async def test_a_preparation_no_workflow_claims_gives_its_wallet_back(stack):
     """Work prepared during a start whose workflow task went elsewhere (or never reached execute)
     must not hold a wallet: it is undone by the plan's deadline + 1 s, or at once when forgotten."""
-    activities = stack.worker.activities
+    dispatcher = stack.worker.dispatcher
     soon = parse_plan(json.dumps(stack.plan("rpc", wallet=2, deadline_ms=300)).encode())
-    activities.prepare_ahead(soon)
+    dispatcher.open_ahead(soon)
     await wait_until(lambda: _lease_holders(stack, soon.plan_id), timeout=5)  # leased ahead...
     await wait_until(lambda: _released(stack, soon.plan_id), timeout=5)  # ...and given back after its deadline
 
     later = parse_plan(json.dumps(stack.plan("rpc", wallet=2, deadline_ms=20_000)).encode())
-    activities.prepare_ahead(later)
-    activities.forget_prepared(later.plan_id)  # as the bridge does when the start fails
+    dispatcher.open_ahead(later)
+    dispatcher.abandon(later.plan_id)  # as the bridge does when the start fails
     await asyncio.sleep(0.3)
     assert await _lease_holders(stack, later.plan_id) == []
     assert await stack.wire_transactions(soon.plan_id) == [] and await stack.wire_transactions(later.plan_id) == []
@@ -112,11 +113,11 @@ async def _released(stack, lease_id: str) -> bool:
 async def test_a_transaction_sent_ahead_is_claimed_by_its_workflow_not_sent_again(stack):
     """What the bridge does after an eager start, done by hand: the workflow (started without
     the bridge, so its task comes from the server's queue) finds the send done and follows it."""
-    activities = stack.worker.activities
+    dispatcher = stack.worker.dispatcher
     plan = stack.plan("rpc", wallet=3)
     event = validate(plan)
-    activities.prepare_ahead(event)
-    activities.send_ahead(event)
+    dispatcher.open_ahead(event)
+    dispatcher.send_ahead(event)
     await wait_until(lambda: stack.wire_transactions(plan["planId"]), timeout=10)
     await stack.temporal.start_workflow("ExecutePlan", event, id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue)
     result = await stack.result(plan["planId"])
@@ -127,14 +128,14 @@ async def test_a_transaction_sent_ahead_is_claimed_by_its_workflow_not_sent_agai
 
 
 async def test_halt_before_the_send_ahead_sends_nothing_and_the_workflow_reports_it(stack):
-    activities = stack.worker.activities
+    dispatcher = stack.worker.dispatcher
     plan = stack.plan("rpc", wallet=4)
     event = validate(plan)
-    activities.prepare_ahead(event)
+    dispatcher.open_ahead(event)
     await stack.halt("test: halted while the start was in flight")
     await wait_until(lambda: _async(stack.worker.killswitch.halted() is not None))
     try:
-        activities.send_ahead(event)
+        dispatcher.send_ahead(event)
         await stack.temporal.start_workflow("ExecutePlan", event, id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue)
         result = await stack.result(plan["planId"])
     finally:

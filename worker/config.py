@@ -63,10 +63,14 @@ class ExecutorConfig:
     temporal_api_key: str | None = field(default=None, repr=False)  # Temporal Cloud; implies TLS
     balance_refresh_s: float = 30.0
     max_plans_in_flight: int = 256  # bridge backpressure: ack-pending cap on the PLANNED consumer
+    nats_replicas: int = 1  # NATS_REPLICAS: replicas of every stream and bucket the executor creates (3 in a cluster)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> "ExecutorConfig":
         env = os.environ if env is None else env
+        replicas = _int(env, "NATS_REPLICAS", cls.nats_replicas)
+        if not 1 <= replicas <= 5:
+            raise SystemExit(f"NATS_REPLICAS must be 1 to 5 (JetStream's limit), got {replicas}")
         commitment = env.get("CONFIRMATION_COMMITMENT", "confirmed")
         if commitment not in ("processed", "confirmed", "finalized"):
             raise SystemExit(f"CONFIRMATION_COMMITMENT must be processed, confirmed or finalized, got {commitment!r}")
@@ -107,6 +111,7 @@ class ExecutorConfig:
             temporal_api_key=env.get("TEMPORAL_API_KEY") or None,
             balance_refresh_s=_float(env, "BALANCE_REFRESH_S", cls.balance_refresh_s),
             max_plans_in_flight=_int(env, "MAX_PLANS_IN_FLIGHT", cls.max_plans_in_flight),
+            nats_replicas=replicas,
         )
 
     def websocket_endpoint(self) -> str:

@@ -29,7 +29,7 @@ from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient
 from activities.keystore import KeyStore
 from activities.rpc import SolanaRpc
 
-from .bridge import InvalidPlan, parse_plan
+from workflows.events import InvalidPlan, parse_plan
 from .config import ExecutorConfig
 from .control import environment
 from .main import transaction_builder

@@ -26,6 +26,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from activities.build import BuildSettings, TransactionBuilder
 from activities.chain import BlockhashCache, LookupTableCache
 from activities.confirm import SignatureWatcher
+from activities.dispatch import Dispatcher
 from activities.execution import ExecutionActivities
 from activities.fees import FeePolicy, PriorityFeeEstimator
 from activities.jito import JitoClient
@@ -47,6 +48,7 @@ from .metrics import ExecutorMetrics
 from .streams import ensure_streams
 
 log = logging.getLogger("hft.worker")
+STICKY_SCHEDULE_TO_START = timedelta(seconds=1)
 
 
 async def connect_temporal(config: ExecutorConfig, sdk_metrics_port: int = 0) -> Client:
@@ -119,9 +121,9 @@ class ExecutorWorker:
         config = self.config
         self.nc = await nats.connect(config.nats_url, name=config.executor_name, max_reconnect_attempts=-1)
         self.js = self.nc.jetstream()
-        await ensure_streams(self.js)
-        self.records = await PlanRecords.open(self.js)
-        self.wallets = await WalletPool.open(self.js, self.keys.public_keys())
+        await ensure_streams(self.js, replicas=config.nats_replicas)
+        self.records = await PlanRecords.open(self.js, replicas=config.nats_replicas)
+        self.wallets = await WalletPool.open(self.js, self.keys.public_keys(), replicas=config.nats_replicas)
         self.rpc = AsyncClient(config.rpc_endpoint, commitment=Confirmed, timeout=10)
         self.hot_rpc = SolanaRpc(config.rpc_endpoint)
         self.backups = [SolanaRpc(url) for url in config.rpc_backups]
@@ -134,23 +136,29 @@ class ExecutorWorker:
         await ensure_search_attributes(self.client, config.temporal_namespace)
         self.killswitch = KillSwitch(self.nc, self.js, self.client, config.executor_name, on_change=lambda on: self.metrics.halted.set(int(on)))
         await self.killswitch.start()
-        self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000)
+        self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000, commitment=config.confirmation_commitment)
         self.watcher.start()
         builder = transaction_builder(config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts)
-        self.activities = ExecutionActivities(
-            rpc=self.hot_rpc,
+        self.dispatcher = Dispatcher(
             wallets=self.wallets,
             keys=self.keys,
             builder=builder,
             records=self.records,
             submitter=Submitter(self.hot_rpc, self.jito, self.killswitch.halted, self.backups, self.tpu),
+            crash_after=os.environ.get("HFT_TEST_CRASH_AFTER") or None,
+        )
+        self.activities = ExecutionActivities(
+            dispatcher=self.dispatcher,
+            rpc=self.hot_rpc,
+            wallets=self.wallets,
+            records=self.records,
             watcher=self.watcher,
             js=self.js,
             commitment=config.confirmation_commitment,
             rebroadcast_s=config.rebroadcast_ms / 1000,
             sol_price_usd=config.sol_price_usd,
             on_result=self.metrics.record,
-            crash_after=os.environ.get("HFT_TEST_CRASH_AFTER") or None,
+            on_publish_failure=self.metrics.publish_failures.inc,
             confirmation_timeout_ms=config.confirmation_timeout_ms,
             tpu_rebroadcast_s=config.tpu_rebroadcast_ms / 1000,
         )
@@ -163,6 +171,9 @@ class ExecutorWorker:
             # Measured: the sandbox rebuilt per workflow cost more CPU than the whole hot path.
             # Determinism is guarded instead by replaying recorded histories in the tests.
             workflow_runner=UnsandboxedWorkflowRunner(),
+            # A task queued for this worker's sticky queue while it is dead moves to the shared queue
+            # after this: part of how fast a survivor takes over (the SDK's default is 10 s).
+            sticky_queue_schedule_to_start_timeout=STICKY_SCHEDULE_TO_START,
         )
         self.bridge = PlanBridge(
             self.js,
@@ -170,10 +181,9 @@ class ExecutorWorker:
             config.temporal_task_queue,
             self._publish_rejection,
             self.killswitch.halted,
+            records=self.records,
+            dispatcher=self.dispatcher,
             max_in_flight=config.max_plans_in_flight,
-            prepare=self.activities.prepare_ahead,
-            send=self.activities.send_ahead,
-            forget=self.activities.forget_prepared,
         )
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)
@@ -181,6 +191,7 @@ class ExecutorWorker:
             asyncio.create_task(self.worker.run(), name="temporal-worker"),
             asyncio.create_task(self.bridge.run(), name="bridge"),
             asyncio.create_task(self.wallets.run_balance_refresh(self.rpc, config.balance_refresh_s), name="balance-refresh"),
+            asyncio.create_task(self.wallets.follow(), name="wallet-leases"),
         ]
         log.info("stage=worker event=started name=%s wallets=%d taskQueue=%s", config.executor_name, len(self.keys), config.temporal_task_queue)
 
@@ -207,8 +218,8 @@ class ExecutorWorker:
         log.info("stage=worker event=tpu_ready identity=%s fanoutSlots=%d", tpu.identity_pubkey, config.tpu_fanout_slots)
         return tpu
 
-    async def _publish_rejection(self, result: ExecutionResultEvent) -> None:
-        await publish_result(self.js, result)
+    async def _publish_rejection(self, result: ExecutionResultEvent, message_id: str) -> None:
+        await publish_result(self.js, result, message_id)
         self.metrics.plans_rejected.labels(result.error_code.value if result.error_code else "INVALID_PLAN").inc()
         self.metrics.record(result)
 

@@ -24,6 +24,8 @@ class ExecutorMetrics:
         self.errors = Counter("executor_errors", "Failed and timed-out plans by error code", ["code"], registry=self.registry)
         self.halted = Gauge("executor_halted", "1 while the kill switch is on", registry=self.registry)
         self.plans_rejected = Counter("executor_plans_rejected", "Plans refused by the bridge (invalid)", ["code"], registry=self.registry)
+        # Alert on any rise: a result is waiting for NATS (it is retried until it is out, never dropped).
+        self.publish_failures = Counter("executor_result_publish_failures", "Failed attempts to store or publish a result", registry=self.registry)
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)

@@ -1,15 +1,26 @@
 """The JetStream streams the executor reads and writes, created if missing.
 
-PLANNED carries plans in, EXECUTED results out, SYSTEM the kill switch. All on file
-storage so a NATS restart loses nothing. EXECUTED deduplicates by Nats-Msg-Id (the plan
-id) for an hour: a publish re-run after a crash or a Temporal outage of up to that long
-still yields one result.
+PLANNED carries plans in, EXECUTED results out, SYSTEM the kill switch. All on file storage,
+with NATS_REPLICAS replicas (3 in a cluster: a node's disk can die), so a NATS restart loses
+nothing acknowledged. A single server must run with `sync_interval: always` for that to
+survive a power cut (deploy/nats/nats.conf): by default it syncs every 2 minutes.
+
+How the windows agree:
+- PLANNED keeps a plan 7 days, so it can be redelivered (a consumer recreated, a replay) for 7
+  days. The plan's record and stored result live 8 days (activities/records.py) and the bridge
+  never starts a plan id that has a result: a plan runs once, ever, for as long as it can come
+  back. Temporal's REJECT_DUPLICATE (its retention, 72 h) is a second guard, not the only one.
+- EXECUTED drops a repeated Nats-Msg-Id for an hour. A plan's publish is only repeated by its
+  own run (an ack lost to a crash or an outage), and every repeat carries the stored result, so
+  a repeat later than that (an outage over an hour) is a duplicate of the same story.
 """
 from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+
+from activities.records import PLANNED_MAX_AGE_S
 
 PLANNED_SUBJECTS = "execution.planned.>"
 EXECUTED_SUBJECTS = "executed.>"
@@ -19,34 +30,41 @@ STOPPED_SUBJECT = "metrics.executor.stopped"
 RESULT_DEDUPE_S = 3600.0
 PLAN_DEDUPE_S = 120.0
 
-STREAMS = (
-    StreamConfig(
-        name="PLANNED",
-        subjects=[PLANNED_SUBJECTS],
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS,
-        duplicate_window=PLAN_DEDUPE_S,  # a planner that sets Nats-Msg-Id gets its retries dropped here already
-        max_age=7 * 24 * 3600.0,
-        discard=DiscardPolicy.OLD,
-    ),
-    StreamConfig(
-        name="EXECUTED",
-        subjects=[EXECUTED_SUBJECTS],
-        storage=StorageType.FILE,
-        duplicate_window=RESULT_DEDUPE_S,
-        max_age=7 * 24 * 3600.0,
-    ),
-    StreamConfig(
-        name="SYSTEM",
-        subjects=["system.>"],
-        storage=StorageType.FILE,
-        max_msgs_per_subject=16,  # only the latest halt/resume matter, for restoring state at start
-    ),
-)
+
+def stream_configs(replicas: int = 1) -> tuple[StreamConfig, ...]:
+    return (
+        StreamConfig(
+            name="PLANNED",
+            subjects=[PLANNED_SUBJECTS],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            duplicate_window=PLAN_DEDUPE_S,  # a planner that sets Nats-Msg-Id gets its retries dropped here already
+            max_age=PLANNED_MAX_AGE_S,
+            discard=DiscardPolicy.OLD,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name="EXECUTED",
+            subjects=[EXECUTED_SUBJECTS],
+            storage=StorageType.FILE,
+            duplicate_window=RESULT_DEDUPE_S,
+            max_age=7 * 24 * 3600.0,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name="SYSTEM",
+            subjects=["system.>"],
+            storage=StorageType.FILE,
+            max_msgs_per_subject=16,  # only the latest halt/resume matter, for restoring state at start
+            num_replicas=replicas,
+        ),
+    )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    for config in STREAMS:
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    for config in stream_configs(replicas):
         try:
             await js.stream_info(config.name)
         except NotFoundError:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from solders.pubkey import Pubkey
 
@@ -84,6 +85,12 @@ def _account_key(value: str) -> str:
 PubkeyStr = Annotated[str, AfterValidator(_pubkey)]
 AccountKey = Annotated[str, AfterValidator(_account_key)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# The opportunity id becomes tokens of NATS subjects (execution.planned.<id>, executed.<status>.<id>):
+# a leading, trailing or doubled dot would make an empty token, a subject no stream takes.
+SubjectTokens = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")]
+# Epoch milliseconds, up to the year 2286: a deadline in micro- or nanoseconds is refused, not
+# turned into a wait of centuries.
+EpochMs = Annotated[int, Field(gt=0, lt=10**13)]
 U64 = Annotated[int, Field(ge=0, le=U64_MAX)]
 
 
@@ -141,7 +148,7 @@ class FlashLoan(WireModel):
 
 class ExecutionPlanEvent(WireModel):
     plan_id: Identifier
-    opportunity_id: Identifier
+    opportunity_id: SubjectTokens
     strategy: Strategy
     execution_method: ExecutionMethod
     routes: list[SwapRoute] = Field(min_length=1, max_length=8)
@@ -154,8 +161,8 @@ class ExecutionPlanEvent(WireModel):
     priority_fee: U64 | None = None  # micro-lamports per compute unit
     slippage: Annotated[int, Field(ge=0, le=10_000)]  # bps
     max_latency: Annotated[int, Field(gt=0, le=600_000)]  # ms from start to confirmation
-    deadline: Annotated[int, Field(gt=0)]  # epoch ms after which nothing may be sent
-    timestamp: Annotated[int, Field(gt=0)]  # epoch ms
+    deadline: EpochMs  # epoch ms after which nothing may be sent
+    timestamp: EpochMs
     flash_loan: FlashLoan | None = None
     # This project's extensions
     wallet: PubkeyStr | None = None
@@ -223,3 +230,55 @@ class ExecutionCost(WireModel):
 ExecutionResultEvent.model_rebuild()
 
 PLAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+SUBJECT_TOKENS_PATTERN = re.compile(r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
+
+
+class InvalidPlan(Exception):
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def parse_plan(data: bytes) -> ExecutionPlanEvent:
+    """Validate at the edge: the bridge, and the workflow itself (a workflow can be started without
+    the bridge). Pure and deterministic. The error text names the fields, so a planner can fix its output."""
+    try:
+        plan = ExecutionPlanEvent.model_validate_json(data)
+    except ValidationError as error:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}" for e in error.errors()[:5]]
+        more = f" (+{error.error_count() - 5} more)" if error.error_count() > 5 else ""
+        raise InvalidPlan(ErrorCode.INVALID_PLAN, "invalid plan: " + "; ".join(problems) + more) from None
+    if not plan.simulation_success:
+        raise InvalidPlan(ErrorCode.PLAN_NOT_SIMULATED, "simulationSuccess is false: the planner did not validate this plan")
+    return plan
+
+
+def rejection(data: bytes, invalid: InvalidPlan, *, fallback_plan_id: str, fallback_opportunity: str, execution_id: str | None, now_ms: int) -> ExecutionResultEvent:
+    """The failed result of a plan that never ran, named by its own ids where they are usable."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raw = None
+    raw = raw if isinstance(raw, dict) else {}
+
+    def identifier(name: str, pattern: re.Pattern, fallback: str) -> str:
+        value = raw.get(name)
+        return value if isinstance(value, str) and pattern.match(value) else fallback
+
+    plan_id = identifier("planId", PLAN_ID_PATTERN, fallback_plan_id)
+    profit = raw.get("expectedProfit")
+    method = raw.get("executionMethod")
+    finite = isinstance(profit, (int, float)) and not isinstance(profit, bool) and abs(profit) != float("inf") and profit == profit
+    return ExecutionResultEvent(
+        execution_id=execution_id or f"plan-{plan_id}",
+        plan_id=plan_id,
+        opportunity_id=identifier("opportunityId", SUBJECT_TOKENS_PATTERN, fallback_opportunity),
+        status=ExecutionStatus.failed,
+        expected_profit=float(profit) if finite else 0.0,
+        execution_cost=ExecutionCost(),
+        latency=0.0,
+        execution_method=method if isinstance(method, str) and len(method) <= 32 else "unknown",
+        error=str(invalid)[:1000],
+        error_code=invalid.code,
+        timestamp=now_ms,
+    )

@@ -1,13 +1,19 @@
 """ExecutePlan: one execution plan, from a wallet lease to exactly one result event.
 
-Reads top to bottom as the trade: lease a wallet, build, sign and send (one local activity,
-which checks the halt flag and the deadline just before the send, and which claims that
-work when the bridge did it ahead of this first workflow task); confirm; settle; release the
-lease; publish. Every step is a local activity, so a plan costs two workflow
-tasks and about 11 history events. Deterministic and free of I/O.
+Reads top to bottom as the trade: check the plan; execute it (lease, build, sign, record,
+the send gate, the send: one local activity, which claims that work when the bridge did it
+ahead of this first workflow task); if execute failed, let the plan's record say whether
+anything can be on the wire; confirm until the chain decides; settle; release the lease;
+publish the one result. Deterministic and free of I/O.
+
+The promise it keeps: a result may be late, never wrong. "Not landed" comes only from the
+chain (confirm) or from a void record (nothing was ever sent, and now nothing ever will
+be), so confirm, the record and the publish retry for as long as the chain, NATS or the
+RPC are away. A plan is never failed by a timeout of its own bookkeeping.
 """
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from temporalio import workflow
@@ -16,20 +22,26 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.execution import ExecutionActivities
     from workflows.events import (
         ErrorCode,
         ExecutionCost,
         ExecutionPlanEvent,
         ExecutionResultEvent,
         ExecutionStatus,
+        InvalidPlan,
         StageTimings,
+        parse_plan,
+        rejection,
     )
     from workflows.stages import (
         Confirmation,
         ConfirmRequest,
         Executed,
         ExecuteRequest,
+        PublishRequest,
         ReleaseRequest,
+        ResolveRequest,
         SettleRequest,
         Settlement,
         SignedTransaction,
@@ -46,18 +58,20 @@ PLAN_STATUS = SearchAttributeKey.for_keyword("PlanStatus")
 WALLET = SearchAttributeKey.for_keyword("Wallet")
 SEARCH_ATTRIBUTES = {"PlanId": "Keyword", "OpportunityId": "Keyword", "ExecutionMethod": "Keyword", "PlanStatus": "Keyword", "Wallet": "Keyword"}
 
-# Transient failures (an RPC hiccup) retry quickly; codes raised non-retryable fail at once.
+# Transient failures (an RPC hiccup, a busy wallet) retry quickly; execute stops itself at the deadline.
 HOT_PATH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=20), backoff_coefficient=2.0, maximum_interval=timedelta(milliseconds=500))
+# execute may run past the deadline only to finish a send already under way (each send has its own
+# timeouts, a few seconds at most): it is never cut mid-send in practice, and if it is, the record decides.
+EXECUTE_GRACE = timedelta(seconds=20)
+# What must happen before the result can be told (the record, confirm, the publish) retries for as
+# long as anything is down; the interval caps how late after a recovery the result comes.
+UNTIL_DONE = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30))
+CONFIRM_ATTEMPT = timedelta(minutes=5)  # longer than any blockhash lives; confirm ends an attempt itself when the chain is silent
+BOOKKEEPING_ATTEMPT = timedelta(seconds=10)
 BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5))
-MIN_STAGE_TIME = timedelta(milliseconds=200)
-BOOKKEEPING_TIME = timedelta(minutes=5)
-SETTLE_TIME = timedelta(seconds=30)
-LEASE_MARGIN_MS = 60_000
-
-
-def lease_ttl_for(plan: ExecutionPlanEvent) -> int:
-    """A plan holds its wallet for its whole life plus a margin; an orphaned lease expires after it."""
-    return plan.max_latency + LEASE_MARGIN_MS
+# Accounting that may be given up: the plan's result stands without it (a lease expires on its own).
+BOOKKEEPING_TIME = timedelta(seconds=30)
+MAX_HALT_REASON = 200
 
 
 def search_attributes(plan: ExecutionPlanEvent) -> TypedSearchAttributes:
@@ -89,9 +103,13 @@ class ExecutePlan:
         self.submission: Submission | None = None
 
     @workflow.signal
-    def halt(self, reason: str) -> None:
-        """Stop before submit; a plan already submitted is still followed to its true outcome."""
-        self.halt_reason = reason or "halted"
+    def halt(self, *reason: object) -> None:
+        """Stop before the send; a plan already sent is still followed to its true outcome. Any
+        input halts (an operator's halt is never dropped for its form): the reason is its text."""
+        given = reason[0] if reason else None
+        text = given if isinstance(given, str) else json.dumps(given) if given is not None else ""
+        self.halt_reason = text.strip()[:MAX_HALT_REASON] or "halted"
+        workflow.logger.info("plan=%s stage=%s event=halt_signal reason=%s", workflow.info().workflow_id, self.stage, self.halt_reason)
 
     @workflow.query
     def status(self) -> dict:
@@ -104,106 +122,142 @@ class ExecutePlan:
         }
 
     @workflow.run
-    async def run(self, plan: ExecutionPlanEvent) -> ExecutionResultEvent:
+    async def run(self, *submitted: object) -> ExecutionResultEvent:
+        """`submitted`: whatever the workflow was started with; a plan is checked here as the bridge
+        checks it, since a client can start this workflow without the bridge."""
         started_ms = _now_ms()
-        timings = StageTimings()
+        data = json.dumps(submitted[0]).encode() if len(submitted) == 1 else b""
+        try:
+            plan = parse_plan(data)
+        except InvalidPlan as invalid:
+            return await self._reject(data, invalid)
+
+        executed: Executed | None = None
         confirmation: Confirmation | None = None
         settlement: Settlement | None = None
         stopped: PlanStopped | None = None
         try:
-            # lease -> build -> sign -> send as one local activity: each local activity costs a
-            # round trip through the SDK core (measured 2-5 ms each). The signed transaction is
-            # recorded outside Temporal before the send; a re-run resends those bytes. The
-            # deadline is judged there too, by the clock of the process that sends (the bridge
-            # may have sent already, on that clock).
             self.stage = "execute"
-            executed = await self._hot("execute", ExecuteRequest(plan, lease_ttl_for(plan), self.halt_reason), Executed, plan)
+            executed = await self._execute(plan)
             self.lease, self.signed, self.submission = executed.lease, executed.signed, executed.submission
-            self.stage = "confirm"
-            # A local activity too (measured: Temporal server CPU per plan 24.5 -> 13.6 ms, history
-            # 16 -> 11 events). While it waits, the SDK heartbeats the workflow task; if this
-            # worker dies, the task times out (3 s) and another worker re-runs confirm.
-            confirmation = await workflow.execute_local_activity(
-                "confirm",
-                ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, started_ms + plan.max_latency),
-                result_type=Confirmation,
-                schedule_to_close_timeout=timedelta(milliseconds=plan.max_latency) + timedelta(seconds=30),
-                retry_policy=BOOKKEEPING_RETRY,
-                summary=f"confirm {self.signed.signature[:12]}",
-            )
-            if not confirmation.landed and self.submission.withheld_code is not None:
-                # Halted (or past its deadline) on a re-run, and the earlier run's transaction never landed.
-                code = ErrorCode(self.submission.withheld_code)
-                raise PlanStopped(_status_for(code), code, self.submission.withheld or code.value)
-            if confirmation.landed:
-                self.stage = "settle"
-                try:
-                    settlement = await workflow.execute_local_activity(
-                        "settle",
-                        SettleRequest(plan, self.signed.wallet, self.signed.signature, self.signed.tip_lamports),
-                        result_type=Settlement,
-                        schedule_to_close_timeout=SETTLE_TIME,
-                        retry_policy=BOOKKEEPING_RETRY,
-                    )
-                except FailureError as error:
-                    # The trade's outcome stands; only its accounting (fees, actual profit) is missing.
-                    workflow.logger.warning("plan=%s stage=settle unavailable: %s", plan.plan_id, _cause(error))
-            timings = StageTimings(
-                select_wallet=self.lease.elapsed_ms,
-                build=executed.build_ms,
-                sign=self.signed.elapsed_ms,
-                submit=self.submission.elapsed_ms,
-                confirm=confirmation.elapsed_ms,
-            )
-        except PlanStopped as stop:
-            stopped = stop
         except FailureError as error:
             stopped = _stopped_by(error, self.stage)
-        finally:
-            if self.lease is not None:
-                await self._release(confirmation)
-        result = self._result(plan, started_ms, confirmation, settlement, stopped, timings)
-        self.stage = "publish"
-        await workflow.execute_local_activity(
-            "publish", result, schedule_to_close_timeout=BOOKKEEPING_TIME, retry_policy=BOOKKEEPING_RETRY
-        )
-        workflow.upsert_search_attributes(
-            [PLAN_STATUS.value_set(result.status.value)] + ([WALLET.value_set(result.wallet)] if result.wallet else [])
-        )
-        self.stage = "done"
-        return result
+            await self._resolve_record(plan, stopped)
+        if self.signed is not None:
+            confirmation = await self._confirm(plan)
+            if confirmation.landed:
+                stopped = None  # whatever this run went through, the chain says the trade happened
+                settlement = await self._settle(plan)
+            elif self.submission.withheld_code is not None:
+                code = ErrorCode(self.submission.withheld_code)
+                stopped = PlanStopped(_status_for(code), code, self.submission.withheld or code.value)
+        await self._release(plan, confirmation)
+        result = self._result(plan, started_ms, executed, confirmation, settlement, stopped)
+        return await self._publish(result, message_id=plan.plan_id, keep=True)
 
-    async def _hot(self, name: str, request: object, result_type: type, plan: ExecutionPlanEvent):
-        """A hot-path local activity, retried on transient errors but never past the plan's deadline."""
-        remaining = timedelta(milliseconds=plan.deadline - _now_ms())
-        return await workflow.execute_local_activity(
-            name,
-            request,
-            result_type=result_type,
-            schedule_to_close_timeout=max(remaining, MIN_STAGE_TIME),
+    async def _execute(self, plan: ExecutionPlanEvent) -> Executed:
+        # lease -> build -> sign -> record -> send as one local activity: each local activity costs a
+        # round trip through the SDK core (measured 2-5 ms each). The deadline is judged inside, by
+        # the clock of the process that sends (the bridge may have sent already, on that clock).
+        remaining = timedelta(milliseconds=max(0, plan.deadline - _now_ms()))
+        return await workflow.execute_local_activity_method(
+            ExecutionActivities.execute,
+            ExecuteRequest(plan, self.halt_reason),
+            schedule_to_close_timeout=remaining + EXECUTE_GRACE,
             retry_policy=HOT_PATH_RETRY,
         )
 
-    async def _release(self, confirmation: Confirmation | None) -> None:
+    async def _resolve_record(self, plan: ExecutionPlanEvent, stopped: PlanStopped) -> None:
+        """execute failed: either the record is void now (nothing sent, ever) or the recorded
+        transaction may be out, and it is followed with the failure as its code if it never lands."""
+        self.stage = "record"
+        signed = await workflow.execute_local_activity_method(
+            ExecutionActivities.resolve_record,
+            ResolveRequest(plan.plan_id, stopped.code.value, stopped.message),
+            start_to_close_timeout=BOOKKEEPING_ATTEMPT,
+            retry_policy=UNTIL_DONE,
+        )
+        if signed is not None:
+            self.signed = signed
+            withheld = f"{stopped.message}; its recorded transaction was followed and did not land"
+            self.submission = Submission(signed.signature, None, _now_ms(), withheld_code=stopped.code.value, withheld=withheld)
+
+    async def _confirm(self, plan: ExecutionPlanEvent) -> Confirmation:
+        # A local activity too (measured: Temporal server CPU per plan 24.5 -> 13.6 ms, history
+        # 16 -> 11 events). While it waits, the SDK heartbeats the workflow task; if this worker
+        # dies, the task times out and another worker re-runs confirm.
+        self.stage = "confirm"
+        return await workflow.execute_local_activity_method(
+            ExecutionActivities.confirm,
+            ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, plan.deadline, self.halt_reason),
+            start_to_close_timeout=CONFIRM_ATTEMPT,
+            retry_policy=UNTIL_DONE,
+            summary=f"confirm {self.signed.signature[:12]}",
+        )
+
+    async def _settle(self, plan: ExecutionPlanEvent) -> Settlement | None:
+        self.stage = "settle"
+        try:
+            return await workflow.execute_local_activity_method(
+                ExecutionActivities.settle,
+                SettleRequest(plan, self.signed.wallet, self.signed.signature, self.signed.tip_lamports),
+                schedule_to_close_timeout=BOOKKEEPING_TIME,
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+        except FailureError as error:
+            # The trade's outcome stands; only its accounting (fees, actual profit) is missing.
+            workflow.logger.warning("plan=%s stage=settle unavailable: %s", plan.plan_id, _cause(error))
+            return None
+
+    async def _release(self, plan: ExecutionPlanEvent, confirmation: Confirmation | None) -> None:
+        """The plan's lease, wherever it is (execute may have been cut short before it said)."""
+        self.stage = "release"
         if confirmation is None or (not confirmation.landed and self.submission.withheld_code is not None):
             outcome = "none"  # this wallet sent nothing that failed
         else:
             outcome = "success" if confirmation.landed and confirmation.err is None else "failure"
-        await workflow.execute_local_activity(
-            "release_wallet",
-            ReleaseRequest(self.lease.lease_id, self.lease.wallet, outcome),
-            schedule_to_close_timeout=BOOKKEEPING_TIME,
-            retry_policy=BOOKKEEPING_RETRY,
+        wallet = self.signed.wallet if self.signed else (self.lease.wallet if self.lease else None)
+        try:
+            await workflow.execute_local_activity_method(
+                ExecutionActivities.release_wallet,
+                ReleaseRequest(plan.plan_id, wallet, outcome),
+                schedule_to_close_timeout=BOOKKEEPING_TIME,
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+        except FailureError as error:
+            workflow.logger.warning("plan=%s stage=release unavailable, the lease expires on its own: %s", plan.plan_id, _cause(error))
+
+    async def _publish(self, result: ExecutionResultEvent, *, message_id: str, keep: bool) -> ExecutionResultEvent:
+        """Until it is out, however long NATS is away. The stored result is the plan's story: a re-run
+        that saw something else publishes and returns the first one."""
+        self.stage = "publish"
+        told = await workflow.execute_local_activity_method(
+            ExecutionActivities.publish,
+            PublishRequest(result, message_id, keep),
+            start_to_close_timeout=BOOKKEEPING_ATTEMPT,
+            retry_policy=UNTIL_DONE,
         )
+        workflow.upsert_search_attributes([PLAN_STATUS.value_set(told.status.value)] + ([WALLET.value_set(told.wallet)] if told.wallet else []))
+        self.stage = "done"
+        return told
+
+    async def _reject(self, data: bytes, invalid: InvalidPlan) -> ExecutionResultEvent:
+        """Not a plan: a failed result keyed by this execution, never stored as a plan's result (a
+        valid plan with the same id must still be able to run and be told)."""
+        info = workflow.info()
+        fallback = info.workflow_id.removeprefix("plan-")
+        result = rejection(data, invalid, fallback_plan_id=fallback, fallback_opportunity="unknown", execution_id=info.workflow_id, now_ms=_now_ms())
+        workflow.logger.warning("plan=%s stage=validate event=rejected code=%s error=%s", result.plan_id, invalid.code.value, str(invalid)[:300])
+        return await self._publish(result, message_id=f"rejected-{info.workflow_id}-{info.run_id}", keep=False)
 
     def _result(
         self,
         plan: ExecutionPlanEvent,
         started_ms: int,
+        executed: Executed | None,
         confirmation: Confirmation | None,
         settlement: Settlement | None,
         stopped: PlanStopped | None,
-        timings: StageTimings,
     ) -> ExecutionResultEvent:
         if stopped is not None:
             status, code, error = stopped.status, stopped.code, stopped.message
@@ -212,20 +266,32 @@ class ExecutePlan:
         elif confirmation is not None and confirmation.landed:
             status, code, error = ExecutionStatus.failed, ErrorCode.TX_FAILED, f"transaction failed on-chain: {confirmation.err}"
         else:
-            code = ErrorCode(confirmation.error_code) if confirmation and confirmation.error_code else ErrorCode.CONFIRMATION_TIMEOUT
-            status, error = ExecutionStatus.timeout, _timeout_text(code, self.signed)
+            code = ErrorCode.BLOCKHASH_EXPIRED
+            status = ExecutionStatus.timeout
+            height = self.signed.last_valid_block_height if self.signed else "?"
+            error = f"not landed before block height {height}; it can never land now"
         cost = ExecutionCost()
         if settlement is not None:
             total = settlement.fee_lamports + settlement.tip_lamports
             cost = ExecutionCost(fee_lamports=settlement.fee_lamports, tip_lamports=settlement.tip_lamports, total_lamports=total, usd=settlement.cost_usd)
         actual = settlement.actual_profit_usd if settlement is not None else None
+        timings = StageTimings()
+        if executed is not None:
+            timings = StageTimings(
+                select_wallet=executed.lease.elapsed_ms,
+                build=executed.build_ms,
+                sign=executed.signed.elapsed_ms,
+                submit=executed.submission.elapsed_ms,
+                confirm=confirmation.elapsed_ms if confirmation else None,
+            )
+        sent = self.signed is not None and self.submission is not None
         now = _now_ms()
         return ExecutionResultEvent(
             execution_id=workflow.info().workflow_id,
             plan_id=plan.plan_id,
             opportunity_id=plan.opportunity_id,
             status=status,
-            signature=self.signed.signature if self.signed and self.submission else None,
+            signature=self.signed.signature if sent else None,
             block_slot=confirmation.slot if confirmation else None,
             confirmation_time=confirmation.confirmed_at_ms if confirmation else None,
             expected_profit=plan.expected_profit,
@@ -240,7 +306,7 @@ class ExecutePlan:
             # the fee payer: a re-run may lease another wallet but always sends the recorded transaction
             wallet=self.signed.wallet if self.signed else (self.lease.wallet if self.lease else None),
             bundle_id=self.submission.bundle_id if self.submission else None,
-            tip_lamports=self.signed.tip_lamports if self.signed and self.submission else None,
+            tip_lamports=self.signed.tip_lamports if sent else None,
             stage_timings=timings,
         )
 
@@ -263,20 +329,13 @@ def _cause(error: FailureError) -> BaseException | None:
 
 
 def _stopped_by(error: FailureError, stage: str) -> PlanStopped:
-    """An activity's ApplicationError type is the plan's error code; a timeout depends on the stage."""
+    """An activity's ApplicationError type is the plan's error code. Whatever else stopped execute
+    (its time ran out, an unexpected error) is judged by the record next, never taken as proof."""
     cause = _cause(error)
     if isinstance(cause, ApplicationError) and cause.type in ErrorCode.__members__:
         code = ErrorCode(cause.type)
         return PlanStopped(_status_for(code), code, cause.message)
     message = str(cause) if cause is not None else str(error)
     if isinstance(cause, ActivityTimeoutError):
-        if stage == "confirm":
-            return PlanStopped(ExecutionStatus.timeout, ErrorCode.CONFIRMATION_TIMEOUT, f"confirmation did not finish: {message}")
         return PlanStopped(ExecutionStatus.timeout, ErrorCode.DEADLINE_EXCEEDED, f"{stage} did not finish before the plan's deadline")
     return PlanStopped(ExecutionStatus.failed, ErrorCode.BUILD_FAILED, f"{stage} failed: {message}")
-
-
-def _timeout_text(code: ErrorCode, signed: SignedTransaction | None) -> str:
-    if code is ErrorCode.BLOCKHASH_EXPIRED:
-        return f"not landed before block height {signed.last_valid_block_height if signed else '?'}; it can never land now"
-    return "not confirmed within the plan's maxLatency"

@@ -7,14 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workflows.events import ExecutionPlanEvent
-
-
-@dataclass(frozen=True)
-class WalletRequest:
-    plan_id: str
-    pinned: str | None
-    ttl_ms: int
+from workflows.events import ExecutionPlanEvent, ExecutionResultEvent
 
 
 @dataclass(frozen=True)
@@ -27,17 +20,10 @@ class WalletLeaseInfo:
 
 @dataclass(frozen=True)
 class ExecuteRequest:
-    """Lease a wallet, build, sign, send: the hot path to the wire, in one local activity."""
+    """Lease a wallet, build, sign, record, send: the hot path to the wire, in one local activity."""
 
     plan: ExecutionPlanEvent
-    lease_ttl_ms: int
     halt_reason: str | None  # a halt signal the workflow has seen: refuse to send unless already sent
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    plan: ExecutionPlanEvent
-    wallet: str
 
 
 @dataclass(frozen=True)
@@ -56,13 +42,6 @@ class BuiltTransaction:
 
 
 @dataclass(frozen=True)
-class SignRequest:
-    plan_id: str
-    wallet: str
-    built: BuiltTransaction
-
-
-@dataclass(frozen=True)
 class SignedTransaction:
     """The plan's one signed transaction, as recorded (create-only) before anything is sent."""
 
@@ -72,15 +51,8 @@ class SignedTransaction:
     transaction: str  # base64 of the signed transaction
     last_valid_block_height: int
     tip_lamports: int
-    reused: bool = False  # an earlier run recorded it, so it may be on the wire: resend it, or (halted, late) only watch it
+    reused: bool = False  # this run did not record it, so it may be on the wire: resend it (claimed), or (halted, late) only watch it
     elapsed_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class SubmitRequest:
-    plan_id: str
-    method: str
-    signed: SignedTransaction
 
 
 @dataclass(frozen=True)
@@ -89,9 +61,9 @@ class Submission:
     bundle_id: str | None
     sent_at_ms: int
     elapsed_ms: float = 0.0
-    # Set when this run sent nothing (a halt, or the deadline) but an earlier run recorded the
-    # plan's transaction and may have sent it: it is followed, never resent; if it never lands
-    # the plan ends with this code.
+    # Set when this run sent nothing (a halt, the deadline, a refusal) but the plan's recorded
+    # transaction may be on the wire: it is followed, never resent; if the chain says it never
+    # landed the plan ends with this code.
     withheld_code: str | None = None
     withheld: str | None = None
 
@@ -105,22 +77,33 @@ class Executed:
 
 
 @dataclass(frozen=True)
+class ResolveRequest:
+    """execute failed: the plan's record decides whether anything can be on the wire."""
+
+    plan_id: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ConfirmRequest:
     plan_id: str
     method: str
     signed: SignedTransaction
     submission: Submission
-    give_up_at_ms: int  # the plan's maxLatency, from the workflow's start
+    rebroadcast_until_ms: int  # the plan's deadline: no copy of the bytes is sent after it
+    halt_reason: str | None = None  # halted by signal: only watch
 
 
 @dataclass(frozen=True)
 class Confirmation:
-    """How a submitted transaction ended: landed (maybe with an on-chain error) or not."""
+    """What the chain says of the plan's transaction: landed (maybe with an on-chain error), or
+    never landed (its blockhash expired, asked with history search). Nothing less definitive."""
 
     landed: bool
     slot: int | None = None
     err: str | None = None  # on-chain error, JSON
-    error_code: str | None = None  # TX_FAILED | BLOCKHASH_EXPIRED | CONFIRMATION_TIMEOUT
+    error_code: str | None = None  # TX_FAILED | BLOCKHASH_EXPIRED
     confirmed_at_ms: int | None = None
     rebroadcasts: int = 0
     elapsed_ms: float = 0.0
@@ -145,6 +128,13 @@ class Settlement:
 
 @dataclass(frozen=True)
 class ReleaseRequest:
-    lease_id: str
-    wallet: str
+    plan_id: str  # the lease id: whatever wallet holds it is released
+    wallet: str | None  # where the lease is, when the workflow knows
     outcome: str  # success | failure | none
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    result: ExecutionResultEvent
+    message_id: str  # Nats-Msg-Id: JetStream drops a repeat within its dedupe window
+    keep: bool = True  # store it as the plan's one result (a rejected input has no plan to keep it for)
