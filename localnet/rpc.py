@@ -349,7 +349,8 @@ def build_rpc(cluster: "LocalCluster") -> JsonRpcApp:
             raise RpcError(INVALID_PARAMS, "Invalid params: expected a list of signatures")
         if len(signatures) > MAX_SIGNATURE_STATUSES:
             raise RpcError(INVALID_PARAMS, f"Too many inputs provided; max {MAX_SIGNATURE_STATUSES}")
-        return with_context([ledger.status(parse_signature(s)) for s in signatures])
+        search_history = bool(config(params, 1).get("searchTransactionHistory", False))
+        return with_context([ledger.status(parse_signature(s), search_history=search_history) for s in signatures])
 
     @app.method("getTransaction")
     async def get_transaction(params, request):
