@@ -53,6 +53,17 @@ def test_bad_fault_settings_are_refused_at_start():
     assert process.returncode != 0 and "drop=2" in process.stderr
 
 
+def test_a_drop_fault_on_reads_is_refused_at_start():
+    process = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "localnet", "--ports", "auto", "--faults", '{"reads": {"drop": 0.1}}'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert process.returncode != 0 and "reads: drop=0.1 does not apply to a read" in process.stderr
+
+
 async def test_status_cache_slots_reaches_the_command_through_localnet_server(tmp_path):
     """The cache size set on LocalnetServer is the one the child's getSignatureStatuses honours."""
     cache_slots, finalized_depth = 2, 32
