@@ -22,6 +22,7 @@ from .faults import Verdict
 from .intake import MAX_BUNDLE_TRANSACTIONS, IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, RESPONSE_HEADERS, HttpStatus, JsonRpcApp, RpcError, param
 from .ledger import Commitment, writable_keys
+from .reads import BLOCK_ENGINE_READ_METHODS, read_fault_gate
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster
@@ -75,14 +76,17 @@ class RateLimiter:
 
 def build_block_engine(cluster: "LocalCluster", requests_per_second: float | None = None) -> JsonRpcApp:
     limiter = RateLimiter(requests_per_second)
+    admit_reads = read_fault_gate("block-engine", cluster.faults, cluster.intake.counters, BLOCK_ENGINE_READ_METHODS, RATE_LIMITED_BODY)
 
-    async def admit(request: web.Request) -> None:
-        """Rate limits (configured and injected) and delay apply to every request, as the engine's gateway does."""
+    async def admit(request: web.Request, methods: list[str]) -> None:
+        """The bundle channel's rate limits (configured and injected) and delay apply to every request,
+        as the engine's gateway does; status reads then also meet the reads channel."""
         if cluster.intake.rate_limited("bundle") or not limiter.allow(request.remote or ""):
             raise HttpStatus(429, RATE_LIMITED_BODY)
         delay = cluster.faults.bundle.delay_ms
         if delay:
             await asyncio.sleep(delay / 1000)
+        await admit_reads(request, methods)
 
     app = JsonRpcApp("block-engine", admit)
     ledger = cluster.ledger

@@ -27,7 +27,7 @@ from .blockengine import TIP_PUBKEYS, build_block_engine
 from .faults import FaultPlan, Verdict
 from .intake import Intake, IntakeRefused, decode_transaction
 from .jsonrpc import JsonRpcApp
-from .ledger import SYSTEM_PROGRAM, Ledger
+from .ledger import STATUS_CACHE_SLOTS, SYSTEM_PROGRAM, Ledger
 from .pubsub import PubSub
 from .rpc import LEADER_SLOTS, SOLANA_CORE_VERSION, FEATURE_SET, build_rpc
 from .tpu import TpuQuicServer
@@ -48,6 +48,8 @@ class ClusterConfig:
     faults: FaultPlan = field(default_factory=FaultPlan)
     confirmed_depth: int = 1
     finalized_depth: int = 32
+    # Rooted slots whose statuses getSignatureStatuses answers without searchTransactionHistory.
+    status_cache_slots: int = STATUS_CACHE_SLOTS
     jito_requests_per_second: float | None = None
     # The block a leader can fill in one slot: work left over waits for the next slot.
     block_budget_share: float = 0.8
@@ -93,7 +95,11 @@ class Validator:
 class LocalCluster:
     def __init__(self, config: ClusterConfig | None = None) -> None:
         self.config = config or ClusterConfig()
-        self.ledger = Ledger(confirmed_depth=self.config.confirmed_depth, finalized_depth=self.config.finalized_depth)
+        self.ledger = Ledger(
+            confirmed_depth=self.config.confirmed_depth,
+            finalized_depth=self.config.finalized_depth,
+            status_cache_slots=self.config.status_cache_slots,
+        )
         self.faults = self.config.faults
         self.intake = Intake(self.ledger, self.faults)
         self.pubsub = PubSub(self.ledger)

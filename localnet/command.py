@@ -12,6 +12,7 @@ from solders.pubkey import Pubkey
 
 from .cluster import DEFAULT_PORTS, ClusterConfig, LocalCluster
 from .faults import FaultPlan
+from .ledger import STATUS_CACHE_SLOTS
 
 LAMPORTS_PER_SOL = 1_000_000_000
 
@@ -22,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slot-ms", type=float, default=400.0, help="slot time in milliseconds (default 400)")
     parser.add_argument("--validators", type=int, default=1, help="leaders in the schedule, each with its own QUIC port")
     parser.add_argument("--faults", type=json.loads, default={}, help='fault injection, e.g. \'{"bundle": {"drop": 0.5}, "seed": 7}\'')
+    parser.add_argument(
+        "--status-cache-slots",
+        type=int,
+        default=STATUS_CACHE_SLOTS,
+        metavar="N",
+        help=f"rooted slots whose statuses getSignatureStatuses answers without searchTransactionHistory (default {STATUS_CACHE_SLOTS}, agave's)",
+    )
     parser.add_argument("--jito-rps", type=float, default=None, help="block-engine rate limit per IP (requests/s); off by default")
     parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
@@ -46,8 +54,17 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         faults = FaultPlan.from_json(args.faults)
     except (TypeError, ValueError) as error:
         raise SystemExit(f"--faults: {error}") from None
+    if args.status_cache_slots < 0:
+        raise SystemExit(f"--status-cache-slots {args.status_cache_slots}: expected a number of slots, 0 or more")
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
-    return ClusterConfig(ports=ports, slot_ms=args.slot_ms, validators=args.validators, faults=faults, jito_requests_per_second=args.jito_rps)
+    return ClusterConfig(
+        ports=ports,
+        slot_ms=args.slot_ms,
+        validators=args.validators,
+        faults=faults,
+        status_cache_slots=args.status_cache_slots,
+        jito_requests_per_second=args.jito_rps,
+    )
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -1,7 +1,9 @@
-"""Fault injection per intake channel, so tests can make the cluster misbehave on purpose.
+"""Fault injection per channel, so tests can make the cluster misbehave on purpose.
 
-Each channel (rpc, bundle, tpu) has its own probabilities; one seeded generator makes a
-run repeatable. Settable at start (`--faults JSON`) and at run time (admin endpoint).
+The intake channels (rpc, bundle, tpu) are the ways a transaction arrives; `reads` is the
+status reads a sender depends on to learn what became of it (see reads.py). Each channel
+has its own probabilities; one seeded generator makes a run repeatable. Settable at start
+(`--faults JSON`) and at run time (admin endpoint).
 """
 from __future__ import annotations
 
@@ -9,7 +11,14 @@ import random
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-CHANNELS = ("rpc", "bundle", "tpu")
+INTAKE_CHANNELS = ("rpc", "bundle", "tpu")
+READS = "reads"
+CHANNELS = (*INTAKE_CHANNELS, READS)
+
+
+def no_faults() -> dict:
+    """The admin body (PUT /faults) that clears every fault on every channel."""
+    return {name: {"drop": 0.0, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0} for name in CHANNELS}
 
 
 class Verdict(str, Enum):
@@ -39,9 +48,17 @@ class FaultPlan:
     rpc: ChannelFaults = field(default_factory=ChannelFaults)
     bundle: ChannelFaults = field(default_factory=ChannelFaults)
     tpu: ChannelFaults = field(default_factory=ChannelFaults)
+    reads: ChannelFaults = field(default_factory=ChannelFaults)
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.reads.drop:
+            # A drop is an acknowledgment with no effect; a read has no effect to lose, so
+            # the only ways it can go wrong are no answer (reject) or a late one (delay_ms).
+            raise ValueError(
+                f"reads: drop={self.reads.drop} does not apply to a read; use reject (HTTP 503), "
+                "rate_limit (HTTP 429) or delay_ms"
+            )
         self._rng = random.Random(self.seed)
 
     @classmethod
@@ -63,7 +80,8 @@ class FaultPlan:
         if "seed" in data:
             merged["seed"] = data["seed"]
         fresh = FaultPlan.from_json(merged)
-        self.rpc, self.bundle, self.tpu = fresh.rpc, fresh.bundle, fresh.tpu
+        for name in CHANNELS:
+            setattr(self, name, fresh.channel(name))
         if "seed" in data:
             self.seed = data["seed"]
             self._rng = random.Random(self.seed)
@@ -80,7 +98,7 @@ class FaultPlan:
         return bool(faults.rate_limit) and self._rng.random() < faults.rate_limit
 
     def decide(self, channel: str) -> Verdict:
-        """The fate of one transaction or bundle the channel accepted."""
+        """The fate of one transaction or bundle the channel accepted (for reads: of one request)."""
         faults = self.channel(channel)
         roll = self._rng.random
         if faults.reject and roll() < faults.reject:

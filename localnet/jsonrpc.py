@@ -10,7 +10,9 @@ from aiohttp import web
 log = logging.getLogger("localnet.jsonrpc")
 
 Handler = Callable[[list | dict, web.Request], Awaitable[Any]]
-Admission = Callable[[web.Request], Awaitable[None]]
+# Runs once per HTTP request, before any call in it, with the methods it asks for (none
+# when the body is not JSON-RPC); it may answer the whole request instead (HttpStatus).
+Admission = Callable[[web.Request, list[str]], Awaitable[None]]
 # Headers a handler sets beside the JSON body (Jito's x-bundle-id).
 RESPONSE_HEADERS = web.RequestKey("response_headers", dict)
 
@@ -39,12 +41,18 @@ class RpcError(Exception):
 
 
 class HttpStatus(Exception):
-    """Answer the whole HTTP request with this status and JSON body (e.g. Jito's 429)."""
+    """Answer the whole HTTP request with this status and body (e.g. Jito's 429): JSON, or plain text
+    when the answer comes from something in front of the server (a load balancer's 503)."""
 
-    def __init__(self, status: int, body: dict):
+    def __init__(self, status: int, body: dict | str):
         super().__init__(status)
         self.status = status
         self.body = body
+
+    def response(self) -> web.Response:
+        if isinstance(self.body, str):
+            return web.Response(text=self.body, status=self.status, content_type="text/plain")
+        return _json(self.body, status=self.status)
 
 
 class JsonRpcApp:
@@ -53,7 +61,7 @@ class JsonRpcApp:
     def __init__(self, name: str, admit: Admission | None = None) -> None:
         self.name = name
         self.methods: dict[str, Handler] = {}
-        self.admit = admit  # runs once per HTTP request before dispatch; may raise HttpStatus (429)
+        self.admit = admit
 
     def method(self, name: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -64,24 +72,28 @@ class JsonRpcApp:
 
     async def handle_http(self, request: web.Request) -> web.Response:
         try:
-            if self.admit is not None:
-                await self.admit(request)
-        except HttpStatus as status:
-            return _json(status.body, status=status.status)
-        try:
             payload = json.loads(await request.read())
         except (ValueError, UnicodeDecodeError):
+            payload = _UNPARSED
+        try:
+            if self.admit is not None:
+                await self.admit(request, _methods(payload))
+        except HttpStatus as status:
+            return status.response()
+        if payload is _UNPARSED:
             return _json({"jsonrpc": "2.0", "error": {"code": PARSE_ERROR, "message": "Parse error"}, "id": None})
         try:
             if isinstance(payload, list):
                 if not payload:
                     return _json({"jsonrpc": "2.0", "error": {"code": INVALID_REQUEST, "message": "Invalid request"}, "id": None})
+                # In order, one at a time, on the cluster's loop: read handlers never await,
+                # so a batch of reads sees one ledger state, as the one node answering it would.
                 answers = [await self.call(item, request) for item in payload]
                 response = _json(answers)
             else:
                 response = _json(await self.call(payload, request))
         except HttpStatus as status:
-            return _json(status.body, status=status.status)
+            return status.response()
         response.headers.update(request.get(RESPONSE_HEADERS, {}))
         return response
 
@@ -105,6 +117,14 @@ class JsonRpcApp:
             log.exception("%s %s failed", self.name, item["method"])
             return {"jsonrpc": "2.0", "error": {"code": INTERNAL_ERROR, "message": f"Internal error: {error}"}, "id": request_id}
         return {"jsonrpc": "2.0", "result": result, "id": request_id}
+
+
+_UNPARSED = object()
+
+
+def _methods(payload: Any) -> list[str]:
+    items = payload if isinstance(payload, list) else [payload]
+    return [item["method"] for item in items if isinstance(item, dict) and isinstance(item.get("method"), str)]
 
 
 def _id(item: Any) -> Any:

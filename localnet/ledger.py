@@ -52,6 +52,10 @@ TOKEN_ACCOUNT_LEN = 165
 # slots); starting them apart here makes a client that confuses them fail in tests.
 GENESIS_SLOT = 1_000
 GENESIS_BLOCK_HEIGHT = 900
+# agave runtime/src/status_cache.rs: MAX_CACHE_ENTRIES = MAX_RECENT_BLOCKHASHES (solana-clock,
+# 300): the bank's status cache keeps the statuses of the 300 newest *rooted* slots (plus
+# the unrooted ones above them).
+STATUS_CACHE_SLOTS = 300
 
 
 class Commitment(str, Enum):
@@ -181,11 +185,15 @@ class Ledger:
         confirmed_depth: int = 1,
         finalized_depth: int = 32,
         history_slots: int = 10_000,
+        status_cache_slots: int = STATUS_CACHE_SLOTS,
     ) -> None:
+        if status_cache_slots < 0:
+            raise ValueError(f"status_cache_slots={status_cache_slots} is negative")
         self.svm = LiteSVM().with_blockhash_check(False).with_transaction_history(0)
         self.confirmed_depth = confirmed_depth
         self.finalized_depth = finalized_depth
         self.history_slots = history_slots
+        self.status_cache_slots = status_cache_slots
         self.slot = GENESIS_SLOT  # the slot whose block is being filled now
         self.block_height = GENESIS_BLOCK_HEIGHT  # height of the newest complete block
         self.genesis_hash = Hash.new_unique()
@@ -358,7 +366,8 @@ class Ledger:
             self._prune()
 
     def _prune(self) -> None:
-        horizon = self.slot - self.history_slots
+        # The ledger's history is also where the status cache reads from: never prune below it.
+        horizon = min(self.slot - self.history_slots, self.status_cache_floor())
         for signature in [s for s, r in self.records.items() if r.slot < horizon]:
             del self.records[signature]
         for key in [k for k in self.slot_times if k < horizon]:
@@ -496,21 +505,46 @@ class Ledger:
             )
         return balances
 
-    def status(self, signature: Signature) -> dict | None:
-        """getSignatureStatuses' value for one signature, or None when unknown."""
+    def status_cache_floor(self) -> int:
+        """The oldest slot whose statuses the bank's status cache still holds.
+
+        agave runtime/src/status_cache.rs: `add_root` keeps at most MAX_CACHE_ENTRIES roots
+        (`purge_roots` forgets the oldest), and `do_get_status` answers only for a slot that
+        is a kept root or an ancestor of the asking bank. So the cache is counted from the
+        newest root (our finalized slot), not from the tip: a status stays readable for
+        status_cache_slots + finalized_depth slots. (Every slot here has a block, so rooted
+        slots and slots are the same count.)
+        """
+        return self.slot_at(Commitment.finalized) - self.status_cache_slots + 1
+
+    def status(self, signature: Signature, *, search_history: bool = False) -> dict | None:
+        """getSignatureStatuses' value for one signature, or None when unknown.
+
+        As agave rpc/src/rpc.rs `get_signature_statuses`: the status cache first (the
+        processed bank's `get_signature_status_slot`), then, only with
+        `searchTransactionHistory`, the blockstore's *rooted* statuses
+        (`get_rooted_transaction_status`, kept at or below the highest super-majority
+        root), which answer as finalized with no confirmations count.
+        """
         record = self.records.get(signature)
         if record is None:
             return None
-        commitment = self.commitment_of(record.slot)
-        depth = self.processed_slot() - record.slot
         err = error_json(record.err)
-        return {
-            "slot": record.slot,
-            "confirmations": None if commitment is Commitment.finalized else depth,
-            "status": {"Ok": None} if err is None else {"Err": err},
-            "err": err,
-            "confirmationStatus": commitment.value,
-        }
+        status = {"Ok": None} if err is None else {"Err": err}
+        if record.slot >= self.status_cache_floor():
+            commitment = self.commitment_of(record.slot)
+            # agave counts 0 confirmations for a transaction of the bank still being filled.
+            depth = max(0, self.processed_slot() - record.slot)
+            return {
+                "slot": record.slot,
+                "confirmations": None if commitment is Commitment.finalized else depth,
+                "status": status,
+                "err": err,
+                "confirmationStatus": commitment.value,
+            }
+        if search_history and self.reaches(record.slot, Commitment.finalized):
+            return {"slot": record.slot, "confirmations": None, "status": status, "err": err, "confirmationStatus": "finalized"}
+        return None
 
 
 def resolve_account_keys(tx: VersionedTransaction, load_table) -> tuple[list[Pubkey], list[Pubkey], list[Pubkey]]:

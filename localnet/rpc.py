@@ -22,6 +22,7 @@ from solders.transaction_status import InstructionErrorCustom, TransactionErrorF
 from .intake import PACKET_DATA_SIZE, IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, HttpStatus, JsonRpcApp, RpcError, config, param
 from .ledger import TOKEN_ACCOUNT_LEN, TOKEN_PROGRAMS, Commitment, error_json, ui_amount_string
+from .reads import RPC_READ_METHODS, read_fault_gate
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster
@@ -41,6 +42,7 @@ SLOTS_PER_EPOCH = 432_000
 SOLANA_CORE_VERSION = "2.2.20"
 FEATURE_SET = 3294202862
 LEADER_SLOTS = 4  # NUM_CONSECUTIVE_LEADER_SLOTS
+RATE_LIMITED_BODY = {"jsonrpc": "2.0", "error": {"code": 429, "message": "Too many requests for a specific RPC call"}, "id": None}
 
 
 def rpc_commitment(cfg: dict) -> Commitment:
@@ -119,7 +121,7 @@ def fee_for_message(message) -> int:
 
 
 def build_rpc(cluster: "LocalCluster") -> JsonRpcApp:
-    app = JsonRpcApp("rpc")
+    app = JsonRpcApp("rpc", read_fault_gate("rpc", cluster.faults, cluster.intake.counters, RPC_READ_METHODS, RATE_LIMITED_BODY))
     ledger = cluster.ledger
 
     def context(commitment: Commitment = Commitment.processed) -> dict:
@@ -298,7 +300,7 @@ def build_rpc(cluster: "LocalCluster") -> JsonRpcApp:
     @app.method("sendTransaction")
     async def send_transaction(params, request):
         if cluster.intake.rate_limited("rpc"):
-            raise HttpStatus(429, {"jsonrpc": "2.0", "error": {"code": 429, "message": "Too many requests for a specific RPC call"}, "id": None})
+            raise HttpStatus(429, RATE_LIMITED_BODY)
         await intake_delay("rpc")
         verdict = cluster.intake.verdict("rpc")
         tx, cfg = decode_wire(params)
@@ -349,7 +351,8 @@ def build_rpc(cluster: "LocalCluster") -> JsonRpcApp:
             raise RpcError(INVALID_PARAMS, "Invalid params: expected a list of signatures")
         if len(signatures) > MAX_SIGNATURE_STATUSES:
             raise RpcError(INVALID_PARAMS, f"Too many inputs provided; max {MAX_SIGNATURE_STATUSES}")
-        return with_context([ledger.status(parse_signature(s)) for s in signatures])
+        search_history = bool(config(params, 1).get("searchTransactionHistory", False))
+        return with_context([ledger.status(parse_signature(s), search_history=search_history) for s in signatures])
 
     @app.method("getTransaction")
     async def get_transaction(params, request):

@@ -26,6 +26,7 @@ from solders.pubkey import Pubkey
 from solders.token.associated import get_associated_token_address
 from temporalio.client import Client
 
+from localnet.faults import no_faults
 from worker.demo import plan_memo
 from worker.dev import DevStack
 from worker.main import connect_temporal
@@ -112,7 +113,7 @@ class Stack:
         await self.admin("PUT", "/faults", faults)
 
     async def clear_faults(self) -> None:
-        await self.admin("PUT", "/faults", {c: {"drop": 0.0, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0} for c in ("rpc", "bundle", "tpu")})
+        await self.admin("PUT", "/faults", no_faults())
 
     async def token_balance(self, wallet: str, mint: str) -> int:
         ata = get_associated_token_address(Pubkey.from_string(wallet), Pubkey.from_string(mint))

@@ -538,19 +538,33 @@ class LocalnetServer(_Server):
 
     name = "localnet"
 
-    def __init__(self, data_dir: Path, *, auto_ports: bool = True, slot_ms: float = 400.0, validators: int = 2, log_file: Path | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        auto_ports: bool = True,
+        slot_ms: float = 400.0,
+        validators: int = 2,
+        status_cache_slots: int | None = None,
+        log_file: Path | None = None,
+    ):
         super().__init__(data_dir, log_file)
         self.auto_ports = auto_ports
         self.slot_ms = slot_ms
         self.validators = validators
+        # None keeps the command's default, agave's status cache (300 rooted slots).
+        self.status_cache_slots = status_cache_slots
         self.endpoints: dict[str, str] = {}
 
     def command(self) -> list[str]:
-        return [
+        argv = [
             sys.executable, "-m", "worker.cli", "localnet", "--json",
             "--ports", "auto" if self.auto_ports else "default",
             "--slot-ms", str(self.slot_ms), "--validators", str(self.validators),
         ]  # fmt: skip
+        if self.status_cache_slots is not None:
+            argv += ["--status-cache-slots", str(self.status_cache_slots)]
+        return argv
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start and wait for the one JSON line of endpoints the command prints when ready."""

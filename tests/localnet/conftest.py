@@ -21,6 +21,7 @@ from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
 from localnet.cluster import ClusterConfig, ClusterThread
+from localnet.faults import no_faults
 from localnet.tpu import make_ed25519_certificate
 
 SOL = 1_000_000_000
@@ -51,7 +52,7 @@ def admin(cluster):
     base = cluster.endpoints()["admin"]
     with httpx.Client(base_url=base, timeout=10) as client:
         yield client
-        client.put("/faults", json={c: {"drop": 0, "delay_ms": 0, "rate_limit": 0, "reject": 0} for c in ("rpc", "bundle", "tpu")})
+        client.put("/faults", json=no_faults())
 
 
 def funded_wallet(cluster, sol: float = 10) -> Keypair:
