@@ -152,6 +152,7 @@ class ExecutionActivities:
                     )
                 result = stored
             await publish_result(self.js, result, request.message_id)
+            self.dispatcher.crash_point("publish")
         except Exception as error:
             self.on_publish_failure()
             attempt = activity.info().attempt

@@ -39,7 +39,7 @@ def worker_log():
 @pytest.fixture(scope="session")
 async def stack(worker_log):
     data_dir = Path(tempfile.mkdtemp(prefix="hft-stack-"))
-    running = await Stack(data_dir).start()
+    running = await Stack(data_dir, status_cache_slots=40).start()
     running.worker = ExecutorWorker(running.config, running.dev.keys)
     await running.worker.start()
     yield running

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,9 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Stack:
-    def __init__(self, data_dir: Path, *, slot_ms: float = 50.0, wallets: int = 6) -> None:
-        self.dev = DevStack(data_dir, auto_ports=True, slot_ms=slot_ms, wallet_count=wallets, metrics=False)
-        self.results: dict[str, list[dict]] = defaultdict(list)
+    def __init__(self, data_dir: Path, *, slot_ms: float = 50.0, wallets: int = 6, status_cache_slots: int | None = None) -> None:
+        self.dev = DevStack(data_dir, auto_ports=True, slot_ms=slot_ms, wallet_count=wallets, metrics=False, status_cache_slots=status_cache_slots)
+        self.results: dict[str, list[dict]] = defaultdict(list)  # what a JetStream consumer of EXECUTED sees (after dedupe)
+        self.publishes: dict[str, list[dict]] = defaultdict(list)  # every publish on executed.>, before dedupe
         self._arrived = asyncio.Condition()
 
     async def start(self) -> "Stack":
@@ -52,6 +54,7 @@ class Stack:
         self.js = self.nc.jetstream()
         await ensure_streams(self.js)
         self._results_sub = await self.js.subscribe("executed.>", cb=self._on_result, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        self._publishes_sub = await self.nc.subscribe("executed.>", cb=self._on_publish)
         self.rpc = AsyncClient(self.endpoints["rpc"], commitment=Confirmed)
         self.http = aiohttp.ClientSession()
         self.temporal: Client = await connect_temporal(self.config)
@@ -84,6 +87,10 @@ class Stack:
         async with self._arrived:
             self.results[result["planId"]].append(result)
             self._arrived.notify_all()
+
+    async def _on_publish(self, message) -> None:
+        result = json.loads(message.data)
+        self.publishes[result["planId"]].append(result)
 
     async def result(self, plan_id: str, timeout: float = 30.0) -> dict:
         async with self._arrived:
@@ -134,6 +141,45 @@ class Stack:
         env = {**os.environ, **self.dev.environment(), "METRICS_PORT": "0", "PYTHONUNBUFFERED": "1", **extra_env}
         log = open(log_path, "ab")  # noqa: SIM115 - the child's lifetime
         return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--log-level", "INFO"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    async def start_worker(self, logs: Path, name: str, **env: str) -> tuple[subprocess.Popen, Path]:
+        """A worker process, once its log says it is ready."""
+        log_path = logs / f"{name}.log"
+        process = self.worker_process(log_path, **env)
+        deadline = time.monotonic() + 30
+        while b"stage=worker event=started" not in (log_path.read_bytes() if log_path.exists() else b""):
+            assert process.poll() is None, f"worker {name} exited: {log_path.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"worker {name} not ready: {log_path.read_text()[-2000:]}"
+            await asyncio.sleep(0.05)
+        return process, log_path
+
+    async def block_height(self) -> int:
+        return (await self.rpc.get_block_height(Confirmed)).value
+
+    async def wait_block_height_past(self, height: int, timeout: float = 60.0) -> None:
+        """Until the chain's confirmed block height is past `height` (a blockhash has expired)."""
+        deadline = time.monotonic() + timeout
+        while await self.block_height() <= height:
+            assert time.monotonic() < deadline, f"block height did not pass {height} within {timeout} s"
+            await asyncio.sleep(0.1)
+
+
+async def stop_worker(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        for _ in range(300):
+            if process.poll() is not None:
+                return
+            await asyncio.sleep(0.05)
+        process.kill()
+
+
+async def wait_exit(process: subprocess.Popen, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        assert time.monotonic() < deadline, "the worker did not crash where it was told to"
+        await asyncio.sleep(0.02)
+    return process.returncode
 
 
 async def wait_until(predicate, timeout: float = 10.0, every: float = 0.05):

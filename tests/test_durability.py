@@ -17,15 +17,18 @@ import time
 from pathlib import Path
 
 import pytest
+from solders.keypair import Keypair
+from solders.signature import Signature
 
-from tests.stack import Stack, leaked, secret_forms
+from tests.stack import Stack, leaked, secret_forms, stop_worker, wait_exit
 from worker.bridge import workflow_id
+from workflows.execute_plan import PLAN_STATUS
 
 
 @pytest.fixture(scope="module")
 async def crash_stack():
     data_dir = Path(tempfile.mkdtemp(prefix="hft-crash-"))
-    running = await Stack(data_dir, slot_ms=100.0, wallets=3).start()
+    running = await Stack(data_dir, slot_ms=100.0, wallets=3, status_cache_slots=8).start()
     running.logs = data_dir / "logs"
     running.logs.mkdir()
     yield running
@@ -34,32 +37,7 @@ async def crash_stack():
 
 
 async def start_worker(stack: Stack, name: str, **env: str):
-    log_path = stack.logs / f"{name}.log"
-    process = stack.worker_process(log_path, **env)
-    deadline = time.monotonic() + 30
-    while b"event=started" not in (log_path.read_bytes() if log_path.exists() else b""):
-        assert process.poll() is None, f"worker {name} exited: {log_path.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, f"worker {name} not ready: {log_path.read_text()[-2000:]}"
-        await asyncio.sleep(0.05)
-    return process, log_path
-
-
-async def stop_worker(process) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        for _ in range(300):
-            if process.poll() is not None:
-                return
-            await asyncio.sleep(0.05)
-        process.kill()
-
-
-async def wait_exit(process, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    while process.poll() is None:
-        assert time.monotonic() < deadline, "the worker did not crash where it was told to"
-        await asyncio.sleep(0.02)
-    return process.returncode
+    return await stack.start_worker(stack.logs, name, **env)
 
 
 async def survivor_result(stack, name: str, plan: dict):
@@ -153,3 +131,117 @@ async def test_kill_switch_survives_a_worker_restart_and_announces_the_stop(cras
     finally:
         await stop_worker(restarted)
     assert result["status"] == "success", result
+
+
+async def recorded(stack, plan_id: str):
+    from activities.records import PlanRecords
+
+    return (await (await PlanRecords.open(stack.js)).read(plan_id)).signed
+
+
+async def wait_forgotten(stack, plan_id: str) -> str:
+    """Until the plan's transaction has landed, its blockhash has expired and the node's recent
+    status cache no longer knows it: what a re-run after a long outage finds."""
+    from tests.stack import wait_until
+
+    signed = await recorded(stack, plan_id)
+    await wait_until(lambda: stack.landed_for(plan_id), timeout=20)
+    await stack.wait_block_height_past(signed.last_valid_block_height)
+
+    async def forgotten() -> bool:
+        statuses = await stack.rpc.get_signature_statuses([Signature.from_string(signed.signature)])
+        return statuses.value[0] is None
+
+    await wait_until(forgotten, timeout=30, every=0.2)
+    return signed.signature
+
+
+async def test_a_survivor_long_after_the_deadline_reports_the_landing_not_a_timeout(crash_stack):
+    """The worker died right after the send; the survivor comes after maxLatency, after the
+    blockhash expired, after the status cache forgot it. It still asks the chain properly."""
+    stack = crash_stack
+    doomed, _ = await start_worker(stack, "doomed-late", HFT_TEST_CRASH_AFTER="submit")
+    plan = stack.plan("rpc", wallet=0, deadline_ms=3_000, max_latency_ms=3_000)
+    await stack.publish(plan)
+    await wait_exit(doomed)
+    signature = await wait_forgotten(stack, plan["planId"])
+
+    result, survivor_log = await survivor_result(stack, "survivor-late", plan)
+    assert (result["status"], result["signature"]) == ("success", signature), (result, survivor_log.read_text()[-3000:])
+    assert len(stack.publishes[plan["planId"]]) == 1
+    assert await stack.landed_for(plan["planId"]) == [signature]
+
+
+async def test_a_survivor_without_the_plans_wallet_key_follows_the_recorded_transaction(crash_stack, tmp_path):
+    """A re-run reads the record before it leases: a survivor that holds no key for the wallet
+    that signed (or finds it full) still follows the transaction that was sent."""
+    stack = crash_stack
+    doomed, _ = await start_worker(stack, "doomed-nokey", HFT_TEST_CRASH_AFTER="submit")
+    plan = stack.plan("rpc", wallet=1, deadline_ms=60_000, max_latency_ms=60_000)
+    await stack.publish(plan)
+    await wait_exit(doomed)
+    keys = tmp_path / "keys"  # every wallet but the one that signed
+    keys.mkdir(mode=0o700)
+    for source in sorted((stack.dev.data_dir / "wallets").glob("*.json")):
+        if str(Keypair.from_bytes(bytes(json.loads(source.read_text()))).pubkey()) != plan["wallet"]:
+            (keys / source.name).write_bytes(source.read_bytes())
+            (keys / source.name).chmod(0o600)
+    assert len(list(keys.glob("*.json"))) == 2
+
+    survivor, survivor_log = await start_worker(stack, "survivor-nokey", WALLET_KEYS_DIR=str(keys))
+    try:
+        result = await stack.result(plan["planId"], timeout=45)
+    finally:
+        await stop_worker(survivor)
+    assert result["status"] == "success", (result, survivor_log.read_text()[-3000:])
+    assert result["wallet"] == plan["wallet"]
+    assert [row["signature"] for row in await stack.wire_transactions(plan["planId"])] == [result["signature"]]
+
+
+async def test_one_plan_one_story_when_a_worker_dies_right_after_publishing(crash_stack):
+    """The result went out, the worker died before Temporal heard: the re-run tells the same story
+    (every publish, Temporal's own result and PlanStatus), even after the chain forgot the details."""
+    stack = crash_stack
+    doomed, _ = await start_worker(stack, "doomed-publish", HFT_TEST_CRASH_AFTER="publish")
+    plan = stack.plan("rpc", wallet=2, deadline_ms=3_000, max_latency_ms=3_000)
+    await stack.publish(plan)
+    await wait_exit(doomed)
+    first = await stack.result(plan["planId"], timeout=10)
+    assert first["status"] == "success", first
+    await wait_forgotten(stack, plan["planId"])
+
+    result, survivor_log = await survivor_result(stack, "survivor-publish", plan)
+    handle = stack.temporal.get_workflow_handle(workflow_id(plan["planId"]))
+    told = await handle.result()
+    await asyncio.sleep(0.5)
+    assert {p["status"] for p in stack.publishes[plan["planId"]]} == {"success"}, (stack.publishes[plan["planId"]], survivor_log.read_text()[-3000:])
+    assert len(stack.results[plan["planId"]]) == 1
+    assert told["status"] == "success" and told["signature"] == first["signature"]
+    attributes = (await handle.describe()).typed_search_attributes
+    assert attributes.get(PLAN_STATUS) == "success"
+
+
+async def test_a_plan_held_by_a_dead_bridge_runs_again_within_seconds(crash_stack):
+    """A bridge that dies holding an un-acked plan gives it back after the ack wait (1 s), not 30 s."""
+    stack = crash_stack
+    survivor, survivor_log = await start_worker(stack, "survivor-bridge")
+    doomed, doomed_log = await start_worker(stack, "doomed-bridge", HFT_TEST_CRASH_AFTER="received")
+    try:
+        plans = []
+        for _ in range(30):  # until the doomed bridge takes one
+            plans.append(stack.plan("rpc", wallet=len(plans) % 3, deadline_ms=20_000, max_latency_ms=20_000))
+            await stack.publish(plans[-1])
+            await asyncio.sleep(0.1)
+            if doomed.poll() is not None:
+                break
+        await wait_exit(doomed)
+        died = time.monotonic()
+        held = re.search(rb"plan=(\S+) stage=bridge event=received", doomed_log.read_bytes()).group(1).decode()
+        result = await stack.result(held, timeout=15)
+        took = time.monotonic() - died
+        for plan in plans:
+            await stack.result(plan["planId"], timeout=30)
+    finally:
+        await stop_worker(survivor)
+    assert result["status"] == "success", (result, survivor_log.read_text()[-3000:])
+    assert took < 8.0, f"the plan the dead bridge held came back after {took:.1f} s"

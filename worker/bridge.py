@@ -136,6 +136,8 @@ class PlanBridge:
             await message.nak(delay=1.0)  # halted while this one was in hand: it waits in the stream
             return
         log.info("plan=%s stage=bridge event=received", plan.plan_id)
+        if self.dispatcher is not None:
+            self.dispatcher.crash_point("received")
         busy = asyncio.create_task(self._in_progress(message))
         try:
             await self._start(message, plan)

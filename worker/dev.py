@@ -70,6 +70,7 @@ class DevStack:
     slot_ms: float = 400.0
     wallet_count: int = 8
     metrics: bool = True
+    status_cache_slots: int | None = None  # the local cluster's status cache (None: agave's 300 rooted slots)
     temporal: TemporalDevServer | None = None
     nats: NatsServer | None = None
     localnet: LocalnetServer | None = None
@@ -90,7 +91,7 @@ class DevStack:
             sqlite_pragmas=DEV_SQLITE_PRAGMAS,
         )
         self.nats = NatsServer(self.data_dir / "nats", port=0 if auto else 4222)
-        self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=auto, slot_ms=self.slot_ms)
+        self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=auto, slot_ms=self.slot_ms, status_cache_slots=self.status_cache_slots)
         await asyncio.gather(self.temporal.start(), self.nats.start(), self.localnet.start())
         keypairs = wallet_keys(self.data_dir / "wallets", self.wallet_count)
         self.keys = KeyStore.from_keypairs(keypairs)
