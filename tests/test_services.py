@@ -14,14 +14,24 @@ from datetime import timedelta
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
+from nats.js.api import StreamConfig
+from nats.js.errors import KeyWrongLastSequenceError
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType, IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from worker.services import NatsServer, ServiceError, TemporalDevServer, binary
+from worker.dev import DEV_SQLITE_PRAGMAS
+from worker.services import (
+    LocalnetServer,
+    NatsServer,
+    ServiceError,
+    TemporalDevServer,
+    binary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +75,23 @@ async def wait_gone(pid: int, timeout: float = 10.0) -> bool:
 
 def worker_for(client: Client, task_queue: str) -> Worker:
     return Worker(client, task_queue=task_queue, workflows=[WaitForSignal], workflow_runner=UnsandboxedWorkflowRunner())
+
+
+def refuses_connections(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def until(check, timeout: float, what: str):
+    """Poll ``check()`` (a coroutine function) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not after {timeout:.0f}s")
+        await asyncio.sleep(0.1)
 
 
 async def test_both_start_on_auto_ports_and_stop_without_leftovers(tmp_path, capfd):
@@ -309,3 +336,97 @@ async def test_no_orphan_when_the_parent_is_killed(tmp_path):
     finally:
         parent.kill()
         parent.communicate()
+
+
+# --- crashes: SIGKILL and restart, as the fault campaign does them ---------------------------------------
+
+
+async def test_temporal_killed_and_restarted_keeps_its_workflows_and_its_address(tmp_path):
+    """A crashed Temporal comes back on the same port with the same SQLite file (the dev stack's pragmas):
+    a finished workflow keeps its result, a waiting one goes on, and a client and a worker created before
+    the crash carry on without being rebuilt."""
+    temporal = TemporalDevServer(tmp_path, port=0, ui_port=None, sqlite_pragmas=DEV_SQLITE_PRAGMAS)
+    try:
+        await temporal.start()
+        port, pid = temporal.port, temporal.pid
+        client = await Client.connect(temporal.address)
+        async with worker_for(client, "crash-test"):
+            done = await client.start_workflow(WaitForSignal.run, id=f"done-{uuid.uuid4()}", task_queue="crash-test")
+            await done.signal(WaitForSignal.release, "before the crash")
+            assert await done.result() == "released with before the crash"
+            waiting = await client.start_workflow(WaitForSignal.run, id=f"waiting-{uuid.uuid4()}", task_queue="crash-test")
+            await until(
+                lambda: _has_event(waiting, EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED), 10, "first workflow task"
+            )
+
+            temporal.kill()
+            assert temporal.process.returncode == -signal.SIGKILL  # reaped by the time kill() returns
+            assert refuses_connections(port) and not temporal.running
+
+            await temporal.restart()
+            assert temporal.port == port and temporal.address == f"127.0.0.1:{port}" and temporal.pid != pid
+            assert await done.result() == "released with before the crash"
+            await waiting.signal(WaitForSignal.release, "after the crash")
+            assert await asyncio.wait_for(waiting.result(), 20) == "released with after the crash"
+    finally:
+        await temporal.stop()
+    assert gone(temporal.pid)
+
+
+async def _has_event(handle, event_type) -> bool:
+    return event_type in [event.event_type async for event in handle.fetch_history_events()]
+
+
+@pytest.mark.parametrize("sync_always", [False, True], ids=["default-sync", "sync-always"])
+async def test_nats_killed_right_after_an_ack_keeps_the_write(tmp_path, sync_always):
+    """SIGKILL right after the ack: the create-only KV record and the stream message are there after a
+    restart on the same port, and a client connected before the crash reconnects to it by itself.
+    (A process crash loses nothing either way; sync_always is about power cuts, see the varz check.)"""
+    server = NatsServer(tmp_path, port=0, http_port=0, sync_always=sync_always)
+    nc = None
+    try:
+        await server.start()
+        varz = await server.monitor("varz")
+        assert varz["jetstream"]["config"].get("sync_always", False) is sync_always  # omitted when false
+        port, pid, url = server.port, server.pid, server.url
+
+        nc = await nats.connect(url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+        js = nc.jetstream()
+        records = await js.create_key_value(bucket="RECORDS")
+        await js.add_stream(StreamConfig(name="EXECUTED", subjects=["executed.>"]))
+        await records.create("plan-1", b"signature-1")
+        ack = await js.publish("executed.plan-1", b"success")
+
+        server.kill()
+        assert server.process.returncode == -signal.SIGKILL and refuses_connections(port)
+        await server.restart()
+        assert (server.port, server.url) == (port, url) and server.pid != pid
+
+        entry = await until(lambda: _kv_get(records, "plan-1"), 10, "the old client reconnects")
+        assert entry.value == b"signature-1"
+        with pytest.raises(KeyWrongLastSequenceError):  # create-only still refuses a second record
+            await records.create("plan-1", b"signature-2")
+        message = await js.get_msg("EXECUTED", ack.seq)
+        assert (message.subject, message.data) == ("executed.plan-1", b"success")
+    finally:
+        if nc is not None:
+            await nc.close()
+        await server.stop()
+
+
+async def _kv_get(bucket, key):
+    try:
+        return await bucket.get(key)
+    except (TimeoutError, nats.errors.Error):
+        return None
+
+
+async def test_restart_refuses_what_it_cannot_keep(tmp_path):
+    with pytest.raises(ServiceError, match="needs a first start"):
+        await NatsServer(tmp_path / "nats", port=0).restart()
+    with pytest.raises(ServiceError, match="needs a first start"):
+        await TemporalDevServer(tmp_path / "temporal", port=0).restart()
+    with pytest.raises(ServiceError, match="ledger lives in memory"):
+        await LocalnetServer(tmp_path / "localnet").restart()
+    NatsServer(tmp_path / "nats").kill()  # nothing to kill yet: a no-op
+

