@@ -27,10 +27,12 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from worker.dev import DEV_SQLITE_PRAGMAS
 from worker.services import (
     LocalnetServer,
+    NatsCluster,
     NatsServer,
     ServiceError,
     TemporalDevServer,
     binary,
+    nats_servers,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -430,3 +432,94 @@ async def test_restart_refuses_what_it_cannot_keep(tmp_path):
         await LocalnetServer(tmp_path / "localnet").restart()
     NatsServer(tmp_path / "nats").kill()  # nothing to kill yet: a no-op
 
+
+def test_nats_servers_splits_a_comma_separated_url():
+    assert nats_servers("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"]
+    assert nats_servers(" nats://a:1, nats://b:2 ,,nats://c:3") == ["nats://a:1", "nats://b:2", "nats://c:3"]
+    with pytest.raises(ValueError):
+        nats_servers(" , ")
+
+
+async def test_nats_cluster_keeps_a_replicated_bucket_through_a_node_kill(tmp_path):
+    """Three nodes, an R3 KV bucket. Killing the node that leads the bucket (and holds the client's
+    connection) costs one leader election; creates and gets go on. The node restarts on its ports, catches
+    up, and is then needed: with another node killed, the bucket works only if it counts in the quorum."""
+    cluster = NatsCluster(tmp_path, size=3)
+    clients = []
+    pids: set[int] = set()
+
+    async def connect(*urls: str):
+        nc = await nats.connect(servers=list(urls), dont_randomize=True, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+        clients.append(nc)
+        return nc
+
+    async def create_and_get(bucket, key: str, value: bytes) -> float:
+        """Create-only write then read, retried until done; returns how long it took. A create that timed out
+        may have been applied: its retry then finds the key, with our value."""
+        started = time.monotonic()
+        while True:
+            try:
+                try:
+                    await bucket.create(key, value)
+                except KeyWrongLastSequenceError:
+                    pass
+                entry = await bucket.get(key)
+                assert entry.value == value
+                return time.monotonic() - started
+            except (TimeoutError, nats.errors.Error):
+                assert time.monotonic() - started < 20, f"{key}: the bucket stayed unavailable"
+                await asyncio.sleep(0.05)
+
+    try:
+        started = time.monotonic()
+        await cluster.start()
+        print(f"cluster started in {time.monotonic() - started:.2f}s")
+        pids.update(cluster.pids)
+        assert len({*cluster.urls}) == 3 and nats_servers(cluster.url) == cluster.urls
+        assert all(await asyncio.gather(*(cluster.current(i) for i in range(3))))
+
+        lone = await connect(cluster.urls[0])
+        assert lone.discovered_servers == []  # no_advertise: nothing to bypass a proxy with
+
+        admin = (await connect(*cluster.urls)).jetstream(timeout=2)
+        await admin.create_key_value(bucket="RECORDS", replicas=3)
+        leader_name = (await admin.stream_info("KV_RECORDS")).cluster.leader
+        leader = next(i for i, node in enumerate(cluster.nodes) if node.server_name == leader_name)
+        others = [url for i, url in enumerate(cluster.urls) if i != leader]
+        nc = await connect(cluster.urls[leader], *others)
+        records = await nc.jetstream(timeout=2).key_value("RECORDS")
+        for n in range(5):
+            await create_and_get(records, f"before-{n}", b"x")
+
+        cluster.kill(leader)
+        killed_at = time.monotonic()
+        assert cluster.nodes[leader].process.returncode == -signal.SIGKILL
+        waits = [await create_and_get(records, f"during-{n}", b"y") for n in range(20)]
+        print(f"during the kill: longest create+get {max(waits):.2f}s, 20 done {time.monotonic() - killed_at:.2f}s after it")
+        assert nc.connected_url.port != cluster.nodes[leader].port  # moved to a survivor by itself
+        assert (await admin.stream_info("KV_RECORDS")).cluster.leader != leader_name
+
+        started = time.monotonic()
+        await cluster.restart(leader)
+        print(f"killed node back and current in {time.monotonic() - started:.2f}s")
+        pids.add(cluster.nodes[leader].pid)
+        assert cluster.nodes[leader].url == cluster.urls[leader] and await cluster.current(leader)
+        replicas = (await admin.stream_info("KV_RECORDS")).cluster.replicas
+        assert leader_name in [peer.name for peer in replicas if peer.current]
+
+        # The restarted node must now carry the quorum with the bucket's leader.
+        on_restarted = await (await connect(cluster.urls[leader])).jetstream(timeout=2).key_value("RECORDS")
+        bucket_leader = (await admin.stream_info("KV_RECORDS")).cluster.leader
+        spare = next(i for i, node in enumerate(cluster.nodes) if node.server_name not in (leader_name, bucket_leader))
+        cluster.kill(spare)
+        for n in range(5):
+            await create_and_get(records, f"after-{n}", b"z")
+        # Read back through the restarted node: everything, including what was written while it was down.
+        for phase, count, value in (("before", 5, b"x"), ("during", 20, b"y"), ("after", 5, b"z")):
+            for n in range(count):
+                assert (await on_restarted.get(f"{phase}-{n}")).value == value
+    finally:
+        for client in clients:
+            await client.close()
+        await cluster.stop()
+    assert all(gone(pid) for pid in pids)
