@@ -656,8 +656,8 @@ class NatsServer(_Server):
                 error_cb=quiet,
             )
             try:
-                # short: a cluster member without a JetStream leader yet gets no answer, only this timeout
-                await nc.jetstream(timeout=min(2.0, remaining)).account_info()
+                # short: a cluster member gets no answer before a JetStream leader exists, only this timeout
+                await nc.jetstream(timeout=min(0.5, remaining)).account_info()
             finally:
                 await nc.close()
 
