@@ -14,14 +14,26 @@ from datetime import timedelta
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
+from nats.js.api import StreamConfig
+from nats.js.errors import KeyWrongLastSequenceError
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType, IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from worker.services import NatsServer, ServiceError, TemporalDevServer, binary
+from worker.dev import DEV_SQLITE_PRAGMAS
+from worker.services import (
+    LocalnetServer,
+    NatsCluster,
+    NatsServer,
+    ServiceError,
+    TemporalDevServer,
+    binary,
+    nats_servers,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +77,23 @@ async def wait_gone(pid: int, timeout: float = 10.0) -> bool:
 
 def worker_for(client: Client, task_queue: str) -> Worker:
     return Worker(client, task_queue=task_queue, workflows=[WaitForSignal], workflow_runner=UnsandboxedWorkflowRunner())
+
+
+def refuses_connections(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def until(check, timeout: float, what: str):
+    """Poll ``check()`` (a coroutine function) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not after {timeout:.0f}s")
+        await asyncio.sleep(0.1)
 
 
 async def test_both_start_on_auto_ports_and_stop_without_leftovers(tmp_path, capfd):
@@ -309,3 +338,188 @@ async def test_no_orphan_when_the_parent_is_killed(tmp_path):
     finally:
         parent.kill()
         parent.communicate()
+
+
+# --- crashes: SIGKILL and restart, as the fault campaign does them ---------------------------------------
+
+
+async def test_temporal_killed_and_restarted_keeps_its_workflows_and_its_address(tmp_path):
+    """A crashed Temporal comes back on the same port with the same SQLite file (the dev stack's pragmas):
+    a finished workflow keeps its result, a waiting one goes on, and a client and a worker created before
+    the crash carry on without being rebuilt."""
+    temporal = TemporalDevServer(tmp_path, port=0, ui_port=None, sqlite_pragmas=DEV_SQLITE_PRAGMAS)
+    try:
+        await temporal.start()
+        port, pid = temporal.port, temporal.pid
+        client = await Client.connect(temporal.address)
+        async with worker_for(client, "crash-test"):
+            done = await client.start_workflow(WaitForSignal.run, id=f"done-{uuid.uuid4()}", task_queue="crash-test")
+            await done.signal(WaitForSignal.release, "before the crash")
+            assert await done.result() == "released with before the crash"
+            waiting = await client.start_workflow(WaitForSignal.run, id=f"waiting-{uuid.uuid4()}", task_queue="crash-test")
+            await until(
+                lambda: _has_event(waiting, EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED), 10, "first workflow task"
+            )
+
+            temporal.kill()
+            assert temporal.process.returncode == -signal.SIGKILL  # reaped by the time kill() returns
+            assert refuses_connections(port) and not temporal.running
+
+            await temporal.restart()
+            assert temporal.port == port and temporal.address == f"127.0.0.1:{port}" and temporal.pid != pid
+            assert await done.result() == "released with before the crash"
+            await waiting.signal(WaitForSignal.release, "after the crash")
+            assert await asyncio.wait_for(waiting.result(), 20) == "released with after the crash"
+    finally:
+        await temporal.stop()
+    assert gone(temporal.pid)
+
+
+async def _has_event(handle, event_type) -> bool:
+    return event_type in [event.event_type async for event in handle.fetch_history_events()]
+
+
+@pytest.mark.parametrize("sync_always", [False, True], ids=["default-sync", "sync-always"])
+async def test_nats_killed_right_after_an_ack_keeps_the_write(tmp_path, sync_always):
+    """SIGKILL right after the ack: the create-only KV record and the stream message are there after a
+    restart on the same port, and a client connected before the crash reconnects to it by itself.
+    (A process crash loses nothing either way; sync_always is about power cuts, see the varz check.)"""
+    server = NatsServer(tmp_path, port=0, http_port=0, sync_always=sync_always)
+    nc = None
+    try:
+        await server.start()
+        varz = await server.monitor("varz")
+        assert varz["jetstream"]["config"].get("sync_always", False) is sync_always  # omitted when false
+        port, pid, url = server.port, server.pid, server.url
+
+        nc = await nats.connect(url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+        js = nc.jetstream()
+        records = await js.create_key_value(bucket="RECORDS")
+        await js.add_stream(StreamConfig(name="EXECUTED", subjects=["executed.>"]))
+        await records.create("plan-1", b"signature-1")
+        ack = await js.publish("executed.plan-1", b"success")
+
+        server.kill()
+        assert server.process.returncode == -signal.SIGKILL and refuses_connections(port)
+        await server.restart()
+        assert (server.port, server.url) == (port, url) and server.pid != pid
+
+        entry = await until(lambda: _kv_get(records, "plan-1"), 10, "the old client reconnects")
+        assert entry.value == b"signature-1"
+        with pytest.raises(KeyWrongLastSequenceError):  # create-only still refuses a second record
+            await records.create("plan-1", b"signature-2")
+        message = await js.get_msg("EXECUTED", ack.seq)
+        assert (message.subject, message.data) == ("executed.plan-1", b"success")
+    finally:
+        if nc is not None:
+            await nc.close()
+        await server.stop()
+
+
+async def _kv_get(bucket, key):
+    try:
+        return await bucket.get(key)
+    except (TimeoutError, nats.errors.Error):
+        return None
+
+
+async def test_restart_refuses_what_it_cannot_keep(tmp_path):
+    with pytest.raises(ServiceError, match="needs a first start"):
+        await NatsServer(tmp_path / "nats", port=0).restart()
+    with pytest.raises(ServiceError, match="needs a first start"):
+        await TemporalDevServer(tmp_path / "temporal", port=0).restart()
+    with pytest.raises(ServiceError, match="ledger lives in memory"):
+        await LocalnetServer(tmp_path / "localnet").restart()
+    NatsServer(tmp_path / "nats").kill()  # nothing to kill yet: a no-op
+
+
+def test_nats_servers_splits_a_comma_separated_url():
+    assert nats_servers("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"]
+    assert nats_servers(" nats://a:1, nats://b:2 ,,nats://c:3") == ["nats://a:1", "nats://b:2", "nats://c:3"]
+    with pytest.raises(ValueError):
+        nats_servers(" , ")
+
+
+async def test_nats_cluster_keeps_a_replicated_bucket_through_a_node_kill(tmp_path):
+    """Three nodes, an R3 KV bucket. Killing the node that leads the bucket (and holds the client's
+    connection) costs one leader election; creates and gets go on. The node restarts on its ports, catches
+    up, and is then needed: with another node killed, the bucket works only if it counts in the quorum."""
+    cluster = NatsCluster(tmp_path, size=3)
+    clients = []
+    pids: set[int] = set()
+
+    async def connect(*urls: str):
+        nc = await nats.connect(servers=list(urls), dont_randomize=True, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+        clients.append(nc)
+        return nc
+
+    async def create_and_get(bucket, key: str, value: bytes) -> float:
+        """Create-only write then read, retried until done; returns how long it took. A create that timed out
+        may have been applied: its retry then finds the key, with our value."""
+        started = time.monotonic()
+        while True:
+            try:
+                try:
+                    await bucket.create(key, value)
+                except KeyWrongLastSequenceError:
+                    pass
+                entry = await bucket.get(key)
+                assert entry.value == value
+                return time.monotonic() - started
+            except (TimeoutError, nats.errors.Error):
+                assert time.monotonic() - started < 20, f"{key}: the bucket stayed unavailable"
+                await asyncio.sleep(0.05)
+
+    try:
+        started = time.monotonic()
+        await cluster.start()
+        print(f"cluster started in {time.monotonic() - started:.2f}s")
+        pids.update(cluster.pids)
+        assert len({*cluster.urls}) == 3 and nats_servers(cluster.url) == cluster.urls
+        assert all(await asyncio.gather(*(cluster.current(i) for i in range(3))))
+
+        lone = await connect(cluster.urls[0])
+        assert lone.discovered_servers == []  # no_advertise: nothing to bypass a proxy with
+
+        admin = (await connect(*cluster.urls)).jetstream(timeout=2)
+        await admin.create_key_value(bucket="RECORDS", replicas=3)
+        leader_name = (await admin.stream_info("KV_RECORDS")).cluster.leader
+        leader = next(i for i, node in enumerate(cluster.nodes) if node.server_name == leader_name)
+        others = [url for i, url in enumerate(cluster.urls) if i != leader]
+        nc = await connect(cluster.urls[leader], *others)
+        records = await nc.jetstream(timeout=2).key_value("RECORDS")
+        for n in range(5):
+            await create_and_get(records, f"before-{n}", b"x")
+
+        cluster.kill(leader)
+        killed_at = time.monotonic()
+        assert cluster.nodes[leader].process.returncode == -signal.SIGKILL
+        waits = [await create_and_get(records, f"during-{n}", b"y") for n in range(20)]
+        print(f"during the kill: longest create+get {max(waits):.2f}s, 20 done {time.monotonic() - killed_at:.2f}s after it")
+        assert nc.connected_url.port != cluster.nodes[leader].port  # moved to a survivor by itself
+        assert (await admin.stream_info("KV_RECORDS")).cluster.leader != leader_name
+
+        started = time.monotonic()
+        await cluster.restart(leader)
+        print(f"killed node back and current in {time.monotonic() - started:.2f}s")
+        pids.add(cluster.nodes[leader].pid)
+        assert cluster.nodes[leader].url == cluster.urls[leader] and await cluster.current(leader)
+        replicas = (await admin.stream_info("KV_RECORDS")).cluster.replicas
+        assert leader_name in [peer.name for peer in replicas if peer.current]
+
+        # The restarted node must now carry the quorum with the bucket's leader.
+        on_restarted = await (await connect(cluster.urls[leader])).jetstream(timeout=2).key_value("RECORDS")
+        bucket_leader = (await admin.stream_info("KV_RECORDS")).cluster.leader
+        spare = next(i for i, node in enumerate(cluster.nodes) if node.server_name not in (leader_name, bucket_leader))
+        cluster.kill(spare)
+        for n in range(5):
+            await create_and_get(records, f"after-{n}", b"z")
+        # Read back through the restarted node: everything, including what was written while it was down.
+        for phase, count, value in (("before", 5, b"x"), ("during", 20, b"y"), ("after", 5, b"z")):
+            for n in range(count):
+                assert (await on_restarted.get(f"{phase}-{n}")).value == value
+    finally:
+        for client in clients:
+            await client.close()
+        await cluster.stop()
+    assert all(gone(pid) for pid in pids)

