@@ -153,7 +153,7 @@ class ExecutionActivities:
                 result = stored
             await publish_result(self.js, result, request.message_id)
             self.dispatcher.crash_point("publish")
-        except Exception as error:
+        except BaseException as error:  # cut short by its attempt's timeout too (NATS away: the ack never came)
             self.on_publish_failure()
             attempt = activity.info().attempt
             log.warning("plan=%s stage=publish event=publish_failed attempt=%d error=%s: %s; retrying until it is out", result.plan_id, attempt, type(error).__name__, error)

@@ -30,6 +30,7 @@ from temporalio.client import Client
 from localnet.faults import no_faults
 from worker.demo import plan_memo
 from worker.dev import DevStack
+from worker.config import nats_servers
 from worker.main import connect_temporal
 from worker.streams import KILLSWITCH_SUBJECT, RESUME_SUBJECT, ensure_streams
 from worker.killswitch import halt_message
@@ -50,7 +51,7 @@ class Stack:
         self.pool = self.dev.pool
         self.wallets = self.dev.keys.public_keys()
         self.endpoints = self.dev.localnet.endpoints
-        self.nc = await nats.connect(self.config.nats_url)
+        self.nc = await nats.connect(servers=nats_servers(self.config.nats_url))
         self.js = self.nc.jetstream()
         await ensure_streams(self.js)
         self._results_sub = await self.js.subscribe("executed.>", cb=self._on_result, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)

@@ -25,6 +25,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {env[name]!r}") from None
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers of a NATS_URL, for ``nats.connect(servers=...)``.
+
+    A comma-separated NATS_URL is what the Go client and the ``nats`` CLI take, but nats-py (2.16) parses a string
+    as one URL and refuses ``"nats://a:1,nats://b:2"`` with "nats: invalid connect url option".
+    """
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError(f"no NATS server in {url!r}")
+    return servers
+
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     executor_name: str = "hft-executor"

@@ -24,7 +24,7 @@ WALLET_BUCKET = "wallet_leases"
 
 from . import logs
 from .bridge import workflow_id
-from .config import ExecutorConfig
+from .config import ExecutorConfig, nats_servers
 from .killswitch import RUNNING_PLANS, KILLSWITCH_SUBJECT, RESUME_SUBJECT, halt_message
 from .main import ExecutorWorker, connect_temporal
 from .streams import ensure_streams
@@ -47,7 +47,7 @@ async def _nats(config: ExecutorConfig):
 
     try:
         # nats-py keeps retrying a refused first connect on its own; the deadline is ours.
-        return await asyncio.wait_for(nats.connect(config.nats_url, connect_timeout=3, allow_reconnect=False, error_cb=quiet), 5)
+        return await asyncio.wait_for(nats.connect(servers=nats_servers(config.nats_url), connect_timeout=3, allow_reconnect=False, error_cb=quiet), 5)
     except Exception as error:
         raise SystemExit(f"cannot reach NATS at {config.nats_url} ({str(error) or type(error).__name__}); set NATS_URL or start `hft-executor dev`") from None
 

@@ -42,7 +42,7 @@ from workflows.events import ExecutionResultEvent
 from workflows.execute_plan import SEARCH_ATTRIBUTES, ExecutePlan
 
 from .bridge import PlanBridge
-from .config import ExecutorConfig
+from .config import ExecutorConfig, nats_servers
 from .killswitch import KillSwitch
 from .metrics import ExecutorMetrics
 from .streams import ensure_streams
@@ -119,7 +119,7 @@ class ExecutorWorker:
 
     async def start(self) -> None:
         config = self.config
-        self.nc = await nats.connect(config.nats_url, name=config.executor_name, max_reconnect_attempts=-1)
+        self.nc = await nats.connect(servers=nats_servers(config.nats_url), name=config.executor_name, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, replicas=config.nats_replicas)
         self.records = await PlanRecords.open(self.js, replicas=config.nats_replicas)

@@ -37,6 +37,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
+from .config import nats_servers  # noqa: F401 - the cluster hands out a NATS_URL this splits
+
 log = logging.getLogger("hft.services")
 
 HOST = "127.0.0.1"
@@ -519,18 +521,6 @@ def _td(seconds: float):
     from datetime import timedelta
 
     return timedelta(seconds=max(seconds, 0.1))
-
-
-def nats_servers(url: str) -> list[str]:
-    """The servers of a NATS_URL, for ``nats.connect(servers=...)``.
-
-    A comma-separated NATS_URL is what the Go client and the ``nats`` CLI take, but nats-py (2.16) parses a string
-    as one URL and refuses ``"nats://a:1,nats://b:2"`` with "nats: invalid connect url option".
-    """
-    servers = [part.strip() for part in url.split(",") if part.strip()]
-    if not servers:
-        raise ValueError(f"no NATS server in {url!r}")
-    return servers
 
 
 def _conf_string(value: str) -> str:

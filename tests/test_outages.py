@@ -1,0 +1,59 @@
+"""Outages longer than a plan's bookkeeping: the result is late, never lost and never wrong.
+
+Its own stack (the servers are killed here) with an in-process worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.stack import Stack, wait_until
+from worker.bridge import workflow_id
+from worker.main import ExecutorWorker
+from workflows import execute_plan
+
+
+@pytest.fixture(scope="module")
+async def outage_stack():
+    data_dir = Path(tempfile.mkdtemp(prefix="hft-outage-"))
+    running = await Stack(data_dir, slot_ms=50.0, wallets=3).start()
+    running.worker = ExecutorWorker(running.config, running.dev.keys)
+    await running.worker.start()
+    yield running
+    await running.worker.stop()
+    await running.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_a_result_outlives_a_nats_outage_longer_than_the_bookkeeping_timeout(outage_stack, monkeypatch):
+    """NATS dies between the send and the result, for longer than any bookkeeping step may take:
+    the plan's result comes once NATS is back, and says what the chain says."""
+    stack = outage_stack
+    monkeypatch.setattr(execute_plan, "BOOKKEEPING_TIME", timedelta(seconds=2))
+    monkeypatch.setattr(execute_plan, "BOOKKEEPING_ATTEMPT", timedelta(seconds=2), raising=False)
+    failures_before = stack.worker.metrics.publish_failures._value.get()
+    plan = stack.plan("rpc", wallet=0, deadline_ms=5_000, max_latency_ms=5_000)
+    await stack.faults({"reads": {"delay_ms": 400}})  # confirm takes a moment: NATS dies before the result
+    try:
+        await stack.publish(plan)
+        await wait_until(lambda: stack.wire_transactions(plan["planId"]), timeout=10, every=0.01)
+        stack.dev.nats.kill()
+        down_since = time.monotonic()
+        await asyncio.sleep(8.0)
+    finally:
+        await stack.clear_faults()
+    await stack.dev.nats.restart()
+    result = await stack.result(plan["planId"], timeout=60)
+    waited = time.monotonic() - down_since
+    assert result["status"] == "success", result
+    assert waited > 8.0
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+    told = await stack.temporal.get_workflow_handle(workflow_id(plan["planId"])).result()
+    assert told["status"] == "success"
+    assert stack.worker.metrics.publish_failures._value.get() > failures_before, "each failed attempt is counted (alert on it)"
