@@ -117,7 +117,7 @@ class ExecutorWorker:
 
     async def start(self) -> None:
         config = self.config
-        self.nc = await nats.connect(config.nats_url, name=config.executor_name, max_reconnect_attempts=-1)
+        self.nc = await nats.connect(config.nats_url, name=config.executor_name, max_reconnect_attempts=-1, reconnected_cb=self._nats_reconnected)
         self.js = self.nc.jetstream()
         await ensure_streams(self.js)
         self.records = await PlanRecords.open(self.js)
@@ -183,6 +183,10 @@ class ExecutorWorker:
             asyncio.create_task(self.wallets.run_balance_refresh(self.rpc, config.balance_refresh_s), name="balance-refresh"),
         ]
         log.info("stage=worker event=started name=%s wallets=%d taskQueue=%s", config.executor_name, len(self.keys), config.temporal_task_queue)
+
+    async def _nats_reconnected(self) -> None:
+        if getattr(self, "killswitch", None) is not None:
+            await self.killswitch.reconnected()  # a halt published while we were away
 
     async def _start_tpu(self, config: ExecutorConfig) -> TpuClient | None:
         """The direct-TPU client (leader tracking, warm QUIC connections). Without it, tpu_direct
