@@ -2,13 +2,16 @@
 
 `sever()` closes every open connection (both sides see the close, as after a network
 failure that resets connections) and refuses new ones until `heal()`. `delay_s` holds
-every chunk that long in each direction, to widen races a test wants to hit.
+every chunk that long in each direction. `before_upstream`, if set, is awaited with each
+chunk the client sends before that chunk goes on: a test can make something happen at an
+exact point of the client's conversation.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from typing import Awaitable, Callable
 
 
 class TcpProxy:
@@ -21,6 +24,7 @@ class TcpProxy:
         self._pipes: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        self.before_upstream: Callable[[bytes], Awaitable[None]] | None = None
 
     @property
     def url(self) -> str:
@@ -42,12 +46,12 @@ class TcpProxy:
             return
         self.accepted_at.append(time.time())
         self._writers |= {writer, upstream_writer}
-        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
+        for source, sink, upstream in ((reader, upstream_writer, True), (upstream_reader, writer, False)):
+            task = asyncio.create_task(self._pipe(source, sink, upstream))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, upstream: bool) -> None:
         # With a delay, chunks go through a queue so the delay adds latency without cutting throughput.
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -61,6 +65,8 @@ class TcpProxy:
         forwarder = asyncio.create_task(forward())
         try:
             while chunk := await source.read(65536):
+                if upstream and self.before_upstream is not None:
+                    await self.before_upstream(chunk)
                 queue.put_nowait((time.monotonic() + self.delay_s, chunk))
             queue.put_nowait(None)
             await forwarder

@@ -73,12 +73,13 @@ class Workers:
         self.started.append(killswitch)
         return killswitch
 
-    async def close(self) -> None:
-        async def close(killswitch: KillSwitch) -> None:
-            await killswitch.stop()
-            await killswitch.nc.close()
+    async def stop(self, killswitch: KillSwitch) -> None:
+        self.started.remove(killswitch)
+        await killswitch.stop()
+        await killswitch.nc.close()
 
-        await asyncio.gather(*(close(killswitch) for killswitch in self.started))
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop(killswitch) for killswitch in list(self.started)))
 
 
 @pytest.fixture
@@ -138,34 +139,45 @@ async def test_a_halt_published_while_a_worker_is_cut_off_applies_within_two_sec
     await table.close()
 
 
-async def test_a_halt_published_while_workers_are_starting_is_never_missed(operator, proxies, workers):
-    """Workers start one after another over a slow link while a halt is published: whichever
-    step of its start a worker is at, it ends halted, and through its subscription (well
-    before its once-a-second re-read would have caught a miss)."""
-    proxy = await proxies(delay_s=0.2)
+async def test_a_halt_published_while_a_worker_starts_is_never_missed(nats_server, operator, proxies, workers):
+    """Whichever step of its start a worker is at when a halt is published, it ends halted,
+    and through its subscription: well before its once-a-second re-read would have caught a
+    miss. One start per step: the halt is stored right before the worker's n-th JetStream
+    request reaches the server."""
 
-    async def start(index: int) -> tuple[KillSwitch, float, float]:
-        await asyncio.sleep(index * 0.25)
-        begun = time.monotonic()
-        worker = await workers.start(proxy.url, f"starting-{index}")
-        return worker, begun, time.monotonic()
+    def counting(proxy: TcpProxy, at_request: int | None = None, reason: str = "") -> dict:
+        seen = {"requests": 0, "halted_at": None}
 
-    starting = [asyncio.create_task(start(index)) for index in range(10)]
-    await asyncio.sleep(1.5)
-    await halt(operator, "halt during start")
-    published = time.monotonic()
-    started = await asyncio.gather(*starting)
-    spans = [(round(begun - published, 2), round(ended - published, 2)) for _, begun, ended in started]
-    assert sum(1 for begun, ended in spans if begun < 0 < ended) >= 3, f"the halt must fall inside some starts: {spans}"
-    late = []
-    for worker, _, ended in started:
-        deadline = max(published, ended) + 0.8
-        while worker.halted() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if worker.halted() is None:
-            late.append(worker.worker_id)
-    assert late == [], f"missed the halt published during their start: {late} (start spans around the halt: {spans})"
-    assert all(worker.reason == "halt during start" for worker, _, _ in started)
+        async def before_upstream(chunk: bytes) -> None:
+            seen["requests"] += chunk.count(b"$JS.API.")
+            if at_request is not None and seen["halted_at"] is None and seen["requests"] >= at_request:
+                await halt(operator, reason)
+                seen["halted_at"] = time.monotonic()
+
+        proxy.before_upstream = before_upstream
+        return seen
+
+    await workers.start(nats_server.url, "first")  # creates what only the first start creates
+    calibration = await proxies()
+    seen = counting(calibration)
+    await workers.start(calibration.url, "calibration")
+    steps = seen["requests"]
+    assert steps >= 5, "a start makes several JetStream requests"
+
+    missed = []
+    for step in range(1, steps + 1):
+        await resume(operator)
+        proxy = await proxies()
+        seen = counting(proxy, at_request=step, reason=f"halt at step {step}")
+        worker = await workers.start(proxy.url, f"starting-{step}")
+        assert seen["halted_at"] is not None, f"the start made fewer than {step} requests"
+        deadline = max(time.monotonic(), seen["halted_at"]) + 0.5
+        while worker.halted() != f"halt at step {step}" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if worker.halted() != f"halt at step {step}":
+            missed.append(step)
+        await workers.stop(worker)
+    assert missed == [], f"halts published at these steps of {steps} were missed: {missed}"
 
 
 async def test_resume_clears_the_state_everywhere_and_each_worker_says_so(nats_server, operator, proxies, workers):
