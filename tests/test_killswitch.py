@@ -335,7 +335,9 @@ async def test_halt_wait_names_the_cut_off_worker_which_halts_when_it_reconnects
 
         entry = await wait_until(acknowledged, timeout=15, every=0.3)
         assert entry["haltAppliedAt"] / 1000 - stack.proxy.accepted_at[-1] < 2.0, "halted within two seconds of reconnecting"
-        assert f'event=halt seq={report["seq"]} reason="cut off" by="bob" source=reconnect' in stack.proxied.text()
+        log = stack.proxied.text()
+        assert f'event=halt seq={report["seq"]} reason="cut off" by="bob"' in log
+        assert f"event=reconnected worker={stack.proxied.id}" in log, "the worker re-reads the state when NATS comes back"
     finally:
         await resumed_everywhere(stack, stack.direct, stack.proxied)
 

@@ -123,6 +123,7 @@ class KillSwitch:
         self._subscription = None
         self._tasks: set[asyncio.Task] = set()
         self._refresher: asyncio.Task | None = None
+        self._starting = True
 
     @property
     def worker_id(self) -> str:
@@ -149,6 +150,7 @@ class KillSwitch:
         # settled when start returns, before the bridge takes its first plan.
         await self.refresh("start")
         self.on_change(self.reason is not None)
+        self._starting = False
         await self.presence.write()
         self.presence.start()
         self._refresher = asyncio.create_task(self._refresh_periodically(), name="killswitch-refresh")
@@ -180,7 +182,7 @@ class KillSwitch:
     # --- following the stream -------------------------------------------------------------------
 
     async def _on_message(self, message) -> None:
-        self._apply(message.metadata.sequence.stream, message.subject, message.data, "stream")
+        self._apply(message.metadata.sequence.stream, message.subject, message.data, "start" if self._starting else "stream")
 
     async def reconnected(self) -> None:
         """For nats-py's reconnected callback, which runs inside its reconnect loop: the reading
