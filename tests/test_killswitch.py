@@ -32,6 +32,7 @@ from worker.streams import KILLSWITCH_SUBJECT, RESUME_SUBJECT, ensure_streams
 
 CLI = [sys.executable, "-m", "worker.cli"]
 NOT_ACKNOWLEDGED = 3
+SUPERSEDED = 4
 
 
 @pytest.fixture
@@ -222,6 +223,27 @@ async def test_the_newer_message_decides_even_when_the_stream_is_recreated(nats_
     await wait_until(lambda: _true(worker.halted() == "after the reset"), timeout=5)
 
 
+async def test_halt_wait_stops_with_4_when_a_resume_overtakes_it(nats_server, operator, proxies, workers):
+    """A resume published while `halt --wait` waits: the halt is no longer in force, and the
+    operator must not read the wait's end as "everything is stopped"."""
+    await workers.start(nats_server.url, "listening")
+    proxy = await proxies()
+    away = await workers.start(proxy.url, "away")
+    proxy.sever()
+    await wait_until(lambda: _true(not away.nc.is_connected), timeout=5)
+    waiting = asyncio.create_task(asyncio.to_thread(
+        subprocess.run, [*CLI, "halt", "--wait", "--timeout", "20", "--json"], cwd=ROOT,
+        env={**os.environ, "NATS_URL": nats_server.url}, capture_output=True, text=True, timeout=60,
+    ))  # fmt: skip
+    await wait_until(lambda: _true(workers.started[0].halted()), timeout=15)
+    resume_seq = await resume(operator, by="someone-else")
+    done = await asyncio.wait_for(waiting, 10)
+    assert done.returncode == SUPERSEDED, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["halted"] is False and report["resumedAfter"] == {"seq": resume_seq, "by": "someone-else"}
+    assert report["missing"] == [away.worker_id]
+
+
 # --- worker processes and the commands, on the real stack ----------------------------------------
 
 
@@ -320,12 +342,15 @@ async def test_halt_wait_returns_0_when_every_live_worker_acknowledged(ks_stack)
 async def test_halt_wait_names_the_cut_off_worker_which_halts_when_it_reconnects(ks_stack):
     stack = ks_stack
     stack.proxy.sever()
+    severed = time.monotonic()
     try:
         done = await run(stack, "halt", "--wait", "--timeout", "3", "--json", "--reason", "cut off", "--by", "bob")
         assert done.returncode == NOT_ACKNOWLEDGED, done.stdout + done.stderr
         report = json.loads(done.stdout)
         assert report["missing"] == [stack.proxied.id], report
         assert stack.direct.id in report["acknowledged"] and stack.proxied.id not in report["acknowledged"]
+        # Cut off longer than nats-server keeps a consumer nobody listens to (5 s).
+        await asyncio.sleep(max(0.0, 6.0 - (time.monotonic() - severed)))
     finally:
         stack.proxy.heal()
     try:
