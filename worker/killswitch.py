@@ -270,7 +270,13 @@ class KillSwitch:
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A failed re-read is retried by the next one (every second); say so once here.
+            log.warning("stage=killswitch event=task_failed task=%s error=%s", task.get_coro().__qualname__, type(task.exception()).__name__)
 
     async def halt_running(self) -> int:
         """Signal every running plan; each ends HALTED unless it has already submitted."""
