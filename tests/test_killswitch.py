@@ -200,7 +200,7 @@ async def test_resume_clears_the_state_everywhere_and_each_worker_says_so(nats_s
     assert restarted.halted() is None, "a worker started after the resume is not halted"
     table = await WorkerTable.open(operator)
     for worker in (direct, remote, restarted):
-        await wait_until(lambda: _true(table.by_id().get(worker.worker_id, {}).get("stateSeq") == resume_seq), timeout=3)
+        await wait_until(lambda worker=worker: _true(table.by_id().get(worker.worker_id, {}).get("stateSeq") == resume_seq), timeout=3)
         entry = table.by_id()[worker.worker_id]
         assert entry["halted"] is False and entry["reason"] is None and entry["by"] == "desk-lead"
     assert table.by_id()[direct.worker_id]["haltSeq"] == halt_seq, "the last halt applied stays on record"

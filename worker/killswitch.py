@@ -34,7 +34,7 @@ import json
 import logging
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext

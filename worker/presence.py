@@ -25,8 +25,8 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
@@ -67,7 +67,7 @@ class Identity:
     started_at: int = field(default_factory=now_ms)
 
     @classmethod
-    def of_this_process(cls, name: str, identity: str | None = None) -> "Identity":
+    def of_this_process(cls, name: str, identity: str | None = None) -> Identity:
         host = socket.gethostname()
         return cls(id=identity or worker_id(name, os.getpid(), host), name=name, pid=os.getpid(), host=host)
 
@@ -98,7 +98,7 @@ class Presence:
         self._failing = False
 
     @classmethod
-    async def open(cls, js: JetStreamContext, identity: Identity, state: Callable[[], dict]) -> "Presence":
+    async def open(cls, js: JetStreamContext, identity: Identity, state: Callable[[], dict]) -> Presence:
         return cls(js, await open_bucket(js), identity, state)
 
     def entry(self) -> dict:
@@ -166,7 +166,7 @@ class WorkerTable:
         self._task: asyncio.Task | None = None
 
     @classmethod
-    async def open(cls, js: JetStreamContext, create: bool = False) -> "WorkerTable":
+    async def open(cls, js: JetStreamContext, create: bool = False) -> WorkerTable:
         table = cls()
         kv = await open_bucket(js, create=create)
         if kv is None:
