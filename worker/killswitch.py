@@ -124,6 +124,7 @@ class KillSwitch:
         self._tasks: set[asyncio.Task] = set()
         self._refresher: asyncio.Task | None = None
         self._starting = True
+        self._reset_lock = asyncio.Lock()
 
     @property
     def worker_id(self) -> str:
@@ -203,15 +204,17 @@ class KillSwitch:
         halt, resume = await last_state(self.js)
         newest = max((m for m in ((halt, KILLSWITCH_SUBJECT), (resume, RESUME_SUBJECT)) if m[0] is not None), key=lambda m: m[0][0], default=None)
         newest_seq = newest[0][0] if newest else 0
-        if newest_seq < self.applied_seq and await self._stream_was_reset():
-            # A recreated SYSTEM starts again at sequence 1: without this, every halt below
-            # the old sequence would be ignored as stale.
-            log.warning("stage=killswitch event=stream_reset appliedSeq=%d lastSeq=%d", self.applied_seq, newest_seq)
-            self.applied_seq = 0
-            await self._resubscribe()
-            if newest is None:
-                self._clear(0, "stream_reset", "unknown")
-                return
+        if newest_seq < self.applied_seq:
+            async with self._reset_lock:  # two re-reads noticing it together resubscribe once
+                if newest_seq < self.applied_seq and await self._stream_was_reset():
+                    # A recreated SYSTEM starts again at sequence 1: without this, every halt
+                    # below the old sequence would be ignored as stale.
+                    log.warning("stage=killswitch event=stream_reset appliedSeq=%d lastSeq=%d", self.applied_seq, newest_seq)
+                    self.applied_seq = 0
+                    await self._resubscribe()
+                    if newest is None:
+                        self._clear(0, "stream_reset", "unknown")
+                        return
         if newest is not None:
             (seq, data), subject = newest
             self._apply(seq, subject, data, source)
