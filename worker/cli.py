@@ -48,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     command = commands.add_parser("halt", help="kill switch on: no plan submits until `resume` (or halt one plan)")
     command.add_argument("--plan", help="halt only this plan id (signals its workflow)")
     command.add_argument("--reason", default="halted by operator")
+    command.add_argument("--by", help="who halts, carried in the message and logged by every worker (default user@host)")
+    command.add_argument("--wait", action="store_true", help=f"wait until every live worker acknowledged; exit {control.NOT_ACKNOWLEDGED} if one did not, {control.SUPERSEDED} if a resume came after")
+    command.add_argument("--timeout", type=float, default=10.0, help="seconds --wait waits at most (default 10)")
+    command.add_argument("--json", action="store_true", help="one JSON line")
     command.set_defaults(run=control.halt)
 
     command = commands.add_parser("resume", help="kill switch off")
+    command.add_argument("--by", help="who resumes (default user@host)")
+    command.add_argument("--json", action="store_true", help="one JSON line")
     command.set_defaults(run=control.resume)
 
-    command = commands.add_parser("status", help="kill switch, running executions, wallets and leases")
+    command = commands.add_parser("status", help="kill switch, live workers, running executions, wallets and leases")
     command.add_argument("--json", action="store_true")
     command.set_defaults(run=control.status)
 

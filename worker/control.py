@@ -11,11 +11,11 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import nats
 from temporalio.service import RPCError, RPCStatusCode
-from nats.js.errors import NotFoundError
 
 from activities.keystore import KeyStore
 from activities.wallets import WalletPool
@@ -25,8 +25,9 @@ WALLET_BUCKET = "wallet_leases"
 from . import logs
 from .bridge import workflow_id
 from .config import ExecutorConfig, nats_servers
-from .killswitch import RUNNING_PLANS, KILLSWITCH_SUBJECT, RESUME_SUBJECT, halt_message
+from .killswitch import RUNNING_PLANS, KILLSWITCH_SUBJECT, RESUME_SUBJECT, default_sender, halt_message, last_state, parse_message
 from .main import ExecutorWorker, connect_temporal
+from .presence import SILENCE_S, WorkerTable
 from .streams import ensure_streams
 
 DEV_ENVIRONMENT = Path(".data") / "dev-environment.json"
@@ -108,7 +109,7 @@ async def _send_plan(args: argparse.Namespace) -> int:
     config = ExecutorConfig.from_environment(environment())
     nc = await _nats(config)
     js = nc.jetstream()
-    await ensure_streams(js)
+    await ensure_streams(js, replicas=config.nats_replicas)
     for plan in plans:
         opportunity = plan.get("opportunityId") if isinstance(plan, dict) else None
         subject = f"execution.planned.{opportunity if isinstance(opportunity, str) and opportunity else 'unknown'}"
@@ -119,6 +120,11 @@ async def _send_plan(args: argparse.Namespace) -> int:
 
 
 # --- halt / resume ------------------------------------------------------------------
+
+#: `halt --wait`: some live worker did not acknowledge the halt within --timeout.
+NOT_ACKNOWLEDGED = 3
+#: `halt --wait`: a resume published after this halt ended it before the wait did.
+SUPERSEDED = 4
 
 
 def halt(args: argparse.Namespace) -> int:
@@ -138,27 +144,110 @@ async def _halt(args: argparse.Namespace) -> int:
             raise
         print(f"halt signalled to {workflow_id(args.plan)}", flush=True)
         return 0
+    by = args.by or default_sender()
     nc = await _nats(config)
     js = nc.jetstream()
-    await ensure_streams(js)
-    await js.publish(KILLSWITCH_SUBJECT, halt_message(args.reason, "cli"))
+    await ensure_streams(js, replicas=config.nats_replicas)
+    # Watch before publishing, so an acknowledgment that comes back at once is not missed.
+    table = await WorkerTable.open(js, create=True) if args.wait else None
+    published = await js.publish(KILLSWITCH_SUBJECT, halt_message(args.reason, by))
+    report = {"halted": True, "reason": args.reason, "by": by, "seq": published.seq}
+    code = 0
+    if table is not None:
+        report.update(await _wait_for_acknowledgments(js, table, published.seq, args.timeout))
+        await table.close()
+        code = SUPERSEDED if report["resumedAfter"] else NOT_ACKNOWLEDGED if report["missing"] else 0
+        report["halted"] = not report["resumedAfter"]
     await nc.drain()
-    print(f"kill switch on: {args.reason} (undo with `hft-executor resume`)", flush=True)
-    return 0
+    if args.json:
+        print(json.dumps(report), flush=True)
+    else:
+        _print_halt(report)
+    return code
+
+
+async def _wait_for_acknowledgments(js, table: WorkerTable, seq: int, timeout: float) -> dict:
+    """Wait until every live worker's entry shows a halt at `seq` or later applied.
+
+    Counted: workers live when the halt was published, and any that turn live during the
+    wait. A counted worker that falls silent stays counted (dead or cut off from NATS, it
+    cannot be told apart, and a cut-off worker may still be sending); one whose entry is
+    removed stopped cleanly and drops out.
+    """
+    started = time.monotonic()
+    counted = {entry["id"] for entry in table.live()}
+    resumed_after = None
+    checked_resume = 0.0
+    while True:
+        by_id = table.by_id()
+        counted = (counted | {entry["id"] for entry in table.live()}) & by_id.keys()
+        acknowledged = sorted(i for i in counted if (by_id[i].get("haltSeq") or 0) >= seq)
+        missing = sorted(counted - set(acknowledged))
+        elapsed = time.monotonic() - started
+        if time.monotonic() - checked_resume >= 0.5 or not missing or elapsed >= timeout:
+            checked_resume = time.monotonic()
+            _, resume = await last_state(js)
+            if resume is not None and resume[0] > seq:
+                resumed_after = {"seq": resume[0], "by": parse_message(resume[1])[1]}
+        if not missing or elapsed >= timeout or resumed_after:
+            break
+        table.changed.clear()
+        try:
+            await asyncio.wait_for(table.changed.wait(), min(0.2, timeout - elapsed))
+        except TimeoutError:
+            pass
+    silent = [entry["id"] for entry in table.silent() if entry["id"] not in counted]
+    return {
+        "acknowledged": acknowledged,
+        "missing": missing,
+        "silent": silent,
+        "resumedAfter": resumed_after,
+        "waitedMs": int((time.monotonic() - started) * 1000),
+        "workers": {i: by_id[i] for i in counted},
+    }
+
+
+def _print_halt(report: dict) -> None:
+    print(f"kill switch on: {report['reason']} (seq {report['seq']}, by {report['by']}; undo with `hft-executor resume`)", flush=True)
+    if "acknowledged" not in report:
+        return
+    workers = report.pop("workers")
+    total = len(report["acknowledged"]) + len(report["missing"])
+    print(f"acknowledged by {len(report['acknowledged'])} of {total} live workers after {report['waitedMs']} ms")
+    now = time.time() * 1000
+    for worker in report["acknowledged"]:
+        entry = workers[worker]
+        print(f"  acknowledged  {worker}  halt seq {entry['haltSeq']} applied {max(0, now - (entry.get('haltAppliedAt') or now)) / 1000:.1f} s ago")
+    for worker in report["missing"]:
+        entry = workers[worker]
+        print(f"  MISSING       {worker}  last seen {max(0, now - entry['seenAt']) / 1000:.1f} s ago, last applied seq {entry.get('stateSeq')}")
+    for worker in report["silent"]:
+        print(f"  not counted   {worker}  silent for over {SILENCE_S:.0f} s (dead, or cut off from NATS)")
+    if total == 0:
+        print("no live worker is registered in the executor_workers bucket", file=sys.stderr)
+    if report["resumedAfter"]:
+        print(f"a resume (seq {report['resumedAfter']['seq']}, by {report['resumedAfter']['by']}) was published after this halt: the kill switch is off", file=sys.stderr)
+    elif report["missing"]:
+        print(f"{len(report['missing'])} live worker(s) did not acknowledge: they may still be sending", file=sys.stderr)
+    sys.stdout.flush()
 
 
 def resume(args: argparse.Namespace) -> int:
-    return asyncio.run(_resume())
+    return asyncio.run(_resume(args))
 
 
-async def _resume() -> int:
+async def _resume(args: argparse.Namespace) -> int:
+    by = args.by or default_sender()
     config = ExecutorConfig.from_environment(environment())
     nc = await _nats(config)
     js = nc.jetstream()
-    await ensure_streams(js)
-    await js.publish(RESUME_SUBJECT, halt_message("resumed", "cli"))
+    await ensure_streams(js, replicas=config.nats_replicas)
+    published = await js.publish(RESUME_SUBJECT, halt_message("resumed", by))
     await nc.drain()
-    print("kill switch off: plans flow again", flush=True)
+    if args.json:
+        print(json.dumps({"resumed": True, "by": by, "seq": published.seq}), flush=True)
+    else:
+        print(f"kill switch off: plans flow again (seq {published.seq}, by {by})", flush=True)
     return 0
 
 
@@ -170,7 +259,17 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report), flush=True)
         return 0
-    print(f"kill switch: {'ON (' + report['halted'] + ')' if report['halted'] else 'off'}")
+    if report["halted"]:
+        print(f"kill switch: ON ({report['halted']}; seq {report['haltSeq']}, by {report['haltedBy']})")
+    else:
+        print("kill switch: off")
+    now = time.time() * 1000
+    print(f"workers: {len(report['workers'])} live")
+    for worker in report["workers"]:
+        state = f"halted at seq {worker.get('haltSeq')}" if worker.get("halted") else "running"
+        print(f"  {worker['id']}  {state}  last seen {max(0, now - worker['seenAt']) / 1000:.1f} s ago")
+    for worker in report["silentWorkers"]:
+        print(f"  {worker}  silent for over {SILENCE_S:.0f} s (dead, or cut off from NATS)")
     print(f"running executions: {report['running']}")
     for execution in report["runningSample"]:
         print(f"  {execution}")
@@ -186,17 +285,13 @@ async def _status() -> dict:
     config = ExecutorConfig.from_environment(environment())
     nc = await _nats(config)
     js = nc.jetstream()
-    halted = None
-    try:
-        last_halt = await js.get_last_msg("SYSTEM", KILLSWITCH_SUBJECT)
-        try:
-            last_resume = await js.get_last_msg("SYSTEM", RESUME_SUBJECT)
-        except NotFoundError:
-            last_resume = None
-        if last_resume is None or last_halt.seq > last_resume.seq:
-            halted = json.loads(last_halt.data).get("reason", "halted")
-    except NotFoundError:
-        pass
+    halt, resume = await last_state(js)
+    halted = halted_by = halt_seq = None
+    if halt is not None and (resume is None or halt[0] > resume[0]):
+        (halted, halted_by), halt_seq = parse_message(halt[1]), halt[0]
+    table = await WorkerTable.open(js)
+    workers, silent = table.live(), [entry["id"] for entry in table.silent()]
+    await table.close()
     try:
         known = [key.removeprefix("wallet.") for key in await (await js.key_value(WALLET_BUCKET)).keys()]
     except Exception:  # no bucket, or an empty one: no worker has run yet
@@ -207,4 +302,7 @@ async def _status() -> dict:
     client = await connect_temporal(config)
     running = [execution.id async for execution in client.list_workflows(RUNNING_PLANS, limit=20)]
     count = (await client.count_workflows(RUNNING_PLANS)).count
-    return {"halted": halted, "running": count, "runningSample": running, "wallets": snapshot}
+    return {
+        "halted": halted, "haltedBy": halted_by, "haltSeq": halt_seq, "workers": workers, "silentWorkers": silent,
+        "running": count, "runningSample": running, "wallets": snapshot,
+    }  # fmt: skip

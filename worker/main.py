@@ -119,7 +119,13 @@ class ExecutorWorker:
 
     async def start(self) -> None:
         config = self.config
-        self.nc = await nats.connect(servers=nats_servers(config.nats_url), name=config.executor_name, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        self.nc = await nats.connect(
+            servers=nats_servers(config.nats_url),
+            name=config.executor_name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            reconnected_cb=self._nats_reconnected,
+        )
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, replicas=config.nats_replicas)
         self.records = await PlanRecords.open(self.js, replicas=config.nats_replicas)
@@ -134,7 +140,9 @@ class ExecutorWorker:
         self.tpu = await self._start_tpu(config)
         self.client = await connect_temporal(config, config.temporal_metrics_port if config.metrics_port else 0)
         await ensure_search_attributes(self.client, config.temporal_namespace)
-        self.killswitch = KillSwitch(self.nc, self.js, self.client, config.executor_name, on_change=lambda on: self.metrics.halted.set(int(on)))
+        self.killswitch = KillSwitch(
+            self.nc, self.js, self.client, config.executor_name, on_change=lambda on: self.metrics.halted.set(int(on)), replicas=config.nats_replicas
+        )
         await self.killswitch.start()
         self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000, commitment=config.confirmation_commitment)
         self.watcher.start()
@@ -194,6 +202,10 @@ class ExecutorWorker:
             asyncio.create_task(self.wallets.follow(), name="wallet-leases"),
         ]
         log.info("stage=worker event=started name=%s wallets=%d taskQueue=%s", config.executor_name, len(self.keys), config.temporal_task_queue)
+
+    async def _nats_reconnected(self) -> None:
+        if getattr(self, "killswitch", None) is not None:
+            await self.killswitch.reconnected()  # a halt published while we were away
 
     async def _start_tpu(self, config: ExecutorConfig) -> TpuClient | None:
         """The direct-TPU client (leader tracking, warm QUIC connections). Without it, tpu_direct
