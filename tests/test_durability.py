@@ -210,9 +210,12 @@ async def test_one_plan_one_story_when_a_worker_dies_right_after_publishing(cras
     assert first["status"] == "success", first
     await wait_forgotten(stack, plan["planId"])
 
-    result, survivor_log = await survivor_result(stack, "survivor-publish", plan)
     handle = stack.temporal.get_workflow_handle(workflow_id(plan["planId"]))
-    told = await handle.result()
+    survivor, survivor_log = await start_worker(stack, "survivor-publish")
+    try:
+        told = await asyncio.wait_for(handle.result(), 45)  # the re-run, to its end
+    finally:
+        await stop_worker(survivor)
     await asyncio.sleep(0.5)
     assert {p["status"] for p in stack.publishes[plan["planId"]]} == {"success"}, (stack.publishes[plan["planId"]], survivor_log.read_text()[-3000:])
     assert len(stack.results[plan["planId"]]) == 1

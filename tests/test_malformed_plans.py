@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import uuid
+
+from temporalio.client import WorkflowExecutionStatus
 
 from worker.bridge import DURABLE
 
@@ -46,6 +49,10 @@ def malformed(plan: dict) -> dict[str, tuple[bytes | dict, str, str]]:
         "too many routes": (_with(plan, "routes", plan["routes"] * 9), "INVALID_PLAN", "routes"),
         "plan id with spaces": (_with(plan, "planId", "bad id!"), "INVALID_PLAN", "planId"),
         "zero maxLatency": (_with(plan, "maxLatency", 0), "INVALID_PLAN", "maxLatency"),
+        # The opportunity id becomes a result subject: an empty token would make one no stream takes.
+        "opportunityId with a double dot": (_with(plan, "opportunityId", "opp..1"), "INVALID_PLAN", "opportunityId"),
+        "opportunityId with a trailing dot": (_with(plan, "opportunityId", "opp."), "INVALID_PLAN", "opportunityId"),
+        "deadline in nanoseconds": (_with(plan, "deadline", plan["deadline"] * 1_000_000), "INVALID_PLAN", "deadline"),
     }
 
 
@@ -76,3 +83,24 @@ async def test_malformed_plans_each_get_a_failed_result_and_are_not_redelivered(
 
     alive = await stack.execute(stack.plan("rpc", wallet=4))
     assert alive["status"] == "success", "the worker keeps taking plans"
+
+
+async def test_a_workflow_started_without_the_bridge_checks_its_input_as_the_bridge_does(stack):
+    """A client can start ExecutePlan directly (the UI, the CLI, an SDK): whatever it is given, the
+    workflow ends with a failed result and a code, never a workflow task failing forever."""
+    plan = stack.plan("rpc")
+    cases = {
+        "not a plan": ([{"surprise": 1}], "INVALID_PLAN"),
+        "no input": ([], "INVALID_PLAN"),
+        "two inputs": ([plan, plan], "INVALID_PLAN"),
+        "deadline in nanoseconds": ([_with(plan, "deadline", plan["deadline"] * 1_000_000)], "INVALID_PLAN"),
+        "not simulated": ([_with(plan, "simulationSuccess", False)], "PLAN_NOT_SIMULATED"),
+    }
+    for index, (kind, (args, code)) in enumerate(cases.items()):
+        execution = f"direct-{index}-{uuid.uuid4().hex[:8]}"
+        handle = await stack.temporal.start_workflow("ExecutePlan", args=args, id=execution, task_queue=stack.config.temporal_task_queue)
+        told = await asyncio.wait_for(handle.result(), 20)
+        assert (told["status"], told["errorCode"]) == ("failed", code), (kind, told)
+        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED, kind
+        published = await stack.result(told["planId"], timeout=10)
+        assert published["errorCode"] == code, (kind, published)

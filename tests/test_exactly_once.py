@@ -1,0 +1,220 @@
+"""The exactly-once promise at the seams the chaos campaign found: the send gate's fencing on the
+record, copies that must not go out, sends slower than the deadline, the kill switch during
+rebroadcasts, halt signals of any form, plan ids that already have a result, and rejections
+that must not hide a real result. On the session stack (real Temporal, NATS, local cluster)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from activities.dispatch import Dispatch
+from activities.rpc import SolanaRpc
+from activities.submit import Submitter
+from activities.wallets import WalletState, now_ms
+from tests.stack import wait_until
+from worker.bridge import DURABLE, workflow_id
+from worker.demo import validate
+from workflows.events import ErrorCode, ExecutionCost, ExecutionResultEvent, ExecutionStatus
+from workflows.stages import PublishRequest
+
+
+async def _lease_holders(stack, lease_id: str) -> list[str]:
+    kv = await stack.js.key_value("wallet_leases")
+    holders = []
+    for wallet in stack.worker.wallets.wallets:
+        state = WalletState.decode((await kv.get(f"wallet.{wallet}")).value).pruned(now_ms())
+        if lease_id in state.leases:
+            holders.append(wallet)
+    return holders
+
+
+async def _is(value):
+    return value
+
+
+# --- the record fences the send gate -----------------------------------------------------------
+
+
+async def test_a_refusal_says_nothing_sent_only_if_no_other_run_claimed_the_transaction(stack):
+    """A run refuses its own fresh transaction (a halt): it may say "nothing sent" only by voiding
+    the record. If another run (a re-run on another worker) claimed it first to resend it, the
+    refusal only withholds it, and the plan is followed on chain."""
+    dispatcher, records = stack.worker.dispatcher, stack.worker.records
+    claimed = validate(stack.plan("rpc", wallet=0))
+    mine = Dispatch(claimed, dispatcher)
+    await mine.prepared
+    assert mine.fresh
+    other_run = await records.claim(await records.read(claimed.plan_id))
+    submission = await mine.send("halted by the operator")
+    assert submission.withheld_code == "HALTED", "a claimed transaction may be out: followed, not called unsent"
+    assert not (await records.read(claimed.plan_id)).void and other_run.signed.signature == submission.signature
+
+    voided = validate(stack.plan("rpc", wallet=0))
+    first = Dispatch(voided, dispatcher)
+    await first.prepared
+    with pytest.raises(ApplicationError) as refused:
+        await first.send("halted by the operator")
+    assert refused.value.type == "HALTED"
+    assert (await records.read(voided.plan_id)).void
+    late = Dispatch(voided, dispatcher)  # a re-run after the void: nothing to claim, nothing to send
+    with pytest.raises(ApplicationError) as ended:
+        await late.prepared
+    assert ended.value.type == "HALTED" and ended.value.non_retryable
+    for plan in (claimed, voided):
+        await dispatcher.wallets.release(plan.plan_id, None, "none")
+    assert await stack.wire_transactions(claimed.plan_id) == [] and await stack.wire_transactions(voided.plan_id) == []
+
+
+# --- what goes on the wire -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def refusing_rpc():
+    """An RPC node that refuses every transaction (a definite JSON-RPC error)."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"jsonrpc": "2.0", "id": body.get("id"), "error": {"code": -32002, "message": "Transaction simulation failed"}})
+
+    app = web.Application()
+    app.router.add_post("/", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/"
+    await runner.cleanup()
+
+
+async def test_no_backup_copy_goes_out_when_the_primary_refuses(stack, refusing_rpc):
+    """RPC_BACKUPS get a copy only of what the primary did not refuse: SUBMIT_REJECTED must mean
+    nothing left, or a backup could land the plan a result calls rejected."""
+    plan = validate(stack.plan("rpc", wallet=1))
+    dispatch = Dispatch(plan, stack.worker.dispatcher, durable=False)
+    await dispatch.prepared
+    primary, backup = SolanaRpc(refusing_rpc), SolanaRpc(stack.endpoints["rpc"])
+    submitter = Submitter(primary, stack.worker.jito, lambda: None, backups=[backup])
+    try:
+        with pytest.raises(ApplicationError) as refused:
+            await submitter.submit("rpc", dispatch.signed)
+        assert refused.value.type == "SUBMIT_REJECTED"
+        await asyncio.sleep(0.5)
+        assert await stack.wire_transactions(plan.plan_id) == []
+    finally:
+        await stack.worker.wallets.release(plan.plan_id, None, "none")
+        await primary.close()
+        await backup.close()
+
+
+async def test_a_send_slower_than_the_deadline_is_followed_and_its_lease_given_back(stack):
+    """The send takes longer than the plan has left: it is not cut mid-POST and called unsent, it is
+    followed to its landing; and the wallet's lease comes back."""
+    plan = stack.plan("rpc", wallet=2, deadline_ms=400, max_latency_ms=400)
+    await stack.faults({"rpc": {"delay_ms": 1500}})
+    try:
+        result = await stack.execute(plan, timeout=30)
+    finally:
+        await stack.clear_faults()
+    assert result["status"] == "success", result
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+    assert await _lease_holders(stack, plan["planId"]) == []
+
+
+async def test_no_copy_goes_out_while_the_kill_switch_is_on(stack):
+    """Rebroadcasts of a transaction the cluster never took stop at a halt, and start again after it."""
+    plan = stack.plan("rpc", wallet=3, deadline_ms=30_000, max_latency_ms=30_000)
+    await stack.faults({"rpc": {"drop": 1.0}})
+    try:
+        await stack.publish(plan)
+
+        async def received(at_least: int) -> bool:
+            rows = await stack.wire_transactions(plan["planId"])
+            return bool(rows) and rows[0]["timesReceived"] >= at_least
+
+        await wait_until(lambda: received(2), timeout=10)
+        await stack.halt("test: halt during rebroadcasts")
+        await wait_until(lambda: _is(stack.worker.killswitch.halted() is not None))
+        await asyncio.sleep(0.2)
+        times = (await stack.wire_transactions(plan["planId"]))[0]["timesReceived"]
+        await asyncio.sleep(2.5)  # more than two rebroadcast intervals
+        assert (await stack.wire_transactions(plan["planId"]))[0]["timesReceived"] == times, "a copy went out while halted"
+    finally:
+        await stack.resume()
+        await stack.clear_faults()
+    result = await stack.result(plan["planId"], timeout=30)
+    assert result["status"] == "success", result
+
+
+# --- inputs a workflow can receive --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", [[], [None], [123], [{"why": "risk"}]], ids=["no input", "null", "a number", "an object"])
+async def test_a_halt_signal_of_any_form_halts_and_never_sticks_the_workflow(stack, given):
+    plan = stack.plan("rpc", wallet=4)
+    handle = await stack.temporal.start_workflow(
+        "ExecutePlan", validate(plan), id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue,
+        start_signal="halt", start_signal_args=given,
+    )  # fmt: skip
+    told = await asyncio.wait_for(handle.result(), 20)
+    assert (told["status"], told["errorCode"]) == ("failed", "HALTED"), told
+    assert await stack.wire_transactions(plan["planId"]) == []
+
+
+# --- a plan id runs once, ever ------------------------------------------------------------------
+
+
+async def test_a_plan_id_with_a_stored_result_never_runs_again(stack):
+    """Temporal forgets a closed workflow after its retention (72 h); PLANNED can redeliver the plan
+    for 7 days (a consumer recreated after a config change replays it). Here the plan ran long
+    ago: its result is stored, Temporal no longer knows its workflow. It must not run again."""
+    plan = stack.plan("rpc", wallet=5)
+    long_ago = ExecutionResultEvent(
+        execution_id=workflow_id(plan["planId"]), plan_id=plan["planId"], opportunity_id=plan["opportunityId"], status=ExecutionStatus.success,
+        expected_profit=0.05, execution_cost=ExecutionCost(), latency=12.0, execution_method="rpc", timestamp=now_ms() - 4 * 24 * 3600 * 1000,
+    )  # fmt: skip
+    await stack.worker.records.keep_result(long_ago)
+    await stack.publish(plan)
+    await asyncio.sleep(1.5)
+    with pytest.raises(RPCError):  # no workflow for it
+        await stack.temporal.get_workflow_handle(workflow_id(plan["planId"])).describe()
+    assert stack.publishes[plan["planId"]] == [], "a second result for a plan that already has one"
+    assert await stack.wire_transactions(plan["planId"]) == [], "a plan that already ran was sent again"
+    consumer = await stack.js.consumer_info("PLANNED", DURABLE)
+    assert consumer.num_ack_pending == 0, "the replayed plan is settled, not left to come back"
+
+
+async def test_a_rejected_message_never_hides_the_result_of_a_valid_plan_with_its_id(stack):
+    plan = stack.plan("rpc", wallet=0)
+    broken = {key: value for key, value in plan.items() if key != "routes"}
+    await stack.publish(broken, subject="execution.planned.broken")
+    rejected = await stack.result(plan["planId"])
+    assert (rejected["status"], rejected["errorCode"]) == ("failed", "INVALID_PLAN")
+    await stack.publish(plan)
+    await wait_until(lambda: _is(len(stack.results[plan["planId"]]) == 2), timeout=20)
+    assert stack.results[plan["planId"]][1]["status"] == "success", stack.results[plan["planId"]]
+
+
+async def test_a_re_run_publishes_the_stored_result_not_its_own(stack):
+    """One story: the first result stored for a plan is the one every later publish carries."""
+    plan = stack.plan("rpc", wallet=1)
+    now = now_ms()
+
+    def result(status: ExecutionStatus, code: ErrorCode | None) -> ExecutionResultEvent:
+        return ExecutionResultEvent(
+            execution_id=workflow_id(plan["planId"]), plan_id=plan["planId"], opportunity_id=plan["opportunityId"], status=status,
+            expected_profit=0.05, execution_cost=ExecutionCost(fee_lamports=5000), latency=1.0, execution_method="rpc", error_code=code, timestamp=now,
+        )  # fmt: skip
+
+    publish = stack.worker.activities.publish
+    first = await publish(PublishRequest(result(ExecutionStatus.success, None), plan["planId"]))
+    second = await publish(PublishRequest(result(ExecutionStatus.timeout, ErrorCode.BLOCKHASH_EXPIRED), plan["planId"]))
+    assert first.status == second.status == ExecutionStatus.success
+    await asyncio.sleep(0.3)
+    assert [p["status"] for p in stack.publishes[plan["planId"]]] == ["success", "success"]
+    assert json.loads((await stack.worker.records.result(plan["planId"])).to_wire())["status"] == "success"
