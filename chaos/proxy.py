@@ -72,11 +72,13 @@ class CuttableProxy:
         self.cut()
         if self._server is not None:
             self._server.close()
+        # Cut connections end on their own (an upstream connect gives up within a second); a
+        # cancelled handler would only make asyncio log a traceback for it.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=UPSTREAM_CONNECT_S + 1)
+        if self._server is not None:
             with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+                await asyncio.wait_for(self._server.wait_closed(), 1)
 
     async def _accept(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
