@@ -193,6 +193,8 @@ def check(evidence: dict) -> Verdict:
     for halt in evidence.get("halts", []):
         acknowledged = halt.get("acknowledged_ns")
         if acknowledged is None:
+            # The operator was never told the halt holds: nothing can be promised after it.
+            flag("sent_after_halt", None, f"the halt issued at {halt.get('issued_ns')} was never acknowledged: {halt.get('error', '')}"[:300])
             continue
         until = halt.get("resumed_ns") or float("inf")
         for plan_id, rows in wire.items():

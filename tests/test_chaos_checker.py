@@ -211,6 +211,14 @@ def test_what_was_on_the_wire_before_the_halt_may_go_again_and_after_the_resume_
     assert check(evidence).ok
 
 
+def test_a_halt_never_acknowledged_fails_the_run():
+    evidence = clean()
+    evidence["halts"] = [{"issued_ns": T0 + 5000 * MS, "acknowledged_ns": None, "resumed_ns": T0 + 8000 * MS, "error": "timed out"}]
+    found = violations(evidence, "sent_after_halt")
+    assert found[0]["planId"] is None and "never acknowledged" in found[0]["why"]
+    assert check(evidence).summary["sent_after_halt"] == 0, "no plan to blame, but not ok"
+
+
 def test_a_live_lease_left_over():
     evidence = clean()
     evidence["leases"].append({"wallet": "W2", "lease": "expired", "expires_ms": evidence["checked_at_ms"] + 30_000})
