@@ -235,7 +235,8 @@ def check(evidence: dict) -> Verdict:
 
     first_results = [results[0] for results in stored.values() if results]
     kills = Counter(kill["kind"] for kill in evidence.get("kills", []))
-    counted = {name: len({v["planId"] for v in items if v.get("planId")}) for name, items in violations.items()}
+    # Plans, and (rarely) a violation no plan can be blamed for, such as a halt never acknowledged.
+    counted = {name: len({v["planId"] for v in items if v.get("planId")}) + sum(1 for v in items if not v.get("planId")) for name, items in violations.items()}
     summary = {
         "plans": len(plans),
         "results": sum(len(results) for results in stored.values()),
