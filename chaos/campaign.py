@@ -556,8 +556,8 @@ class Campaign:
             "duplicate_results": verdict.duplicate_results,
             "takeover": {
                 "samples": len(samples),
-                "measured": sum(1 for s in samples if s["takeover_ms"] is not None and not s["excluded"]),
-                "excluded_overlapping_outage": sum(1 for s in samples if s["excluded"]),
+                "measured": sum(1 for s in samples if s["takeover_ms"] is not None),
+                "with_outage_taken_off": sum(1 for s in samples if s["outage_ms"]),
                 "not_taken_over": sum(1 for s in samples if s["takeover_ms"] is None),
                 "by_held": {held: sum(1 for s in samples if s["held"] == held) for held in ("workflow", "bridge")},
                 "slowest": sorted((s for s in samples if s["takeover_ms"] is not None), key=lambda s: -s["takeover_ms"])[:10],
