@@ -194,7 +194,7 @@ async def _cli(env: dict[str, str], *args: str, timeout: float) -> tuple[int | N
     )  # fmt: skip
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         out, err = await process.communicate()
         return None, out.decode(errors="replace"), err.decode(errors="replace")

@@ -122,7 +122,7 @@ class CuttableProxy:
         for host, port in candidates[start:] + candidates[:start]:
             try:
                 return await asyncio.wait_for(asyncio.open_connection(host, port), UPSTREAM_CONNECT_S)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 continue
         return None, None
 

@@ -24,7 +24,14 @@ import aiohttp
 
 from activities.keystore import KeyStore
 from worker.demo import DemoPool
-from worker.dev import DEV_DYNAMIC_CONFIG, DEV_SQLITE_PRAGMAS, LAMPORTS_PER_SOL, RETENTION_HOURS, admin_post, wallet_keys
+from worker.dev import (
+    DEV_DYNAMIC_CONFIG,
+    DEV_SQLITE_PRAGMAS,
+    LAMPORTS_PER_SOL,
+    RETENTION_HOURS,
+    admin_post,
+    wallet_keys,
+)
 from worker.services import LocalnetServer, TemporalDevServer
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 
