@@ -88,7 +88,6 @@ class Campaign:
         self.stored: dict[int, dict] = {}
         self.stored_plans: set[str] = set()
         self.exclusive = asyncio.Lock()
-        self.choosing_victim = asyncio.Lock()
         self.cluster_wanted: dict | None = None
         self.cluster_paused = False
         self.fault_channels: set[str] = set()
@@ -290,26 +289,32 @@ class Campaign:
 
         await asyncio.gather(*(at(fault) for fault in schedule))
 
-    async def _victim(self, preferred: int) -> WorkerSlot | None:
-        """A ready worker that is not cut off, leaving at least one ready survivor when there are two or more."""
+    async def _victim(self, preferred: int, *, hold: bool) -> WorkerSlot | None:
+        """A ready worker that is neither cut off nor being killed, leaving at least one ready
+        survivor when there are two or more; marked (held, or being killed) before this returns.
+        Between the check and the mark nothing awaits, so two faults due at once never pick the same worker."""
         deadline = time.monotonic() + VICTIM_WAIT_S
         while True:
-            candidates = [slot for slot in self.stack.ready_slots() if not slot.held]
+            candidates = [slot for slot in self.stack.ready_slots() if not slot.held and not slot.killing]
             survivors_needed = 1 if self.settings.workers > 1 else 0
             if len(candidates) > survivors_needed or (candidates and time.monotonic() > deadline):
                 chosen = [slot for slot in candidates if slot.index == preferred]
-                return chosen[0] if chosen else self.runtime_rng.choice(candidates)
+                slot = chosen[0] if chosen else self.runtime_rng.choice(candidates)
+                if hold:
+                    slot.held = True
+                else:
+                    slot.killing = True
+                return slot
             if time.monotonic() > deadline + VICTIM_WAIT_S:
                 return None
             await asyncio.sleep(0.05)
 
     async def _worker_kill(self, params: dict) -> None:
-        async with self.choosing_victim:  # two kills due at once must not pick the same worker
-            slot = await self._victim(params["slot"])
-            if slot is None:
-                self.note("worker_kill_skipped", fault=False, reason="no ready worker")
-                return
-            kill = await self.stack.kill_worker(slot)
+        slot = await self._victim(params["slot"], hold=False)
+        if slot is None:
+            self.note("worker_kill_skipped", fault=False, reason="no ready worker")
+            return
+        kill = await self.stack.kill_worker(slot)
         self.kills.append(kill)
         self.note("worker_kill", slot=slot.index, name=kill["name"], pid=kill["pid"], identity=kill["identity"], restart_after_s=params["restart_after_s"])
         await asyncio.sleep(params["restart_after_s"])
@@ -346,10 +351,7 @@ class Campaign:
         """Cut one worker off NATS, halt, restore the cut while halted, then resume."""
         async with self.exclusive:
             await self._pause_cluster_faults(True)
-            async with self.choosing_victim:
-                slot = await self._victim(params["slot"])
-                if slot is not None:
-                    slot.held = True
+            slot = await self._victim(params["slot"], hold=True)
             if slot is None:
                 self.note("halt_skipped", fault=False, reason="no ready worker to cut off")
                 await self._pause_cluster_faults(False)
@@ -369,6 +371,12 @@ class Campaign:
             finally:
                 slot.proxy.restore()
                 record["resumed_ns"] = await self._resume()
+                acknowledged, resumed = record.get("acknowledged_ns"), record["resumed_ns"]
+                record["plans_published_while_halted"] = sum(
+                    1 for at in self.published_ns.values() if acknowledged and acknowledged <= at < resumed
+                )
+                if not record["plans_published_while_halted"]:
+                    self.note("halt_without_plans", fault=False, why="no plan was published while halted: sent_after_halt checked nothing")
                 self.halts.append(record)
                 self.outages.append({"kind": "halt", "from_ns": record.get("issued_ns") or record.get("cut_ns"), "to_ns": record["resumed_ns"]})
                 slot.held = False

@@ -231,7 +231,7 @@ class ChaosStack:
     async def kill_worker(self, slot: WorkerSlot) -> dict:
         """SIGKILL, and what the dead worker held: its identity, and every plan its log names."""
         process = slot.process
-        slot.killing = True
+        slot.killing = True  # its exit is not a crash
         at = time.time_ns()
         os.killpg(process.pid, signal.SIGKILL)
         while process.poll() is None:
