@@ -88,6 +88,7 @@ class Campaign:
         self.stored: dict[int, dict] = {}
         self.stored_plans: set[str] = set()
         self.exclusive = asyncio.Lock()
+        self.halts_waiting = 0
         self.cluster_wanted: dict | None = None
         self.cluster_paused = False
         self.fault_channels: set[str] = set()
@@ -294,7 +295,22 @@ class Campaign:
         survivor when there are two or more; marked (held, or being killed) before this returns.
         Between the check and the mark nothing awaits, so two faults due at once never pick the same worker."""
         deadline = time.monotonic() + VICTIM_WAIT_S
+        if hold:
+            self.halts_waiting += 1
+        try:
+            return await self._choose(preferred, hold, deadline)
+        finally:
+            if hold:
+                self.halts_waiting -= 1
+
+    async def _choose(self, preferred: int, hold: bool, deadline: float) -> WorkerSlot | None:
         while True:
+            if not hold and self.halts_waiting:
+                # A halt waits for two ready workers (one to cut off, one to carry on); kills that keep
+                # taking workers would push it past the last plan, where it would stop nothing.
+                await asyncio.sleep(0.05)
+                deadline = time.monotonic() + VICTIM_WAIT_S
+                continue
             candidates = [slot for slot in self.stack.ready_slots() if not slot.held and not slot.killing]
             survivors_needed = 1 if self.settings.workers > 1 else 0
             if len(candidates) > survivors_needed or (candidates and time.monotonic() > deadline):
