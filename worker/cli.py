@@ -9,11 +9,12 @@ import sys
 from localnet import command as localnet_command
 
 
-TEMPORAL_COMMANDS = {"dev", "worker", "halt", "status", "bench"}
+TEMPORAL_COMMANDS = {"dev", "worker", "halt", "status", "bench", "chaos"}
 
 
 def main(argv: list[str] | None = None) -> int:
     from bench import command as bench_command
+    from chaos import command as chaos_command
 
     from . import control, dev
     from . import inspect as inspect_command
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     command = commands.add_parser("bench", help="plan-to-wire latency, throughput and the durability tax (embedded stack)")
     bench_command.add_arguments(command)
     command.set_defaults(run=bench_command.run)
+
+    command = commands.add_parser("chaos", help="fault campaign: kills, outages, cluster faults and a halt; checks exactly-once from outside")
+    chaos_command.add_arguments(command)
+    command.set_defaults(run=chaos_command.run)
 
     command = commands.add_parser("localnet", help="run the local Solana cluster (JSON-RPC, Jito block engine, TPU over QUIC)")
     localnet_command.add_arguments(command)
