@@ -25,7 +25,7 @@ from worker.config import ExecutorConfig
 from worker.main import connect_temporal
 from worker.streams import ensure_streams
 
-from . import adapters, evidence
+from . import evidence, operator
 from .checker import Verdict, check, plan_of_memo
 from .plans import MAX_LATENCY_MS, PlanSpec, draw_plans
 from .schedule import Fault, draw_schedule
@@ -91,10 +91,8 @@ class Campaign:
         self.halts_waiting = 0
         self.cluster_wanted: dict | None = None
         self.cluster_paused = False
-        self.fault_channels: set[str] = set()
         self.cluster_applied: dict | None = None
         self.closing = False
-        self.halt_waits = False
         self._next_seq = 1
 
     # --- logging --------------------------------------------------------------------------------
@@ -130,9 +128,7 @@ class Campaign:
         await self.nc.flush()
         self.http = aiohttp.ClientSession()
         try:
-            self.fault_channels = await adapters.fault_channels(self.http, self.stack.admin)
-            self.halt_waits = await adapters.halt_waits(self.env)
-            self.say(f"chaos event=ready halt_waits={self.halt_waits} reads_faults={'reads' in self.fault_channels} workers={[slot.name for slot in self.stack.slots]}")
+            self.say(f"chaos event=ready workers={[slot.name for slot in self.stack.slots]}")
             return await self._campaign()
         finally:
             self.closing = True
@@ -378,7 +374,7 @@ class Campaign:
                 record["cut_ns"] = self.note("cut", slot=slot.index, name=slot.name, connections_closed=closed)["at_ns"]
                 await asyncio.sleep(0.5)
                 halting = asyncio.create_task(self._halt_command())
-                self.note("halt_issued", waits=self.halt_waits, cut_off=slot.name)
+                self.note("halt_issued", cut_off=slot.name)
                 await asyncio.sleep(params["restore_after_s"])
                 slot.proxy.restore()
                 record["restored_ns"] = self.note("cut_restored", slot=slot.index, name=slot.name)["at_ns"]
@@ -399,7 +395,7 @@ class Campaign:
                 await self._pause_cluster_faults(False)
 
     async def _halt_command(self) -> dict:
-        outcome = await adapters.halt(self.env, wait=self.halt_waits)
+        outcome = await operator.halt(self.env)
         self.note(
             "halt_acknowledged" if outcome["acknowledged_ns"] else "halt_failed",
             returncode=outcome["returncode"], acknowledged=outcome["acknowledged"], missing=outcome["missing"],
@@ -410,7 +406,7 @@ class Campaign:
     async def _resume(self) -> int:
         """Resume, again until it is stored: a campaign left halted would only measure deadlines."""
         for attempt in range(10):
-            outcome = await adapters.resume(self.env)
+            outcome = await operator.resume(self.env)
             if outcome["returncode"] == 0:
                 self.note("resume", took_s=round((outcome["returned_ns"] - outcome["issued_ns"]) / 1e9, 2))
                 return outcome["issued_ns"]
@@ -437,14 +433,10 @@ class Campaign:
         wanted = None if self.cluster_paused else self.cluster_wanted
         if wanted == self.cluster_applied and not force:
             return
-        body = adapters.cluster_faults(
-            self.fault_channels, drop=wanted["drop"] if wanted else 0.0,
-            rate_limit=wanted["rate_limit"] if wanted else 0.0, delay_ms=wanted["delay_ms"] if wanted else 0.0,
+        body = operator.cluster_faults(
+            drop=wanted["drop"] if wanted else 0.0, rate_limit=wanted["rate_limit"] if wanted else 0.0, delay_ms=wanted["delay_ms"] if wanted else 0.0,
         )  # fmt: skip
-        warning = await adapters.put_faults(self.http, self.stack.admin, body)
-        if warning:
-            self.note("reads_faults_refused", fault=False, why=warning)
-            self.fault_channels.discard("reads")
+        await operator.put_faults(self.http, self.stack.admin, body)
         changed = wanted != self.cluster_applied
         self.cluster_applied = wanted
         if wanted and changed:

@@ -32,10 +32,9 @@ from worker.dev import (
     admin_post,
     wallet_keys,
 )
-from worker.services import LocalnetServer, TemporalDevServer
+from worker.services import LocalnetServer, NatsCluster, NatsServer, TemporalDevServer
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 
-from .adapters import NatsNodes, kill_server, respawn_temporal, start_retrying
 from .proxy import CuttableProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +60,44 @@ def _die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+class NatsNodes:
+    """The NATS the campaign runs on: one nats-server, or a cluster whose nodes are killed one at a time.
+    Its nodes do not advertise their client addresses, so workers only reach them through their proxies."""
+
+    def __init__(self, data_dir: Path, size: int = 1) -> None:
+        self.single = NatsServer(data_dir / "nats", port=0) if size == 1 else None
+        self.cluster = NatsCluster(data_dir / "nats-cluster", size=size) if size > 1 else None
+
+    @property
+    def nodes(self) -> list[NatsServer]:
+        return [self.single] if self.single is not None else list(self.cluster.nodes)
+
+    @property
+    def replicas(self) -> int:
+        return 1 if self.single is not None else min(3, len(self.cluster.nodes))
+
+    async def start(self) -> None:
+        await (self.single.start() if self.single is not None else self.cluster.start())
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", node.port) for node in self.nodes]
+
+    async def kill(self, index: int) -> int:
+        pid = self.nodes[index].pid
+        self.single.kill() if self.single is not None else self.cluster.kill(index)
+        return pid
+
+    async def restart(self, index: int) -> None:
+        await (self.single.restart() if self.single is not None else self.cluster.restart(index))
+
+    async def stop(self) -> None:
+        await (self.single.stop() if self.single is not None else self.cluster.stop())
 
 
 @dataclass
@@ -172,7 +209,8 @@ class ChaosStack:
             "RPC_ENDPOINT": self.localnet.endpoints["rpc"],
             "RPC_WS_ENDPOINT": self.localnet.endpoints["ws"],
             "JITO_BLOCK_ENGINE_URL": self.localnet.endpoints["blockEngine"],
-            "NATS_URL": nats_url or self.nats.urls[0],
+            "NATS_URL": nats_url or self.nats_url,
+            "NATS_REPLICAS": str(self.nats.replicas),
             "TEMPORAL_ADDRESS": self.temporal.address,
             "WALLET_KEYS_DIR": str(self.data_dir / "wallets"),
             "CONFIRMATION_POLL_MS": str(max(20, min(200, int(self.slot_ms / 2)))),
@@ -259,8 +297,9 @@ class ChaosStack:
     # --- servers ---------------------------------------------------------------------------------------
 
     async def kill_temporal(self) -> int:
-        return await kill_server(self.temporal)
+        pid = self.temporal.pid
+        self.temporal.kill()
+        return pid
 
     async def restart_temporal(self) -> None:
-        old = self.temporal
-        self.temporal = await start_retrying(lambda: respawn_temporal(old))
+        await self.temporal.restart()

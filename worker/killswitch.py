@@ -20,6 +20,12 @@ through one rule, "apply a message only if its sequence is newer than the last a
 3. The same re-read every HEARTBEAT_S, a backstop for anything else that silences the
    consumer (slow-consumer drops, a consumer deleted by hand, SYSTEM recreated).
 
+A worker that cannot hear the stream (cut off from NATS) cannot know whether a halt was
+published: after UNHEARD_S without a successful read it refuses to send anything new
+(`refusal`), fail-closed, until it hears the stream again. Its plans cannot be recorded
+meanwhile anyway (the record is in NATS), so what this stops is copies of transactions that
+may never have reached the wire.
+
 Each worker acknowledges a halt in its presence entry (`worker/presence.py`) right after
 the flag is set, so `hft-executor halt --wait` can tell which live workers stopped
 sending. On a halt the worker also signals `halt` to every running ExecutePlan workflow
@@ -46,6 +52,7 @@ from .presence import HEARTBEAT_S, Identity, Presence, now_ms
 from .streams import KILLSWITCH_SUBJECT, RESUME_SUBJECT, STOPPED_SUBJECT
 
 log = logging.getLogger("hft.killswitch")
+UNHEARD_S = 3.0  # three missed re-reads
 RUNNING_PLANS = 'WorkflowType = "ExecutePlan" AND ExecutionStatus = "Running"'
 SYSTEM_STREAM = "SYSTEM"
 
@@ -127,6 +134,8 @@ class KillSwitch:
         self._refresher: asyncio.Task | None = None
         self._starting = True
         self._reset_lock = asyncio.Lock()
+        self.heard_at = time.monotonic()  # the last successful read of the state from the stream
+        self._unheard_logged = False
 
     @property
     def worker_id(self) -> str:
@@ -134,6 +143,24 @@ class KillSwitch:
 
     def halted(self) -> str | None:
         return self.reason
+
+    def refusal(self) -> str | None:
+        """Why nothing new may be sent now: a halt, or a kill switch this worker cannot hear."""
+        if self.reason is not None:
+            return self.reason
+        unheard = time.monotonic() - self.heard_at
+        if unheard > UNHEARD_S:
+            if not self._unheard_logged:
+                self._unheard_logged = True
+                log.warning("stage=killswitch event=unheard seconds=%.1f worker=%s: sending nothing new until the state is read again", unheard, self.worker_id)
+            return f"the kill switch has not been heard for {unheard:.1f} s (NATS unreachable)"
+        return None
+
+    def _heard(self) -> None:
+        self.heard_at = time.monotonic()
+        if self._unheard_logged:
+            self._unheard_logged = False
+            log.info("stage=killswitch event=heard_again worker=%s", self.worker_id)
 
     def state(self) -> dict:
         """What the presence entry says about the kill switch (read at each write)."""
@@ -185,6 +212,7 @@ class KillSwitch:
     # --- following the stream -------------------------------------------------------------------
 
     async def _on_message(self, message) -> None:
+        self._heard()
         self._apply(message.metadata.sequence.stream, message.subject, message.data, "start" if self._starting else "stream")
 
     async def reconnected(self) -> None:
@@ -204,6 +232,7 @@ class KillSwitch:
     async def refresh(self, source: str) -> None:
         """Re-read the last halt and resume from the stream and apply the newer one."""
         halt, resume = await last_state(self.js)
+        self._heard()
         newest = max((m for m in ((halt, KILLSWITCH_SUBJECT), (resume, RESUME_SUBJECT)) if m[0] is not None), key=lambda m: m[0][0], default=None)
         newest_seq = newest[0][0] if newest else 0
         if newest_seq < self.applied_seq:
