@@ -45,6 +45,9 @@ class Submitter:
         self.halted = halted
         self.backups = list(backups)  # RPC_BACKUPS: get a copy of every rpc send, never waited on
         self._background: set[asyncio.Task] = set()
+        self.in_flight = 0  # sends past the gate, not yet answered
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     async def submit(self, method: str, signed: SignedTransaction) -> Submission:
         if method not in SENDABLE:
@@ -61,8 +64,22 @@ class Submitter:
             return ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent"
         return None
 
+    async def drained(self) -> None:
+        """Until no send is under way (a halt's acknowledgment waits for this)."""
+        await self._quiet.wait()
+
     async def send(self, method: str, raw: bytes) -> str | None:
         """Send once; returns the bundle id for jito_bundle. Uncertain failures raise for a retry."""
+        self.in_flight += 1
+        self._quiet.clear()
+        try:
+            return await self._send(method, raw)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._quiet.set()
+
+    async def _send(self, method: str, raw: bytes) -> str | None:
         if method == "rpc":
             try:
                 await self.rpc.send_transaction(raw)

@@ -287,8 +287,9 @@ class Campaign:
         await asyncio.gather(*(at(fault) for fault in schedule))
 
     async def _victim(self, preferred: int, *, hold: bool) -> WorkerSlot | None:
-        """A ready worker that is neither cut off nor being killed, leaving at least one ready
-        survivor when there are two or more; marked (held, or being killed) before this returns.
+        """A ready worker that is neither cut off nor being killed, always leaving at least one ready
+        survivor when there are two or more (waiting for one if need be, skipping the fault after
+        twice VICTIM_WAIT_S); marked (held, or being killed) before this returns.
         Between the check and the mark nothing awaits, so two faults due at once never pick the same worker."""
         deadline = time.monotonic() + VICTIM_WAIT_S
         if hold:
@@ -309,7 +310,8 @@ class Campaign:
                 continue
             candidates = [slot for slot in self.stack.ready_slots() if not slot.held and not slot.killing]
             survivors_needed = 1 if self.settings.workers > 1 else 0
-            if len(candidates) > survivors_needed or (candidates and time.monotonic() > deadline):
+            # Never the last ready worker: a takeover is measured onto a survivor, not onto a restart.
+            if len(candidates) > survivors_needed:
                 chosen = [slot for slot in candidates if slot.index == preferred]
                 slot = chosen[0] if chosen else self.runtime_rng.choice(candidates)
                 if hold:

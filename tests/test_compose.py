@@ -5,6 +5,8 @@ every file the stack mounts or builds from is in the repository, and Prometheus 
 """
 from __future__ import annotations
 
+import re
+
 import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -121,13 +123,17 @@ def test_worker_command_is_hft_executor_worker(services: dict) -> None:
     assert argv(services["worker"]["command"]) == ["worker"]
 
 
-def test_nats_runs_jetstream_with_a_store_on_a_volume(compose: dict, services: dict) -> None:
+def test_nats_runs_jetstream_syncing_every_write_to_a_store_on_a_volume(compose: dict, services: dict) -> None:
+    """The plan record is the commit point: nats-server's default 2-minute disk sync could lose it."""
     nats = services["nats"]
     args = argv(nats.get("command"))
-    assert "-js" in args
-    store = args[args.index("-sd") + 1]
-    mounted = [v.split(":")[:2] for v in nats.get("volumes", []) if isinstance(v, str)]
-    assert any(target == store and source in (compose.get("volumes") or {}) for source, target in mounted)
+    config_path = args[args.index("-c") + 1]
+    mounted = {target: source for source, target, *_ in (v.split(":") for v in nats.get("volumes", []) if isinstance(v, str))}
+    config = (ROOT / mounted[config_path]).read_text(encoding="utf-8")
+    jetstream = re.search(r"jetstream\s*\{([^}]*)\}", config).group(1)
+    assert re.search(r"^\s*sync_interval:\s*always\s*$", jetstream, re.M)
+    store = re.search(r"^\s*store_dir:\s*(\S+)\s*$", jetstream, re.M).group(1)
+    assert mounted.get(store) in (compose.get("volumes") or {}), f"the JetStream store {store} is not on a named volume"
 
 
 def test_every_depends_on_names_an_existing_service(services: dict) -> None:

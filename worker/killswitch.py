@@ -40,7 +40,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -53,6 +53,7 @@ from .streams import KILLSWITCH_SUBJECT, RESUME_SUBJECT, STOPPED_SUBJECT
 
 log = logging.getLogger("hft.killswitch")
 UNHEARD_S = 3.0  # three missed re-reads
+ACK_DRAIN_S = 5.0
 RUNNING_PLANS = 'WorkflowType = "ExecutePlan" AND ExecutionStatus = "Running"'
 SYSTEM_STREAM = "SYSTEM"
 
@@ -115,6 +116,7 @@ class KillSwitch:
         *,
         worker_id: str | None = None,
         replicas: int = 1,
+        sends_drained: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -126,6 +128,10 @@ class KillSwitch:
         self.by: str | None = None
         self.halt_seq: int | None = None
         self.halt_applied_at: int | None = None
+        # A send that passed the gate just before the flag was set may still be on its way: the
+        # acknowledgment waits for it, so nothing new reaches the wire after `halt --wait` returns.
+        self.sends_drained = sends_drained
+        self.acked_seq: int | None = None
         self.applied_seq = 0
         self.on_change = on_change or (lambda halted: None)
         self.presence: Presence | None = None
@@ -168,7 +174,7 @@ class KillSwitch:
             "halted": self.reason is not None,
             "reason": self.reason,
             "by": self.by,
-            "haltSeq": self.halt_seq,
+            "haltSeq": self.acked_seq if self.reason is not None else self.halt_seq,
             "haltAppliedAt": self.halt_applied_at,
             "stateSeq": self.applied_seq,
         }
@@ -290,7 +296,14 @@ class KillSwitch:
             self._spawn(self.presence.write())
 
     async def _after_halt(self, seq: int, announce: bool) -> None:
-        # The acknowledgment first: the flag is already set, nothing new is sent from here on.
+        # The acknowledgment first: the flag is already set, nothing new is sent from here on
+        # once the sends already past the gate are done (each has its own timeout; the wait is bounded).
+        if self.sends_drained is not None:
+            try:
+                await asyncio.wait_for(self.sends_drained(), ACK_DRAIN_S)
+            except asyncio.TimeoutError:
+                log.warning("stage=killswitch event=sends_still_in_flight seq=%d worker=%s", seq, self.worker_id)
+        self.acked_seq = seq
         if self.presence is not None and await self.presence.write():
             log.info("stage=killswitch event=acknowledged seq=%d worker=%s", seq, self.worker_id)
         await self.halt_running()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -49,6 +50,24 @@ from .streams import ensure_streams
 
 log = logging.getLogger("hft.worker")
 STICKY_SCHEDULE_TO_START = timedelta(seconds=1)
+# A server electing a leader or restarting is no reason for a worker to give up at start.
+STARTUP_PATIENCE_S = 120.0
+
+
+async def _patiently(step_name: str, step, *, undo=None):
+    """Run a start-up step again (with backoff, each attempt logged) until it works or patience ends."""
+    delay, deadline = 0.5, time.monotonic() + STARTUP_PATIENCE_S
+    while True:
+        try:
+            return await step()
+        except Exception as error:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("stage=worker event=start_retry step=%s error=%s: %s; again in %.1f s", step_name, type(error).__name__, str(error)[:200], delay)
+            if undo is not None:
+                await undo()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def connect_temporal(config: ExecutorConfig, sdk_metrics_port: int = 0) -> Client:
@@ -125,25 +144,32 @@ class ExecutorWorker:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             reconnected_cb=self._nats_reconnected,
+            disconnected_cb=self._nats_disconnected,
+            error_cb=self._nats_error,
         )
         self.js = self.nc.jetstream()
-        await ensure_streams(self.js, replicas=config.nats_replicas)
-        self.records = await PlanRecords.open(self.js, replicas=config.nats_replicas)
-        self.wallets = await WalletPool.open(self.js, self.keys.public_keys(), replicas=config.nats_replicas)
+
+        async def bus() -> None:
+            await ensure_streams(self.js, replicas=config.nats_replicas)
+            self.records = await PlanRecords.open(self.js, replicas=config.nats_replicas)
+            self.wallets = await WalletPool.open(self.js, self.keys.public_keys(), replicas=config.nats_replicas)
+
+        await _patiently("nats", bus)
         self.rpc = AsyncClient(config.rpc_endpoint, commitment=Confirmed, timeout=10)
         self.hot_rpc = SolanaRpc(config.rpc_endpoint)
         self.backups = [SolanaRpc(url) for url in config.rpc_backups]
         self.blockhashes = BlockhashCache(self.rpc)
-        await self.blockhashes.refresh()
+        await _patiently("rpc", self.blockhashes.refresh)
         self.blockhashes.start()
         self.jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid)
         self.tpu = await self._start_tpu(config)
-        self.client = await connect_temporal(config, config.temporal_metrics_port if config.metrics_port else 0)
+        self.client = await _patiently("temporal", lambda: connect_temporal(config, config.temporal_metrics_port if config.metrics_port else 0))
         await ensure_search_attributes(self.client, config.temporal_namespace)
         self.killswitch = KillSwitch(
-            self.nc, self.js, self.client, config.executor_name, on_change=lambda on: self.metrics.halted.set(int(on)), replicas=config.nats_replicas
-        )
-        await self.killswitch.start()
+            self.nc, self.js, self.client, config.executor_name,
+            on_change=lambda on: self.metrics.halted.set(int(on)), replicas=config.nats_replicas, sends_drained=self._sends_drained,
+        )  # fmt: skip
+        await _patiently("killswitch", self.killswitch.start, undo=self.killswitch.stop)
         self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000, commitment=config.confirmation_commitment)
         self.watcher.start()
         builder = transaction_builder(config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts)
@@ -229,6 +255,18 @@ class ExecutorWorker:
             return None
         log.info("stage=worker event=tpu_ready identity=%s fanoutSlots=%d", tpu.identity_pubkey, config.tpu_fanout_slots)
         return tpu
+
+    async def _nats_disconnected(self) -> None:
+        log.warning("stage=nats event=disconnected name=%s", self.config.executor_name)
+
+    async def _nats_error(self, error: Exception) -> None:
+        # One line per event, not a traceback per reconnect attempt.
+        log.warning("stage=nats event=error error=%s: %s", type(error).__name__, str(error)[:200])
+
+    async def _sends_drained(self) -> None:
+        dispatcher = getattr(self, "dispatcher", None)  # none yet while the kill switch starts: nothing sent
+        if dispatcher is not None:
+            await dispatcher.submitter.drained()
 
     async def _publish_rejection(self, result: ExecutionResultEvent, message_id: str) -> None:
         await publish_result(self.js, result, message_id)
