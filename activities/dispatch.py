@@ -152,7 +152,10 @@ class Dispatch:
         plan, signed = self.plan, self.signed
         refusal = d.submitter.refusal(halt_reason, plan.deadline)
         if refusal is not None:
-            return await self._refuse(*refusal)
+            code, why, final = refusal
+            if not final:
+                fail(code, why, final=False)  # nothing sent; the retry asks the gate again
+            return await self._refuse(code, why)
         if not self.fresh and self.durable:
             # Someone else recorded it: bump the revision first, so its writer can no longer void it.
             self.record = await d.records.claim(self.record)

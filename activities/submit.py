@@ -38,11 +38,13 @@ class Submitter:
         halted: Callable[[], str | None],
         backups: Sequence[SolanaRpc] = (),
         tpu: TpuClient | None = None,
+        unheard: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.rpc = rpc
         self.jito = jito
         self.tpu = tpu
         self.halted = halted
+        self.unheard = unheard  # why the kill switch cannot be read now (fail-closed), or None
         self.backups = list(backups)  # RPC_BACKUPS: get a copy of every rpc send, never waited on
         self._background: set[asyncio.Task] = set()
         self.in_flight = 0  # sends past the gate, not yet answered
@@ -55,13 +57,17 @@ class Submitter:
         bundle_id = await self.send(method, base64.b64decode(signed.transaction))
         return Submission(signature=signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
 
-    def refusal(self, halt_reason: str | None, deadline_ms: int) -> tuple[ErrorCode, str] | None:
-        """Why a plan must not go on the wire now (a halt, or its deadline), or None."""
+    def refusal(self, halt_reason: str | None, deadline_ms: int) -> tuple[ErrorCode, str, bool] | None:
+        """Why a plan must not go on the wire now, and whether that is final: a halt, or its deadline
+        (final); a kill switch this worker cannot hear (not final: it may be heard again before the deadline)."""
         reason = halt_reason or self.halted()
         if reason is not None:
-            return ErrorCode.HALTED, f"halted before submit: {reason}"
+            return ErrorCode.HALTED, f"halted before submit: {reason}", True
         if time.time() * 1000 > deadline_ms:
-            return ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent"
+            return ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent", True
+        unheard = self.unheard()
+        if unheard is not None:
+            return ErrorCode.HALTED, f"not sent while {unheard}", False
         return None
 
     async def drained(self) -> None:

@@ -34,6 +34,9 @@ from .stack import ChaosStack, WorkerSlot
 PUBLISH_TIMEOUT_S = 2.0
 PUBLISH_RETRY_S = 0.25
 VICTIM_WAIT_S = 15.0
+# A kill waits this long for a survivor to be ready before it is skipped (a kill is never
+# skipped for a moment's lack of one: a run must carry its kills).
+VICTIM_PATIENCE_S = 120.0
 BLOCKHASH_WAIT_S = 90.0
 STORY_LOG_LINES = 120
 
@@ -288,8 +291,8 @@ class Campaign:
 
     async def _victim(self, preferred: int, *, hold: bool) -> WorkerSlot | None:
         """A ready worker that is neither cut off nor being killed, always leaving at least one ready
-        survivor when there are two or more (waiting for one if need be, skipping the fault after
-        twice VICTIM_WAIT_S); marked (held, or being killed) before this returns.
+        survivor when there are two or more (waiting for one if need be, skipping the fault only
+        after VICTIM_PATIENCE_S); marked (held, or being killed) before this returns.
         Between the check and the mark nothing awaits, so two faults due at once never pick the same worker."""
         deadline = time.monotonic() + VICTIM_WAIT_S
         if hold:
@@ -319,7 +322,7 @@ class Campaign:
                 else:
                     slot.killing = True
                 return slot
-            if time.monotonic() > deadline + VICTIM_WAIT_S:
+            if time.monotonic() > deadline + VICTIM_PATIENCE_S:
                 return None
             await asyncio.sleep(0.05)
 

@@ -22,7 +22,7 @@ through one rule, "apply a message only if its sequence is newer than the last a
 
 A worker that cannot hear the stream (cut off from NATS) cannot know whether a halt was
 published: after UNHEARD_S without a successful read it refuses to send anything new
-(`refusal`), fail-closed, until it hears the stream again. Its plans cannot be recorded
+(`unheard`), fail-closed, until it hears the stream again. Its plans cannot be recorded
 meanwhile anyway (the record is in NATS), so what this stops is copies of transactions that
 may never have reached the wire.
 
@@ -150,10 +150,8 @@ class KillSwitch:
     def halted(self) -> str | None:
         return self.reason
 
-    def refusal(self) -> str | None:
-        """Why nothing new may be sent now: a halt, or a kill switch this worker cannot hear."""
-        if self.reason is not None:
-            return self.reason
+    def unheard(self) -> str | None:
+        """Why this worker cannot tell whether a halt is in force now (fail-closed), or None."""
         unheard = time.monotonic() - self.heard_at
         if unheard > UNHEARD_S:
             if not self._unheard_logged:

@@ -178,7 +178,7 @@ class ExecutorWorker:
             keys=self.keys,
             builder=builder,
             records=self.records,
-            submitter=Submitter(self.hot_rpc, self.jito, self.killswitch.refusal, self.backups, self.tpu),
+            submitter=Submitter(self.hot_rpc, self.jito, self.killswitch.halted, self.backups, self.tpu, unheard=self.killswitch.unheard),
             crash_after=os.environ.get("HFT_TEST_CRASH_AFTER") or None,
         )
         self.activities = ExecutionActivities(
