@@ -219,6 +219,10 @@ class WalletPool:
         """
         if outcome not in ("success", "failure", "none"):
             raise ValueError(f"outcome must be success, failure or none, not {outcome!r}")
+        if wallet is None:
+            # Where is it? The cache may not have caught up (a write acknowledged while NATS was
+            # going away): read every wallet afresh. Only a run cut short gets here.
+            await asyncio.gather(*(self._read(w) for w in self.wallets))
         # A lease the plan also holds elsewhere (taken by a run that died mid-way) goes back uncounted.
         strays = [w for w in self.wallets if w != wallet and (c := self._cache.get(w)) is not None and lease_id in c.state.leases]
         for stray in strays:

@@ -143,6 +143,10 @@ class ExecutorWorker:
             name=config.executor_name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            # No buffer while reconnecting: a write either goes now or fails now. A buffered one
+            # would be sent after the reconnect, long after its caller gave up on it (a lease
+            # taken for a plan that has ended meanwhile).
+            pending_size=0,
             reconnected_cb=self._nats_reconnected,
             disconnected_cb=self._nats_disconnected,
             error_cb=self._nats_error,

@@ -68,8 +68,12 @@ EXECUTE_GRACE = timedelta(seconds=20)
 UNTIL_DONE = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30))
 CONFIRM_ATTEMPT = timedelta(minutes=5)  # longer than any blockhash lives; confirm ends an attempt itself when the chain is silent
 BOOKKEEPING_ATTEMPT = timedelta(seconds=10)
-BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5))
 # Accounting that may be given up: the plan's result stands without it (a lease expires on its own).
+# Bounded by attempts (about 20 s of trying): measured with SDK 1.35, a local activity's
+# schedule-to-close does not stop its retries.
+BOOKKEEPING_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=100), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5), maximum_attempts=10
+)
 BOOKKEEPING_TIME = timedelta(seconds=30)
 MAX_HALT_REASON = 200
 
