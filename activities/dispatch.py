@@ -231,22 +231,18 @@ class Dispatcher:
             dispatch = self._open[plan.plan_id] = Dispatch(plan, self)
         return dispatch
 
-    def open_ahead(self, plan: ExecutionPlanEvent) -> None:
-        """The bridge, beside the workflow start: prepare now so the send can follow the start."""
+    def open_ahead(self, plan: ExecutionPlanEvent) -> Dispatch | None:
+        """The bridge, beside the workflow start: prepare now so the send can follow the start.
+        None when it opened nothing (the plan is already open here: a duplicate delivery must not
+        touch the running plan's dispatch; or its deadline has passed)."""
         if plan.plan_id in self._open:
-            return
+            return None
         useful_s = plan.deadline / 1000 - time.time()
         if useful_s <= 0:
-            return  # execute refuses it DEADLINE_EXCEEDED before leasing: a lease would only block a wallet
+            return None  # execute refuses it DEADLINE_EXCEEDED before leasing: a lease would only block a wallet
         dispatch = self.open(plan)
         asyncio.get_running_loop().call_later(min(useful_s + 1.0, UNCLAIMED_TTL_S), self._abandon_if_unclaimed, dispatch)
-
-    def send_ahead(self, plan: ExecutionPlanEvent) -> bool:
-        dispatch = self._open.get(plan.plan_id)
-        if dispatch is None:
-            return False
-        dispatch.send_ahead()
-        return True
+        return dispatch
 
     async def claim(self, plan: ExecutionPlanEvent, halt_reason: str | None) -> Executed:
         """`execute`: the plan's dispatch (opened ahead, or now), sent if it was not. Raises the
@@ -266,17 +262,16 @@ class Dispatcher:
         dispatch.state = "claimed"
         return dispatch.executed(submission)
 
-    def abandon(self, plan_id: str) -> None:
+    def abandon(self, dispatch: Dispatch) -> None:
         """Nobody will claim it here (a duplicate plan, a failed start): give its lease back once
         its preparation is over. A send ahead already under way is followed by the run that claims
         the plan, wherever it runs (it finds the record)."""
-        dispatch = self._open.pop(plan_id, None)
-        if dispatch is not None:
+        if self._open.get(dispatch.plan_id) is dispatch:
+            del self._open[dispatch.plan_id]
             self._give_back(dispatch)
 
     def _abandon_if_unclaimed(self, dispatch: Dispatch) -> None:
-        if self._open.get(dispatch.plan_id) is dispatch:
-            self.abandon(dispatch.plan_id)
+        self.abandon(dispatch)
 
     def _forget(self, dispatch: Dispatch) -> None:
         if self._open.get(dispatch.plan_id) is dispatch:

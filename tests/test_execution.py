@@ -99,8 +99,7 @@ async def test_a_preparation_no_workflow_claims_gives_its_wallet_back(stack):
     await wait_until(lambda: _released(stack, soon.plan_id), timeout=5)  # ...and given back after its deadline
 
     later = parse_plan(json.dumps(stack.plan("rpc", wallet=2, deadline_ms=20_000)).encode())
-    dispatcher.open_ahead(later)
-    dispatcher.abandon(later.plan_id)  # as the bridge does when the start fails
+    dispatcher.abandon(dispatcher.open_ahead(later))  # as the bridge does when the start fails
     await asyncio.sleep(0.3)
     assert await _lease_holders(stack, later.plan_id) == []
     assert await stack.wire_transactions(soon.plan_id) == [] and await stack.wire_transactions(later.plan_id) == []
@@ -116,8 +115,7 @@ async def test_a_transaction_sent_ahead_is_claimed_by_its_workflow_not_sent_agai
     dispatcher = stack.worker.dispatcher
     plan = stack.plan("rpc", wallet=3)
     event = validate(plan)
-    dispatcher.open_ahead(event)
-    dispatcher.send_ahead(event)
+    dispatcher.open_ahead(event).send_ahead()
     await wait_until(lambda: stack.wire_transactions(plan["planId"]), timeout=10)
     await stack.temporal.start_workflow("ExecutePlan", event, id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue)
     result = await stack.result(plan["planId"])
@@ -131,11 +129,11 @@ async def test_halt_before_the_send_ahead_sends_nothing_and_the_workflow_reports
     dispatcher = stack.worker.dispatcher
     plan = stack.plan("rpc", wallet=4)
     event = validate(plan)
-    dispatcher.open_ahead(event)
+    ahead = dispatcher.open_ahead(event)
     await stack.halt("test: halted while the start was in flight")
     await wait_until(lambda: _async(stack.worker.killswitch.halted() is not None))
     try:
-        dispatcher.send_ahead(event)
+        ahead.send_ahead()
         await stack.temporal.start_workflow("ExecutePlan", event, id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue)
         result = await stack.result(plan["planId"])
     finally:

@@ -27,7 +27,7 @@ from temporalio.client import Client
 from temporalio.common import RawValue, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.dispatch import Dispatcher
+from activities.dispatch import Dispatch, Dispatcher
 from activities.records import PlanRecords
 from workflows.events import ExecutionResultEvent, InvalidPlan, parse_plan, rejection
 from workflows.execute_plan import search_attributes
@@ -147,12 +147,13 @@ class PlanBridge:
     async def _start(self, message: Msg, plan) -> None:
         told = asyncio.create_task(self.records.result(plan.plan_id)) if self.records is not None else None
         # The record read, lease, build and signature overlap the start's round trip; the send waits for it.
+        ahead = None
         if self.dispatcher is not None and self._starting < PREPARE_AHEAD_MAX_STARTING:
-            self.dispatcher.open_ahead(plan)
+            ahead = self.dispatcher.open_ahead(plan)
         self._starting += 1
         try:
             if told is not None and await told is not None:
-                self._abandon(plan.plan_id)
+                self._abandon(ahead)
                 log.info("plan=%s stage=bridge event=duplicate_plan already has a result", plan.plan_id)
                 await message.ack()
                 return
@@ -168,15 +169,16 @@ class PlanBridge:
                 static_summary=f"{plan.execution_method.value} {plan.strategy.value} {plan.opportunity_id}",
             )
             eager = getattr(handle, EAGERLY_STARTED, False)
-            if eager and self.dispatcher is not None and self.dispatcher.send_ahead(plan):
+            if eager and ahead is not None:
+                ahead.send_ahead()
                 self.sent_ahead += 1  # persisted, and its first workflow task is this process's
             self.started += 1
             log.info("plan=%s stage=bridge event=started_workflow method=%s eager=%s", plan.plan_id, plan.execution_method.value, eager)
         except WorkflowAlreadyStartedError:
-            self._abandon(plan.plan_id)
+            self._abandon(ahead)
             log.info("plan=%s stage=bridge event=duplicate_plan already started", plan.plan_id)
         except Exception as error:
-            self._abandon(plan.plan_id)
+            self._abandon(ahead)
             log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
             await message.nak(delay=START_RETRY_S)
             return
@@ -184,9 +186,10 @@ class PlanBridge:
             self._starting -= 1
         await message.ack()
 
-    def _abandon(self, plan_id: str) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.abandon(plan_id)
+    def _abandon(self, ahead: Dispatch | None) -> None:
+        """Undo only what this delivery opened: a duplicate must not touch the running plan's dispatch."""
+        if ahead is not None:
+            self.dispatcher.abandon(ahead)
 
     async def _in_progress(self, message: Msg) -> None:
         """A start can take longer than the ack wait (a busy or restarting server): keep the plan ours."""
