@@ -74,6 +74,7 @@ class Dispatch:
         self.record: Record | None = None
         self.fresh = False  # this dispatch recorded the transaction: until it sends, nothing of it is out
         self.maybe_out = False  # a send of it may have reached the wire
+        self.claimed = False  # this dispatch bumped someone else's record before resending it
         self.prepared = asyncio.get_running_loop().create_task(self._prepare())
         self._sending: asyncio.Task[Submission] | None = None
 
@@ -156,11 +157,12 @@ class Dispatch:
             if not final:
                 fail(code, why, final=False)  # nothing sent; the retry asks the gate again
             return await self._refuse(code, why)
-        if not self.fresh and self.durable:
+        if not self.fresh and self.durable and not self.claimed:
             # Someone else recorded it: bump the revision first, so its writer can no longer void it.
             self.record = await d.records.claim(self.record)
             if self.record.void:
                 self._take_record(self.record)
+            self.claimed = True
         d.crash_point("sign")
         started = time.perf_counter()
         try:
