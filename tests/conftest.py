@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack
-from worker.main import ExecutorWorker
+from tests.stack import stack_with_worker
 
 
 class LogLines(logging.Handler):
@@ -38,11 +34,5 @@ def worker_log():
 
 @pytest.fixture(scope="session")
 async def stack(worker_log):
-    data_dir = Path(tempfile.mkdtemp(prefix="hft-stack-"))
-    running = await Stack(data_dir, status_cache_slots=40).start()
-    running.worker = ExecutorWorker(running.config, running.dev.keys)
-    await running.worker.start()
-    yield running
-    await running.worker.stop()
-    await running.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    async with stack_with_worker("hft-stack-", status_cache_slots=40) as running:
+        yield running

@@ -8,11 +8,14 @@ inspect the chain through JSON-RPC and the cluster's admin view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -27,6 +30,7 @@ from solders.pubkey import Pubkey
 from solders.token.associated import get_associated_token_address
 from temporalio.client import Client
 
+from activities.wallets import WalletState, now_ms
 from localnet.faults import no_faults
 from worker.demo import plan_memo
 from worker.dev import DevStack
@@ -132,6 +136,16 @@ class Stack:
         memo = plan_memo(plan_id)
         return [row for row in (await self.admin("GET", "/transactions"))["transactions"] if memo in row.get("memos", [])]
 
+    async def lease_holders(self, lease_id: str) -> list[str]:
+        """Wallets whose shared entry (read fresh from the KV bucket) holds an unexpired lease `lease_id`."""
+        kv = await self.js.key_value("wallet_leases")
+        holders = []
+        for wallet in self.wallets:
+            state = WalletState.decode((await kv.get(f"wallet.{wallet}")).value).pruned(now_ms())
+            if lease_id in state.leases:
+                holders.append(wallet)
+        return holders
+
     async def landed_for(self, plan_id: str) -> list[str]:
         return [row["signature"] for row in await self.wire_transactions(plan_id) if row.get("landedSlot") is not None]
 
@@ -181,6 +195,23 @@ async def wait_exit(process: subprocess.Popen, timeout: float = 20.0) -> int:
         assert time.monotonic() < deadline, "the worker did not crash where it was told to"
         await asyncio.sleep(0.02)
     return process.returncode
+
+
+@contextlib.asynccontextmanager
+async def stack_with_worker(prefix: str, **options):
+    """A Stack of its own with an in-process worker, torn down after."""
+    from worker.main import ExecutorWorker
+
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    running = await Stack(data_dir, **options).start()
+    running.worker = ExecutorWorker(running.config, running.dev.keys)
+    await running.worker.start()
+    try:
+        yield running
+    finally:
+        await running.worker.stop()
+        await running.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def wait_until(predicate, timeout: float = 10.0, every: float = 0.05):

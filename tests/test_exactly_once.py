@@ -15,22 +15,12 @@ from temporalio.service import RPCError
 from activities.dispatch import Dispatch
 from activities.rpc import SolanaRpc
 from activities.submit import Submitter
-from activities.wallets import WalletState, now_ms
+from activities.wallets import now_ms
 from tests.stack import wait_until
 from worker.bridge import DURABLE, workflow_id
 from worker.demo import validate
 from workflows.events import ErrorCode, ExecutionCost, ExecutionResultEvent, ExecutionStatus
 from workflows.stages import PublishRequest
-
-
-async def _lease_holders(stack, lease_id: str) -> list[str]:
-    kv = await stack.js.key_value("wallet_leases")
-    holders = []
-    for wallet in stack.worker.wallets.wallets:
-        state = WalletState.decode((await kv.get(f"wallet.{wallet}")).value).pruned(now_ms())
-        if lease_id in state.leases:
-            holders.append(wallet)
-    return holders
 
 
 async def _is(value):
@@ -123,7 +113,7 @@ async def test_a_send_slower_than_the_deadline_is_followed_and_its_lease_given_b
         await stack.clear_faults()
     assert result["status"] == "success", result
     assert await stack.landed_for(plan["planId"]) == [result["signature"]]
-    assert await _lease_holders(stack, plan["planId"]) == []
+    assert await stack.lease_holders(plan["planId"]) == []
 
 
 async def test_no_copy_goes_out_while_the_kill_switch_is_on(stack):

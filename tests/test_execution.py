@@ -12,7 +12,6 @@ from temporalio.client import WorkflowExecutionStatus
 
 from activities.jito import STATIC_TIP_ACCOUNTS
 from tests.stack import wait_until
-from activities.wallets import WalletState, now_ms
 from worker.bridge import workflow_id
 from workflows.events import parse_plan
 from worker.demo import validate
@@ -75,18 +74,7 @@ async def test_same_plan_published_five_times_runs_once_with_one_result(stack):
     assert len(stack.results[plan["planId"]]) == 1
     assert (await stack.temporal.count_workflows(f'WorkflowId = "{workflow_id(plan["planId"])}"')).count == 1
     # The bridge leases a wallet for every plan while its start is in flight; a duplicate's lease is given back.
-    assert await _lease_holders(stack, plan["planId"]) == []
-
-
-async def _lease_holders(stack, lease_id: str) -> list[str]:
-    """Wallets whose shared entry (read fresh from the KV bucket) holds an unexpired lease `lease_id`."""
-    kv = await stack.worker.js.key_value("wallet_leases")
-    holders = []
-    for wallet in stack.worker.wallets.wallets:
-        state = WalletState.decode((await kv.get(f"wallet.{wallet}")).value).pruned(now_ms())
-        if lease_id in state.leases:
-            holders.append(wallet)
-    return holders
+    assert await stack.lease_holders(plan["planId"]) == []
 
 
 async def test_a_preparation_no_workflow_claims_gives_its_wallet_back(stack):
@@ -95,18 +83,18 @@ async def test_a_preparation_no_workflow_claims_gives_its_wallet_back(stack):
     dispatcher = stack.worker.dispatcher
     soon = parse_plan(json.dumps(stack.plan("rpc", wallet=2, deadline_ms=300)).encode())
     dispatcher.open_ahead(soon)
-    await wait_until(lambda: _lease_holders(stack, soon.plan_id), timeout=5)  # leased ahead...
+    await wait_until(lambda: stack.lease_holders(soon.plan_id), timeout=5)  # leased ahead...
     await wait_until(lambda: _released(stack, soon.plan_id), timeout=5)  # ...and given back after its deadline
 
     later = parse_plan(json.dumps(stack.plan("rpc", wallet=2, deadline_ms=20_000)).encode())
     dispatcher.abandon(dispatcher.open_ahead(later))  # as the bridge does when the start fails
     await asyncio.sleep(0.3)
-    assert await _lease_holders(stack, later.plan_id) == []
+    assert await stack.lease_holders(later.plan_id) == []
     assert await stack.wire_transactions(soon.plan_id) == [] and await stack.wire_transactions(later.plan_id) == []
 
 
 async def _released(stack, lease_id: str) -> bool:
-    return not await _lease_holders(stack, lease_id)
+    return not await stack.lease_holders(lease_id)
 
 
 async def test_a_transaction_sent_ahead_is_claimed_by_its_workflow_not_sent_again(stack):
@@ -122,7 +110,7 @@ async def test_a_transaction_sent_ahead_is_claimed_by_its_workflow_not_sent_agai
     assert result["status"] == "success", result
     on_wire = await stack.wire_transactions(plan["planId"])
     assert [(row["signature"], row["timesReceived"]) for row in on_wire] == [(result["signature"], 1)]
-    assert await _lease_holders(stack, plan["planId"]) == []
+    assert await stack.lease_holders(plan["planId"]) == []
 
 
 async def test_halt_before_the_send_ahead_sends_nothing_and_the_workflow_reports_it(stack):
@@ -140,7 +128,7 @@ async def test_halt_before_the_send_ahead_sends_nothing_and_the_workflow_reports
         await stack.resume()
     assert result["status"] == "failed" and result["errorCode"] == "HALTED", result
     assert await stack.wire_transactions(plan["planId"]) == []
-    assert await _lease_holders(stack, plan["planId"]) == []
+    assert await stack.lease_holders(plan["planId"]) == []
 
 
 async def test_plan_past_its_deadline_times_out_and_sends_nothing(stack):

@@ -5,31 +5,21 @@ Its own stack (the servers are killed here) with an in-process worker.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from temporalio.common import RetryPolicy
 
-from tests.stack import Stack, wait_until
+from tests.stack import stack_with_worker, wait_until
 from worker.bridge import workflow_id
-from worker.main import ExecutorWorker
 from workflows import execute_plan
 
 
 @pytest.fixture(scope="module")
 async def outage_stack():
-    data_dir = Path(tempfile.mkdtemp(prefix="hft-outage-"))
-    running = await Stack(data_dir, slot_ms=50.0, wallets=3).start()
-    running.worker = ExecutorWorker(running.config, running.dev.keys)
-    await running.worker.start()
-    yield running
-    await running.worker.stop()
-    await running.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    async with stack_with_worker("hft-outage-", slot_ms=50.0, wallets=3) as running:
+        yield running
 
 
 async def test_a_result_outlives_a_nats_outage_longer_than_the_bookkeeping_retries(outage_stack, monkeypatch):

@@ -351,6 +351,16 @@ class _Server:
         if not self._started:
             raise ServiceError(f"{self.name}: restart() needs a first start() (it reuses that start's ports)")
 
+    restart_timeout = 30.0
+
+    async def restart(self, timeout: float | None = None) -> None:
+        """Start again on the ports of the first ``start()`` (picked ones included, so clients keep their
+        address) with the same state, and wait until ready as ``start()`` does. A running server is
+        stopped gracefully first; call ``kill()`` before for a crash."""
+        self._require_started()
+        await self.stop()
+        await self._start_once(timeout or self.restart_timeout, pick_ports=False)
+
 
 class TemporalDevServer(_Server):
     """``temporal server start-dev`` on 127.0.0.1, state in ``<data_dir>/temporal.sqlite``.
@@ -456,14 +466,6 @@ class TemporalDevServer(_Server):
         picked = any(port == 0 for port in self.requested_ports.values())
         await self._start_retrying_port_clashes(lambda: self._start_once(timeout, pick_ports=True), picked)
 
-    async def restart(self, timeout: float = 30.0) -> None:
-        """Start again on the ports of the first ``start()`` (picked ones included, so clients keep their
-        address) with the same SQLite file, and wait until ready as ``start()`` does. A running server is
-        stopped gracefully first; call ``kill()`` before for a crash."""
-        self._require_started()
-        await self.stop()
-        await self._start_once(timeout, pick_ports=False)
-
     async def _start_once(self, timeout: float, *, pick_ports: bool) -> None:
         from temporalio.client import Client
 
@@ -541,6 +543,8 @@ class NatsServer(_Server):
     ``http_port``: the monitoring endpoint (``/varz``, ``/jsz``, read with ``monitor()``); None = off, 0 = pick.
     """
 
+    restart_timeout = 15.0
+
     name = "nats-server"
     config_name = "nats-server.conf"
 
@@ -614,13 +618,6 @@ class NatsServer(_Server):
     async def start(self, timeout: float = 15.0) -> None:
         """Start and wait until a nats-py client connects and JetStream answers ``account_info()``."""
         await self._start_retrying_port_clashes(lambda: self._start_once(timeout, pick_ports=True), self._picked_ports())
-
-    async def restart(self, timeout: float = 15.0) -> None:
-        """Start again on the ports of the first ``start()`` with the same JetStream store, and wait until ready as
-        ``start()`` does. A running server is stopped gracefully first; call ``kill()`` before for a crash."""
-        self._require_started()
-        await self.stop()
-        await self._start_once(timeout, pick_ports=False)
 
     async def _start_once(self, timeout: float, *, pick_ports: bool) -> None:
         import nats
