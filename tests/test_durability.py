@@ -247,4 +247,4 @@ async def test_a_plan_held_by_a_dead_bridge_runs_again_within_seconds(crash_stac
     finally:
         await stop_worker(survivor)
     assert result["status"] == "success", (result, survivor_log.read_text()[-3000:])
-    assert took < 8.0, f"the plan the dead bridge held came back after {took:.1f} s"
+    assert took < 12.0, f"the plan the dead bridge held came back after {took:.1f} s (the ack wait is 1 s; it was 30 s)"
