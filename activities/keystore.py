@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 import base58
@@ -49,13 +49,18 @@ class KeyStore:
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> KeyStore:
-        """``WALLET_1..WALLET_N`` (consecutive; stops at the first missing) then ``WALLET_KEYS_DIR/*.json``."""
+        """``WALLET_1..WALLET_N`` (consecutive; stops at the first missing) then ``WALLET_KEYS_DIR/*.json``.
+
+        Once loaded, the ``WALLET_n`` variables are removed from this process's environment: a key
+        left there is read by every child process, crash reporter and ``/proc/<pid>/environ``
+        reader of the worker's user."""
         env = os.environ if env is None else env
         store = cls()
         index = 1
         while value := env.get(f"WALLET_{index}", "").strip():
             store._add(_keypair_from_setting(f"WALLET_{index}", value))
             index += 1
+        forget_wallet_variables(env)
         directory = env.get("WALLET_KEYS_DIR", "").strip()
         if directory:
             folder = Path(directory).expanduser()
@@ -102,6 +107,19 @@ class KeyStore:
 
     def __getstate__(self):
         raise TypeError("KeyStore holds private keys and cannot be pickled or copied")
+
+
+def forget_wallet_variables(env: Mapping[str, str]) -> None:
+    """Drop every ``WALLET_n`` from the process environment (and from ``env`` when it is a copy)."""
+    for mapping in {id(os.environ): os.environ, id(env): env}.values():
+        if isinstance(mapping, MutableMapping):
+            for name in [name for name in mapping if name.startswith("WALLET_") and name[7:].isdigit()]:
+                del mapping[name]
+
+
+def load_keypair_file(path: Path, source: str) -> Keypair:
+    """A keypair JSON file, refused if group or others can access it (the TPU identity is loaded so too)."""
+    return _keypair_from_file(Path(path).expanduser(), source)
 
 
 def _keypair_from_setting(name: str, value: str) -> Keypair:

@@ -113,6 +113,7 @@ def test_worker_runs_two_replicas_against_the_compose_services(services: dict) -
     assert nats_url.port == 4222
 
     assert env["METRICS_PORT"] == str(METRICS_PORT)
+    assert env["METRICS_HOST"] == "0.0.0.0", "Prometheus scrapes the workers over the compose network"
     assert str(METRICS_PORT) in [str(p) for p in worker.get("expose", [])]
     assert "ports" not in worker, "replicas cannot all publish the same host port"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
 import traceback
 
@@ -14,7 +15,7 @@ from solders.message import MessageV0, to_bytes_versioned
 from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 
-from activities.keystore import KeyStore, KeyStoreError
+from activities.keystore import KeyStore, KeyStoreError, load_keypair_file
 
 
 def write_key_file(path, keypair: Keypair, mode: int = 0o600):
@@ -35,6 +36,29 @@ def test_base58_env_vars_in_order_stopping_at_first_gap():
     assert store.public_keys() == [str(a.pubkey()), str(b.pubkey())]
     assert str(a.pubkey()) in store and str(c.pubkey()) not in store
     assert len(store) == 2
+
+
+def test_wallet_variables_leave_the_process_environment_once_loaded(monkeypatch):
+    """A key left in the environment is readable by every child process and /proc/<pid>/environ."""
+    a, b = Keypair(), Keypair()
+    monkeypatch.setenv("WALLET_1", str(a))
+    monkeypatch.setenv("WALLET_2", str(b))
+    monkeypatch.setenv("WALLET_KEYS_DIR_NOT_A_KEY", "kept")
+    copied = dict(os.environ)  # what the CLI passes: a copy, read by the store
+    store = KeyStore.from_environment(copied)
+    assert store.public_keys() == [str(a.pubkey()), str(b.pubkey())]
+    assert "WALLET_1" not in os.environ and "WALLET_2" not in os.environ
+    assert "WALLET_1" not in copied and os.environ["WALLET_KEYS_DIR_NOT_A_KEY"] == "kept"
+
+
+def test_the_tpu_identity_file_is_refused_when_loose_like_a_wallet_file(tmp_path):
+    identity = Keypair()
+    path = write_key_file(tmp_path / "tpu-identity.json", identity, mode=0o640)
+    with pytest.raises(KeyStoreError) as refused:
+        load_keypair_file(path, "TPU_IDENTITY_KEYPAIR")
+    assert "chmod 600" in str(refused.value) and "TPU_IDENTITY_KEYPAIR" in str(refused.value)
+    path.chmod(0o600)
+    assert load_keypair_file(path, "TPU_IDENTITY_KEYPAIR").pubkey() == identity.pubkey()
 
 
 def test_keypair_json_file_and_duplicates_collapse(tmp_path):

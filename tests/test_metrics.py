@@ -35,7 +35,8 @@ def test_metrics_endpoint_serves_them():
     metrics = ExecutorMetrics()
     metrics.record(result(ExecutionStatus.success, "jito_bundle", 1.0))
     port = free_port()
-    metrics.serve(port)
+    server = metrics.serve(port)
+    assert server.server_address[0] == "127.0.0.1", "on loopback unless METRICS_HOST says otherwise"
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'executor_executions_total{method="jito_bundle",status="success"} 1.0' in body
     assert "executor_execution_duration_ms_bucket" in body

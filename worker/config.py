@@ -67,6 +67,7 @@ class ExecutorConfig:
     tpu_identity_keypair: str | None = None  # path of the QUIC identity keypair (never a wallet); fresh if unset
     nats_url: str = "nats://127.0.0.1:4222"
     metrics_port: int = 9464  # 0 turns both metrics listeners off
+    metrics_host: str = "127.0.0.1"  # METRICS_HOST: both listeners' address (0.0.0.0 to be scraped from other hosts)
     temporal_metrics_port: int = 9465  # the Temporal SDK's own metrics
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
@@ -115,6 +116,7 @@ class ExecutorConfig:
             tpu_identity_keypair=env.get("TPU_IDENTITY_KEYPAIR") or None,
             nats_url=env.get("NATS_URL", cls.nats_url),
             metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
+            metrics_host=env.get("METRICS_HOST", cls.metrics_host),
             temporal_metrics_port=_int(env, "TEMPORAL_METRICS_PORT", cls.temporal_metrics_port),
             temporal_address=env.get("TEMPORAL_ADDRESS", cls.temporal_address),
             temporal_namespace=env.get("TEMPORAL_NAMESPACE", cls.temporal_namespace),

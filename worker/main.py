@@ -7,7 +7,6 @@ Temporal client the worker polls with, which is what lets a start be eager.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 import nats
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
-from solders.keypair import Keypair
 from temporalio.client import Client
 from workflows.converter import data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -31,7 +29,7 @@ from activities.dispatch import Dispatcher
 from activities.execution import ExecutionActivities
 from activities.fees import FeePolicy, PriorityFeeEstimator
 from activities.jito import JitoClient
-from activities.keystore import KeyStore
+from activities.keystore import KeyStore, KeyStoreError, load_keypair_file
 from activities.klend import ReserveCache
 from activities.publish import publish_result
 from activities.records import PlanRecords
@@ -73,7 +71,7 @@ async def _patiently(step_name: str, step, *, undo=None):
 async def connect_temporal(config: ExecutorConfig, sdk_metrics_port: int = 0) -> Client:
     runtime = None
     if sdk_metrics_port:
-        runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"0.0.0.0:{sdk_metrics_port}")))
+        runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{config.metrics_host}:{sdk_metrics_port}")))
     return await Client.connect(
         config.temporal_address,
         namespace=config.temporal_namespace,
@@ -224,7 +222,7 @@ class ExecutorWorker:
             max_in_flight=config.max_plans_in_flight,
         )
         if config.metrics_port:
-            self.metrics.serve(config.metrics_port)
+            self.metrics.serve(config.metrics_port, config.metrics_host)
         self._tasks = [
             asyncio.create_task(self.worker.run(), name="temporal-worker"),
             asyncio.create_task(self.bridge.run(), name="bridge"),
@@ -242,7 +240,11 @@ class ExecutorWorker:
         plans fail with SUBMIT_REJECTED; rpc and jito_bundle are unaffected."""
         identity = None
         if config.tpu_identity_keypair:
-            identity = Keypair.from_bytes(bytes(json.loads(Path(config.tpu_identity_keypair).read_text())))
+            # Mode 0600 like the wallet files: whoever holds the identity holds its stake-weighted QUIC access.
+            try:
+                identity = load_keypair_file(Path(config.tpu_identity_keypair), "TPU_IDENTITY_KEYPAIR")
+            except KeyStoreError as error:
+                raise SystemExit(f"TPU identity: {error}") from None
         tpu = TpuClient(
             config.rpc_endpoint,
             config.websocket_endpoint(),

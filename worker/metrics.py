@@ -27,8 +27,10 @@ class ExecutorMetrics:
         # Alert on any rise: a result is waiting for NATS (it is retried until it is out, never dropped).
         self.publish_failures = Counter("executor_result_publish_failures", "Failed attempts to store or publish a result", registry=self.registry)
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1"):
+        """On loopback unless METRICS_HOST says otherwise: wallet addresses and flow are not for the network."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server
 
     def record(self, result: ExecutionResultEvent) -> None:
         self.executions.labels(result.status.value, result.execution_method).inc()
