@@ -104,3 +104,16 @@ async def test_operator_commands_fail_clearly(stack):
     unreachable = await _run({**env, "NATS_URL": "nats://127.0.0.1:1"}, "status")
     assert unreachable.returncode == 1 and "cannot reach NATS at nats://127.0.0.1:1" in unreachable.stderr
     assert "Traceback" not in unknown.stderr + unreachable.stderr
+
+
+async def test_commands_run_as_their_nats_user_and_say_so_when_refused(stack):
+    """halt as the planner: NATS refuses it (only the operator may touch system.>), and the command says why."""
+    as_planner = await _run(stack.dev.environment("planner"), "halt", "--reason", "not the planner's to do")
+    assert as_planner.returncode == 1, as_planner.stdout + as_planner.stderr
+    assert "NATS refused: permissions violation for publish to" in as_planner.stderr and "Traceback" not in as_planner.stderr
+    assert stack.worker.killswitch.halted() is None
+
+    password = "wrong-" + os.urandom(8).hex()
+    wrong = await _run({**stack.dev.environment("operator"), "NATS_PASSWORD": password}, "status")
+    assert wrong.returncode == 1 and "authorization violation" in wrong.stderr.lower()
+    assert password not in wrong.stderr + wrong.stdout and "Traceback" not in wrong.stderr

@@ -15,17 +15,29 @@ files are referred to by path and refused when group or others can read them (as
 """
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
+class _SslEofNoise(logging.Filter):
+    """asyncio warns "returning true from eof_received() has no effect when using ssl" whenever a TLS peer closes
+    a connection read through a StreamReader, which is how nats-py reads: once per NATS restart or close, and it
+    means nothing here. Dropped, so that a worker's log does not cry wolf."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_SslEofNoise())
 
 #: Files holding a secret: refused when group or others can read them.
 SECRET_FILES = ("NATS_NKEY_SEED", "NATS_CREDS", "NATS_TLS_KEY")
@@ -65,14 +77,14 @@ class NatsAuth:
     tls_server_name: str | None = None
     inbox_prefix: str | None = None
 
-    VARIABLES = {
+    VARIABLES: ClassVar[dict[str, str]] = {
         "user": "NATS_USER", "password": "NATS_PASSWORD", "token": "NATS_TOKEN", "nkey_seed": "NATS_NKEY_SEED",
         "creds": "NATS_CREDS", "tls_ca": "NATS_TLS_CA", "tls_cert": "NATS_TLS_CERT", "tls_key": "NATS_TLS_KEY",
         "tls_server_name": "NATS_TLS_SERVER_NAME", "inbox_prefix": "NATS_INBOX_PREFIX",
     }  # fmt: skip
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> "NatsAuth":
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> NatsAuth:
         env = os.environ if env is None else env
         if any(urlsplit(server).username or urlsplit(server).password for server in nats_servers(env.get("NATS_URL") or "x")):
             # A URL is printed everywhere (endpoints, errors, describe()): credentials have their own variables.
@@ -106,6 +118,11 @@ class NatsAuth:
                 raise ValueError(f"{variable}: cannot read {path} ({error.strerror})") from None
             if variable in SECRET_FILES and os.name != "nt" and mode & 0o077:
                 raise ValueError(f"{variable}: {path} is accessible by group/others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+        if self.tls_ca or self.tls_cert:
+            try:
+                self.ssl_context()
+            except ssl.SSLError as error:  # at start, not at the first connect; the reason names no key material
+                raise ValueError(f"NATS_TLS_CA/NATS_TLS_CERT/NATS_TLS_KEY: cannot use them ({error.reason or error})") from None
         if self.creds and b"BEGIN NATS USER JWT" not in Path(self.creds).read_bytes():
             # nats-py (2.16) loops forever on a creds file without this marker: refuse it here instead.
             raise ValueError(f"NATS_CREDS: {self.creds} is not a .creds file (no NATS USER JWT block)")
