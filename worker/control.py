@@ -40,7 +40,7 @@ def environment(role: str = "worker") -> dict[str, str]:
     (``worker``; ``planner`` for send-plan; ``operator`` for halt, resume and status: their NATS credentials)."""
     env = dict(os.environ)
     if "NATS_URL" not in env and DEV_ENVIRONMENT.exists():
-        for key, value in json.loads(DEV_ENVIRONMENT.read_text())[role].items():
+        for key, value in json.loads(DEV_ENVIRONMENT.read_text()).get(role, {}).items():
             env.setdefault(key, value)
     return env
 
