@@ -61,7 +61,7 @@ ROLES: dict[str, Permissions] = {
         ),
         subscribe=(inbox_prefix("worker") + ".>",),
         publish_deny=NO_DESTRUCTION,
-    ),  # fmt: skip
+    ),
     # Plans in, nothing else: not the JetStream API (no KV read, no stream created), not system.>.
     "planner": Permissions(publish=("execution.planned.>",), subscribe=(inbox_prefix("planner") + ".>",)),
     # The kill switch, and reading everything (status, halt --wait): results and stop notices live too.
@@ -106,7 +106,7 @@ class NatsSecurity:
         tls: bool = True,
         verify_clients: bool = True,
         hosts: tuple[str, ...] = HOSTS,
-    ) -> "NatsSecurity":
+    ) -> NatsSecurity:
         if method not in ("password", "nkey"):
             raise ValueError(f"method must be password or nkey, not {method!r}")
         directory = Path(directory)
@@ -192,7 +192,7 @@ def _issue_certificates(directory: Path, roles: list[str], hosts: tuple[str, ...
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(common_name: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hft-executor dev"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
