@@ -36,12 +36,16 @@ from activities.dispatch import Dispatch
 from workflows.events import parse_plan
 from worker.dev import DevStack, admin_post
 from worker.main import ExecutorWorker
+from worker.nats_connection import connect as nats_connect
+from worker.nats_security import ROLES, Permissions, inbox_prefix
 
 from .plans import bench_plan
 
 log = logging.getLogger("hft.bench")
 PLAN_MEMO_PREFIX = "hft-executor plan "
 DIRECT_SUBJECT = "bench.direct"
+# The direct loop's own user (the stack runs with dev's users, permissions and TLS): its subject and nothing else.
+BENCH_ROLES = {**ROLES, "bench": Permissions(publish=(f"{DIRECT_SUBJECT}.>",), subscribe=(f"{DIRECT_SUBJECT}.>", inbox_prefix("bench") + ".>"))}
 METHODS = ("rpc", "jito_bundle", "tpu_direct")
 
 
@@ -130,9 +134,11 @@ async def durable_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dic
                 arrived.set()
 
     subscription = await worker.js.subscribe("executed.>", cb=on_result, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+    planner = await nats_connect(stack.config.nats_url, stack.nats_auth("planner"))  # as a planner publishes
+    planner_js = planner.jetstream()
 
     async def publish(plan: dict) -> None:
-        await worker.js.publish(f"execution.planned.{plan['opportunityId']}", json.dumps(plan).encode())
+        await planner_js.publish(f"execution.planned.{plan['opportunityId']}", json.dumps(plan).encode())
 
     progress = asyncio.create_task(_progress("durable", phase, len(plans)))
     await publish_open_loop(publish, plans, rate, phase)
@@ -142,10 +148,11 @@ async def durable_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dic
         log.warning("stage=bench event=results_missing missing=%d", len(plans) - len(phase.results))
     progress.cancel()
     await subscription.unsubscribe()
+    await planner.close()
     return phase
 
 
-async def direct_phase(worker: ExecutorWorker, plans: list[dict], rate: float | None) -> Phase:
+async def direct_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dict], rate: float | None) -> Phase:
     """The same hot-path code without Temporal and without the record: parse, then the plan's
     dispatch (lease, build, sign, the send gate, send), then the lease back."""
     phase = Phase("direct")
@@ -172,10 +179,11 @@ async def direct_phase(worker: ExecutorWorker, plans: list[dict], rate: float | 
     async def on_message(message) -> None:
         asyncio.create_task(handle(message))
 
-    subscription = await worker.nc.subscribe(f"{DIRECT_SUBJECT}.>", cb=on_message)
+    nc = await nats_connect(stack.config.nats_url, stack.nats_auth("bench"))
+    subscription = await nc.subscribe(f"{DIRECT_SUBJECT}.>", cb=on_message)
 
     async def publish(plan: dict) -> None:
-        await worker.nc.publish(f"{DIRECT_SUBJECT}.{plan['opportunityId']}", json.dumps(plan).encode())
+        await nc.publish(f"{DIRECT_SUBJECT}.{plan['opportunityId']}", json.dumps(plan).encode())
 
     await publish_open_loop(publish, plans, rate, phase)
     try:
@@ -183,6 +191,7 @@ async def direct_phase(worker: ExecutorWorker, plans: list[dict], rate: float | 
     except asyncio.TimeoutError:
         pass
     await subscription.unsubscribe()
+    await nc.close()
     return phase
 
 
@@ -205,7 +214,7 @@ async def history_events(worker: ExecutorWorker, phase: Phase, sample: int = 40)
 async def run_bench(args: argparse.Namespace) -> dict:
     rate = None if args.rate == "max" else float(args.rate)
     data_dir = args.data_dir / "bench" / str(os.getpid())
-    stack = DevStack(data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False)
+    stack = DevStack(data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False, nats_roles=BENCH_ROLES)
     worker = None
     try:
         await stack.start()
@@ -222,7 +231,7 @@ async def run_bench(args: argparse.Namespace) -> dict:
             warmup = [bench_plan(f"warm-{run}-{i}", METHODS[i % len(METHODS)] if args.method == "mixed" else args.method, sink) for i in range(args.warmup)]
             if warmup:
                 await durable_phase(stack, worker, warmup, 10.0, 30)
-                await direct_phase(worker, [bench_plan(f"warmd-{run}-{i}", p["executionMethod"], sink) for i, p in enumerate(warmup)], 10.0)
+                await direct_phase(stack, worker, [bench_plan(f"warmd-{run}-{i}", p["executionMethod"], sink) for i, p in enumerate(warmup)], 10.0)
                 await asyncio.sleep(1.0)
 
             durable_plans = [bench_plan(f"d-{run}-{i}", m, sink) for i, m in enumerate(methods)]
@@ -234,7 +243,7 @@ async def run_bench(args: argparse.Namespace) -> dict:
             await collect_wire(stack, http, durable)
 
             direct_plans = [bench_plan(f"x-{run}-{i}", m, sink) for i, m in enumerate(methods)]
-            direct = await direct_phase(worker, direct_plans, rate)
+            direct = await direct_phase(stack, worker, direct_plans, rate)
             await asyncio.sleep(0.5)
             await collect_wire(stack, http, direct)
             events = await history_events(worker, durable)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import nats
 from nats.js.errors import NotFoundError
 
 from worker.config import ExecutorConfig
 from worker.main import connect_temporal
+from worker.nats_connection import connect as nats_connect
 from worker.streams import ensure_streams
 
 from . import evidence, operator
@@ -119,12 +119,18 @@ class Campaign:
         s = self.settings
         self.say(f"chaos event=starting plans={s.plans} rate={s.rate} workers={s.workers} seed={s.seed} dir={self.run_dir}")
         await self.stack.start()
-        self.env = self.stack.environment()
-        self.nc = await nats.connect(
-            servers=self.stack.nats.urls, name="chaos-observer", max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-            connect_timeout=2, error_cb=_quiet, disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
+        self.env = self.stack.environment(role="operator")  # halt and resume are the operator's
+        # The observer reads as the operator; plans go in as the planner's (each user only what it may do).
+        self.nc = await nats_connect(
+            self.stack.nats_url, self.stack.nats_auth("operator"), name="chaos-observer", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25, connect_timeout=2, error_cb=_quiet, disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
         )  # fmt: skip
         self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+        self.planner = await nats_connect(
+            self.stack.nats_url, self.stack.nats_auth("planner"), name="chaos-planner", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25, connect_timeout=2, error_cb=_quiet,
+        )  # fmt: skip
+        self.planner_js = self.planner.jetstream(timeout=PUBLISH_TIMEOUT_S)
         await ensure_streams(self.js)
         # Every publish, before JetStream's dedupe: a plain core subscription, from before the first plan.
         await self.nc.subscribe("executed.>", cb=self._on_publish)
@@ -137,6 +143,7 @@ class Campaign:
             self.closing = True
             await self.http.close()
             try:
+                await asyncio.wait_for(self.planner.close(), 5)
                 await asyncio.wait_for(self.nc.close(), 5)
             except Exception:  # noqa: BLE001 - closing a connection to a stack being torn down
                 pass
@@ -202,7 +209,7 @@ class Campaign:
         subject = f"execution.planned.{plan['opportunityId']}"
         while True:
             try:
-                await self.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": plan["planId"]})
+                await self.planner_js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": plan["planId"]})
                 self.published_ns[plan["planId"]] = time.time_ns()
                 return
             except Exception:  # noqa: BLE001 - NATS down or reconnecting

@@ -6,7 +6,8 @@ and the campaign's own observers stay connected. A cut is what a worker sees whe
 network partitions: the process lives, keeps its Temporal connection and the local
 cluster, and only NATS is gone.
 
-The proxy knows nothing of the NATS protocol. With several upstreams (a NATS cluster) each
+The proxy knows nothing of the NATS protocol, nor of TLS: a TLS session passes through it untouched, and the
+client still verifies the server's certificate (issued for 127.0.0.1, where the proxy listens too). With several upstreams (a NATS cluster) each
 new connection tries them in turn from a rotating start, so a killed node is skipped.
 Note for a cluster: nats-py adds the servers a node advertises (INFO connect_urls) to its
 pool and may connect to them directly, around the proxy; cluster nodes meant to sit behind
@@ -29,12 +30,13 @@ UPSTREAM_CONNECT_S = 1.0
 class CuttableProxy:
     """Listens on 127.0.0.1:`port` (0 picks one, kept for the proxy's life) and forwards to an upstream."""
 
-    def __init__(self, upstreams: Callable[[], list[tuple[str, int]]], *, port: int = 0, name: str = "proxy") -> None:
+    def __init__(self, upstreams: Callable[[], list[tuple[str, int]]], *, port: int = 0, name: str = "proxy", scheme: str = "nats") -> None:
         # A callable, not a list: a restarted NATS node keeps its port, but a cluster adapter may not.
         self.upstreams = upstreams
         self.requested_port = port
         self.port = port
         self.name = name
+        self.scheme = scheme  # "tls" when the server behind requires TLS
         self.cut_off = False
         self.accepted = 0
         self.refused = 0
@@ -45,7 +47,7 @@ class CuttableProxy:
 
     @property
     def url(self) -> str:
-        return f"nats://{HOST}:{self.port}"
+        return f"{self.scheme}://{HOST}:{self.port}"
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, HOST, self.requested_port, reuse_address=True)

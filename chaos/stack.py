@@ -32,6 +32,8 @@ from worker.dev import (
     admin_post,
     wallet_keys,
 )
+from worker.nats_connection import NatsAuth
+from worker.nats_security import NatsSecurity
 from worker.services import LocalnetServer, NatsCluster, NatsServer, TemporalDevServer
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 
@@ -64,11 +66,13 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 class NatsNodes:
     """The NATS the campaign runs on: one nats-server, or a cluster whose nodes are killed one at a time.
-    Its nodes do not advertise their client addresses, so workers only reach them through their proxies."""
+    Its nodes do not advertise their client addresses, so workers only reach them through their proxies.
+    Users, permissions and mutual TLS as in `dev` (routes: plain TCP on 127.0.0.1 with a route password)."""
 
     def __init__(self, data_dir: Path, size: int = 1) -> None:
-        self.single = NatsServer(data_dir / "nats", port=0) if size == 1 else None
-        self.cluster = NatsCluster(data_dir / "nats-cluster", size=size) if size > 1 else None
+        self.security = NatsSecurity.create(data_dir / "nats-security")
+        self.single = NatsServer(data_dir / "nats", port=0, security=self.security) if size == 1 else None
+        self.cluster = NatsCluster(data_dir / "nats-cluster", size=size, security=self.security) if size > 1 else None
 
     @property
     def nodes(self) -> list[NatsServer]:
@@ -165,7 +169,7 @@ class ChaosStack:
                 await admin_post(http, f"{self.admin}/fund", {"pubkey": wallet, "lamports": 100 * LAMPORTS_PER_SOL})
             self.pool = DemoPool.from_json(await admin_post(http, f"{self.admin}/fixtures/swap-pool", {"wallets": self.keys.public_keys()}))
         for index in range(self.worker_count):
-            proxy = CuttableProxy(self.nats.addresses, name=f"w{index}")
+            proxy = CuttableProxy(self.nats.addresses, name=f"w{index}", scheme=self.nats.security.scheme)
             await proxy.start()
             self.slots.append(WorkerSlot(index, proxy))
         for slot in self.slots:
@@ -203,9 +207,13 @@ class ChaosStack:
     def nats_url(self) -> str:
         return ",".join(self.nats.urls)
 
-    def environment(self, nats_url: str | None = None) -> dict[str, str]:
-        """What a worker or an operator command needs to join this stack (as `DevStack.environment()`)."""
+    def nats_auth(self, role: str) -> NatsAuth:
+        return self.nats.security.auth(role)
+
+    def environment(self, nats_url: str | None = None, role: str = "worker") -> dict[str, str]:
+        """What a worker or an operator command (role ``operator``) needs to join this stack (as `DevStack.environment()`)."""
         return {
+            **self.nats.security.environment(role),
             "RPC_ENDPOINT": self.localnet.endpoints["rpc"],
             "RPC_WS_ENDPOINT": self.localnet.endpoints["ws"],
             "JITO_BLOCK_ENGINE_URL": self.localnet.endpoints["blockEngine"],

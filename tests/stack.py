@@ -22,7 +22,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
-import nats
 from nats.js.api import DeliverPolicy
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
@@ -34,8 +33,8 @@ from activities.wallets import WalletState, now_ms
 from localnet.faults import no_faults
 from worker.demo import plan_memo
 from worker.dev import DevStack
-from worker.config import nats_servers
 from worker.main import connect_temporal
+from worker.nats_connection import connect as nats_connect
 from worker.streams import KILLSWITCH_SUBJECT, RESUME_SUBJECT, ensure_streams
 from worker.killswitch import halt_message
 
@@ -55,8 +54,12 @@ class Stack:
         self.pool = self.dev.pool
         self.wallets = self.dev.keys.public_keys()
         self.endpoints = self.dev.localnet.endpoints
-        self.nc = await nats.connect(servers=nats_servers(self.config.nats_url))
+        # As a user would: plans go in with the planner's credentials; the kill switch and every read (results,
+        # KV, consumers) with the operator's. Both over mutual TLS, to the nats-server with permissions on.
+        self.nc = await nats_connect(self.config.nats_url, self.dev.nats_auth("operator"))
         self.js = self.nc.jetstream()
+        self.planner = await nats_connect(self.config.nats_url, self.dev.nats_auth("planner"))
+        self.planner_js = self.planner.jetstream()
         await ensure_streams(self.js)
         self._results_sub = await self.js.subscribe("executed.>", cb=self._on_result, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         self._publishes_sub = await self.nc.subscribe("executed.>", cb=self._on_publish)
@@ -68,6 +71,7 @@ class Stack:
     async def stop(self) -> None:
         await self.http.close()
         await self.rpc.close()
+        await self.planner.close()
         await self.nc.close()
         await self.dev.stop()
 
@@ -85,7 +89,7 @@ class Stack:
         if subject is None:
             opportunity = plan.get("opportunityId") if isinstance(plan, dict) else None
             subject = f"execution.planned.{opportunity if isinstance(opportunity, str) else 'test'}"
-        return (await self.js.publish(subject, data)).seq
+        return (await self.planner_js.publish(subject, data)).seq
 
     async def _on_result(self, message) -> None:
         result = json.loads(message.data)
@@ -153,7 +157,7 @@ class Stack:
 
     def worker_process(self, log_path: Path, **extra_env: str) -> subprocess.Popen:
         """`hft-executor worker` as its own process, joined to this stack (for crash tests)."""
-        env = {**os.environ, **self.dev.environment(), "METRICS_PORT": "0", "PYTHONUNBUFFERED": "1", **extra_env}
+        env = {**os.environ, **self.dev.environment("worker"), "METRICS_PORT": "0", "PYTHONUNBUFFERED": "1", **extra_env}
         log = open(log_path, "ab")  # noqa: SIM115 - the child's lifetime
         return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--log-level", "INFO"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -48,17 +48,17 @@ async def _run(env: dict, *args: str, stdin: str | None = None) -> subprocess.Co
 
 
 async def test_send_plan_halt_resume_and_status(stack, tmp_path: Path):
-    env = stack.dev.environment()
+    planner, env = stack.dev.environment("planner"), stack.dev.environment("operator")  # each command as its user
     plan = stack.plan("rpc", wallet=2)
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))
-    sent = await _run(env, "send-plan", str(plan_file))
+    sent = await _run(planner, "send-plan", str(plan_file))
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["planId"] == plan["planId"]
     assert (await stack.result(plan["planId"]))["status"] == "success"
 
     from_stdin = stack.plan("jito_bundle", wallet=2)
-    assert (await _run(env, "send-plan", "-", stdin=json.dumps(from_stdin))).returncode == 0
+    assert (await _run(planner, "send-plan", "-", stdin=json.dumps(from_stdin))).returncode == 0
     assert (await stack.result(from_stdin["planId"]))["status"] == "success"
 
     halted = await _run(env, "halt", "--reason", "maintenance window")
@@ -98,9 +98,22 @@ def test_dev_stops_everything_on_ctrl_c():
 
 
 async def test_operator_commands_fail_clearly(stack):
-    env = stack.dev.environment()
+    env = stack.dev.environment("operator")
     unknown = await _run(env, "halt", "--plan", "no-such-plan")
     assert unknown.returncode == 1 and "no running execution plan-no-such-plan" in unknown.stderr
     unreachable = await _run({**env, "NATS_URL": "nats://127.0.0.1:1"}, "status")
     assert unreachable.returncode == 1 and "cannot reach NATS at nats://127.0.0.1:1" in unreachable.stderr
     assert "Traceback" not in unknown.stderr + unreachable.stderr
+
+
+async def test_commands_run_as_their_nats_user_and_say_so_when_refused(stack):
+    """halt as the planner: NATS refuses it (only the operator may touch system.>), and the command says why."""
+    as_planner = await _run(stack.dev.environment("planner"), "halt", "--reason", "not the planner's to do")
+    assert as_planner.returncode == 1, as_planner.stdout + as_planner.stderr
+    assert "NATS refused: permissions violation for publish to" in as_planner.stderr and "Traceback" not in as_planner.stderr
+    assert stack.worker.killswitch.halted() is None
+
+    password = "wrong-" + os.urandom(8).hex()
+    wrong = await _run({**stack.dev.environment("operator"), "NATS_PASSWORD": password}, "status")
+    assert wrong.returncode == 1 and "authorization violation" in wrong.stderr.lower()
+    assert password not in wrong.stderr + wrong.stdout and "Traceback" not in wrong.stderr

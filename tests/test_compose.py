@@ -1,12 +1,14 @@
 """docker-compose.yml and the files it mounts: what a user of `docker compose up` relies on.
 
-Static checks only (no Docker needed): the services exist and are wired to each other, images are pinned,
+Static checks (no Docker needed): the services exist and are wired to each other, images are pinned,
 every file the stack mounts or builds from is in the repository, and Prometheus scrapes the workers.
+The shipped NATS config also runs on the real nats-server (the binary the project installs): its users
+get exactly the permissions the dev stack's users have.
 """
 from __future__ import annotations
 
+import json
 import re
-
 import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 METRICS_PORT = 9464
 from workflows.execute_plan import SEARCH_ATTRIBUTES  # the names the workflow sets
+
+NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
+NATS_PASSWORDS = {"worker": "NATS_WORKER_PASSWORD", "planner": "NATS_PLANNER_PASSWORD", "operator": "NATS_OPERATOR_PASSWORD"}
 # Supplied by the operator at deploy time, never committed (wallet keys).
 RUNTIME_ONLY_DIRS = ("secrets",)
 
@@ -132,8 +137,8 @@ def test_nats_runs_jetstream_syncing_every_write_to_a_store_on_a_volume(compose:
     mounted = {target: source for source, target, *_ in (v.split(":") for v in nats.get("volumes", []) if isinstance(v, str))}
     config = (ROOT / mounted[config_path]).read_text(encoding="utf-8")
     jetstream = re.search(r"jetstream\s*\{([^}]*)\}", config).group(1)
-    assert re.search(r"^\s*sync_interval:\s*always\s*$", jetstream, re.M)
-    store = re.search(r"^\s*store_dir:\s*(\S+)\s*$", jetstream, re.M).group(1)
+    assert re.search(r"^\s*sync_interval:\s*always\s*$", jetstream, re.MULTILINE)
+    store = re.search(r"^\s*store_dir:\s*(\S+)\s*$", jetstream, re.MULTILINE).group(1)
     assert mounted.get(store) in (compose.get("volumes") or {}), f"the JetStream store {store} is not on a named volume"
 
 
@@ -201,3 +206,108 @@ def test_temporal_dynamic_config_raises_the_transfer_poll_rate() -> None:
     (entry,) = config["history.transferProcessorMaxPollRPS"]
     assert entry["value"] > 20, "the default 20/s adds ~50 ms to each task-queue hand-off"
     assert "limit.maxIDLength" not in config
+
+
+# --- NATS users and permissions -------------------------------------------------------------------------------
+
+
+def test_nats_passwords_come_from_the_environment_and_are_required(services: dict) -> None:
+    nats_env = environment(services["nats"])
+    for variable in NATS_PASSWORDS.values():
+        # ${VAR:?message}: `docker compose up` stops with the message when it is unset; no default password exists.
+        assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", nats_env[variable]), nats_env[variable]
+    worker = environment(services["worker"])
+    assert worker["NATS_USER"] == "worker"
+    assert re.fullmatch(r"\$\{NATS_WORKER_PASSWORD:\?[^}]+\}", worker["NATS_PASSWORD"])
+    assert worker["NATS_INBOX_PREFIX"] == "_INBOX.worker"
+    config = NATS_CONFIG.read_text(encoding="utf-8")
+    passwords = re.findall(r"^\s*password:\s*(\S+)", config, re.MULTILINE)
+    assert sorted(passwords) == sorted(f"${variable}" for variable in NATS_PASSWORDS.values()), "a password is written in the file"
+    assert "127.0.0.1:8222:8222" in services["nats"]["ports"], "unauthenticated monitoring is published on the host's loopback only"
+
+
+def _user_block(config: str, user: str) -> str:
+    start = re.search(rf"^\s*user:\s*{user}\s*$", config, re.MULTILINE)
+    assert start, f"no user {user} in {NATS_CONFIG}"
+    following = re.search(r"^\s*user:", config[start.end() :], re.MULTILINE)
+    return config[start.end() : start.end() + following.start()] if following else config[start.end() :]
+
+
+def test_the_shipped_users_have_the_dev_stacks_permissions() -> None:
+    """deploy/nats/nats.conf and worker/nats_security.py's ROLES are one table written twice: they must agree."""
+    from worker.nats_security import NO_DESTRUCTION, ROLES
+
+    config = NATS_CONFIG.read_text(encoding="utf-8")
+    protected = re.search(r"^PROTECTED_STREAMS:\s*\[(.*?)\]", config, re.MULTILINE | re.DOTALL).group(1)
+    assert sorted(re.findall(r'"([^"]+)"', protected)) == sorted(NO_DESTRUCTION)
+    for role, permissions in ROLES.items():
+        block = _user_block(config, role)
+        publish = re.search(r"publish:\s*\{\s*allow:\s*\[(.*?)\]", block, re.DOTALL).group(1)
+        subscribe = re.search(r"subscribe:\s*\{\s*allow:\s*\[(.*?)\]", block, re.DOTALL).group(1)
+        assert re.findall(r'"([^"]+)"', publish) == list(permissions.publish), role
+        assert re.findall(r'"([^"]+)"', subscribe) == list(permissions.subscribe), role
+        assert ("deny: $PROTECTED_STREAMS" in block) == bool(permissions.publish_deny), role
+
+
+async def test_the_shipped_nats_config_on_the_real_server(tmp_path, monkeypatch) -> None:
+    """The file as shipped (ports and store moved for the test): every user can do its job and nothing more."""
+    import nats.errors
+
+    from tests.nats_helpers import client, refused_connect, until_refused
+    from worker.killswitch import halt_message
+    from worker.nats_connection import NatsAuth
+    from worker.nats_security import inbox_prefix
+    from worker.services import NatsServer
+    from worker.streams import KILLSWITCH_SUBJECT, ensure_streams
+
+    passwords = {role: f"{role}-{tmp_path.name[-6:]}-0123456789abcdef" for role in NATS_PASSWORDS}
+    for role, variable in NATS_PASSWORDS.items():
+        monkeypatch.setenv(variable, passwords[role])  # nats-server inherits them, as in the container
+
+    def auth(role: str) -> NatsAuth:
+        return NatsAuth(user=role, password=passwords[role], inbox_prefix=inbox_prefix(role))
+
+    class Shipped(NatsServer):
+        def config(self) -> str:
+            text = NATS_CONFIG.read_text(encoding="utf-8")
+            text = re.sub(r"^port: 4222\b", f"port: {self.port}", text, flags=re.MULTILINE)
+            text = re.sub(r"^http_port: 8222\b.*$", "", text, flags=re.MULTILINE)
+            assert "store_dir: /data" in text
+            return text.replace("store_dir: /data", f"store_dir: {json.dumps(str(self.data_dir))}")
+
+        def client_auth(self) -> NatsAuth:
+            return auth("worker")
+
+    server = Shipped(tmp_path / "nats", port=0)
+    await server.start()
+    try:
+        assert "authorization violation" in (await refused_connect(server.url, None)).lower()
+        assert "authorization violation" in (await refused_connect(server.url, NatsAuth(user="worker", password=passwords["planner"]))).lower()
+
+        worker = await client(server.url, auth("worker"))  # what a worker does at start
+        js = worker.jetstream()
+        await ensure_streams(js)
+        records = await js.create_key_value(bucket="plan_records")
+        await records.create("signed.p1", b"signed")
+        with pytest.raises(nats.errors.TimeoutError):
+            await worker.jetstream(timeout=0.5).publish(KILLSWITCH_SUBJECT, halt_message("worker", "worker"))
+        await until_refused(worker, KILLSWITCH_SUBJECT)
+        await worker.close()
+
+        planner = await client(server.url, auth("planner"))
+        assert (await planner.jetstream().publish("execution.planned.compose", b"{}")).stream == "PLANNED"
+        for subject in (KILLSWITCH_SUBJECT, "$JS.API.STREAM.INFO.KV_plan_records"):
+            with pytest.raises(nats.errors.TimeoutError):
+                await planner.request(subject, b"{}", timeout=0.5)
+            await until_refused(planner, subject)
+        await planner.close()
+
+        operator = await client(server.url, auth("operator"))
+        assert (await operator.jetstream().publish(KILLSWITCH_SUBJECT, halt_message("compose halt", "ops"))).stream == "SYSTEM"
+        assert (await (await operator.jetstream().key_value("plan_records")).get("signed.p1")).value == b"signed"
+        with pytest.raises(nats.errors.TimeoutError):
+            await operator.request("$JS.API.STREAM.PURGE.KV_plan_records", b"{}", timeout=0.5)
+        await until_refused(operator, "$JS.API.STREAM.PURGE.KV_plan_records")
+        await operator.close()
+    finally:
+        await server.stop()

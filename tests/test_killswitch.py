@@ -256,7 +256,8 @@ async def ks_stack():
     nats_port = int(stack.config.nats_url.rsplit(":", 1)[1])
     stack.proxy = await TcpProxy("127.0.0.1", nats_port).start()
     stack.direct = await start_worker(stack, "ks-direct")
-    stack.proxied = await start_worker(stack, "ks-proxied", NATS_URL=stack.proxy.url)
+    # TLS end to end through the proxy: the worker still verifies the server's name (127.0.0.1) in its certificate.
+    stack.proxied = await start_worker(stack, "ks-proxied", NATS_URL=stack.proxy.url.replace("nats://", "tls://"))
     yield stack
     for worker in (stack.direct, stack.proxied):
         await stop_worker(worker)
@@ -296,7 +297,7 @@ async def stop_worker(worker: WorkerProcess) -> None:
 
 async def run(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     return await asyncio.to_thread(
-        subprocess.run, [*CLI, *args], cwd=ROOT, env={**os.environ, **stack.dev.environment()}, capture_output=True, text=True, timeout=60
+        subprocess.run, [*CLI, *args], cwd=ROOT, env={**os.environ, **stack.dev.environment("operator")}, capture_output=True, text=True, timeout=60
     )
 
 

@@ -36,3 +36,17 @@ async def test_no_private_key_in_history_results_logs_or_kv(stack, worker_log):
         for key in await kv.keys():
             values.append((await kv.get(key)).value.decode())
     assert values and leaked("\n".join(values), forms) == []
+
+
+async def test_no_nats_credential_in_logs_or_in_what_the_worker_describes(stack, worker_log):
+    """The session stack runs with NATS users and mutual TLS: none of their secrets may reach a log line."""
+    security = stack.dev.security
+    assert security is not None and security.passwords
+    secrets = dict(security.passwords)
+    secrets["route password"] = security.route_password
+    for key_file in security.directory.glob("*-key.pem"):
+        body = "".join(line for line in key_file.read_text().splitlines() if not line.startswith("-----"))
+        secrets[key_file.name] = body[:48]  # any stretch of the key's base64 would do
+    text = "\n".join(worker_log.lines) + repr(stack.config) + json.dumps(stack.config.describe()) + json.dumps(stack.results)
+    assert [name for name, secret in secrets.items() if secret in text] == []
+    assert stack.config.describe()["nats_auth"]["user"] == "worker"  # the describe() does show who it is

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from .nats_connection import NatsAuth, nats_servers, redact_url  # noqa: F401 - nats_servers: its old home
+
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
@@ -23,18 +25,6 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(env.get(name, default))
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {env[name]!r}") from None
-
-
-def nats_servers(url: str) -> list[str]:
-    """The servers of a NATS_URL, for ``nats.connect(servers=...)``.
-
-    A comma-separated NATS_URL is what the Go client and the ``nats`` CLI take, but nats-py (2.16) parses a string
-    as one URL and refuses ``"nats://a:1,nats://b:2"`` with "nats: invalid connect url option".
-    """
-    servers = [part.strip() for part in url.split(",") if part.strip()]
-    if not servers:
-        raise ValueError(f"no NATS server in {url!r}")
-    return servers
 
 
 @dataclass(frozen=True)
@@ -66,6 +56,7 @@ class ExecutorConfig:
     tpu_rebroadcast_ms: int = 400  # confirm resends tpu_direct bytes this often (each leader window gets a copy)
     tpu_identity_keypair: str | None = None  # path of the QUIC identity keypair (never a wallet); fresh if unset
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)  # NATS_USER.. NATS_TLS_*: worker/nats_connection.py
     metrics_port: int = 9464  # 0 turns both metrics listeners off
     metrics_host: str = "127.0.0.1"  # METRICS_HOST: both listeners' address (0.0.0.0 to be scraped from other hosts)
     temporal_metrics_port: int = 9465  # the Temporal SDK's own metrics
@@ -115,6 +106,7 @@ class ExecutorConfig:
             tpu_rebroadcast_ms=_int(env, "TPU_REBROADCAST_MS", cls.tpu_rebroadcast_ms),
             tpu_identity_keypair=env.get("TPU_IDENTITY_KEYPAIR") or None,
             nats_url=env.get("NATS_URL", cls.nats_url),
+            nats_auth=NatsAuth.from_environment(env),
             metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
             metrics_host=env.get("METRICS_HOST", cls.metrics_host),
             temporal_metrics_port=_int(env, "TEMPORAL_METRICS_PORT", cls.temporal_metrics_port),
@@ -138,4 +130,6 @@ class ExecutorConfig:
 
     def describe(self) -> dict:
         """For logs and `status`: everything but secrets."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown.update(nats_url=redact_url(self.nats_url), nats_auth=self.nats_auth.describe())
+        return shown

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import nats
+import nats.errors
+from nats.js.errors import NoStreamResponseError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.keystore import KeyStore
@@ -24,33 +25,54 @@ WALLET_BUCKET = "wallet_leases"
 
 from . import logs
 from .bridge import workflow_id
-from .config import ExecutorConfig, nats_servers
+from .config import ExecutorConfig
 from .killswitch import RUNNING_PLANS, KILLSWITCH_SUBJECT, RESUME_SUBJECT, default_sender, halt_message, last_state, parse_message
 from .main import ExecutorWorker, connect_temporal
+from .nats_connection import connect as nats_connect, redact_url
 from .presence import SILENCE_S, WorkerTable
 from .streams import ensure_streams
 
 DEV_ENVIRONMENT = Path(".data") / "dev-environment.json"
 
 
-def environment() -> dict[str, str]:
+def environment(role: str = "worker") -> dict[str, str]:
+    """The process's environment; with NATS_URL unset, completed by a running `dev`'s environment for ``role``
+    (``worker``; ``planner`` for send-plan; ``operator`` for halt, resume and status: their NATS credentials)."""
     env = dict(os.environ)
     if "NATS_URL" not in env and DEV_ENVIRONMENT.exists():
-        for key, value in json.loads(DEV_ENVIRONMENT.read_text()).items():
+        for key, value in json.loads(DEV_ENVIRONMENT.read_text()).get(role, {}).items():
             env.setdefault(key, value)
     return env
 
 
+#: Permission violations NATS reported to this command (asynchronously: the refused request itself only times out).
+_refusals: list[str] = []
+
+
 async def _nats(config: ExecutorConfig):
     """A short-lived operator connection: fail fast with a clear message, don't retry forever."""
-    async def quiet(_error: Exception) -> None:
-        pass
+    async def note(error: Exception) -> None:
+        if "permissions violation" in str(error).lower():
+            _refusals.append(str(error))
 
     try:
         # nats-py keeps retrying a refused first connect on its own; the deadline is ours.
-        return await asyncio.wait_for(nats.connect(servers=nats_servers(config.nats_url), connect_timeout=3, allow_reconnect=False, error_cb=quiet), 5)
+        return await asyncio.wait_for(nats_connect(config.nats_url, config.nats_auth, connect_timeout=3, allow_reconnect=False, error_cb=note), 5)
     except Exception as error:
-        raise SystemExit(f"cannot reach NATS at {config.nats_url} ({str(error) or type(error).__name__}); set NATS_URL or start `hft-executor dev`") from None
+        raise SystemExit(
+            f"cannot reach NATS at {redact_url(config.nats_url)} ({str(error) or type(error).__name__}); set NATS_URL "
+            "(and NATS_USER/NATS_PASSWORD, NATS_TLS_*: see README, NATS security) or start `hft-executor dev`"
+        ) from None
+
+
+def _run(command) -> object:
+    """asyncio.run, turning a request NATS refused (it shows as a timeout) into a one-line error naming the permission."""
+    try:
+        return asyncio.run(command)
+    except (TimeoutError, nats.errors.TimeoutError):
+        if _refusals:
+            raise SystemExit(f"NATS refused: {_refusals[-1].removeprefix('nats: ')} (not allowed for this user)") from None
+        raise
 
 
 # --- worker -------------------------------------------------------------------------
@@ -62,7 +84,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 async def _worker() -> int:
-    env = environment()
+    env = environment("worker")
     config = ExecutorConfig.from_environment(env)
     try:
         keys = KeyStore.from_environment(env)
@@ -101,19 +123,22 @@ def read_plans(source: str) -> list[dict]:
 
 
 def send_plan(args: argparse.Namespace) -> int:
-    return asyncio.run(_send_plan(args))
+    return _run(_send_plan(args))
 
 
 async def _send_plan(args: argparse.Namespace) -> int:
     plans = read_plans(args.file)
-    config = ExecutorConfig.from_environment(environment())
+    config = ExecutorConfig.from_environment(environment("planner"))
     nc = await _nats(config)
+    # No ensure_streams: a planner may publish plans and nothing else (a worker creates PLANNED).
     js = nc.jetstream()
-    await ensure_streams(js, replicas=config.nats_replicas)
     for plan in plans:
         opportunity = plan.get("opportunityId") if isinstance(plan, dict) else None
         subject = f"execution.planned.{opportunity if isinstance(opportunity, str) and opportunity else 'unknown'}"
-        ack = await js.publish(subject, json.dumps(plan).encode())
+        try:
+            ack = await js.publish(subject, json.dumps(plan).encode())
+        except NoStreamResponseError:
+            raise SystemExit(f"no stream takes {subject}: start a worker first (it creates PLANNED)") from None
         print(json.dumps({"planId": plan.get("planId") if isinstance(plan, dict) else None, "subject": subject, "seq": ack.seq}), flush=True)
     await nc.drain()
     return 0
@@ -128,11 +153,11 @@ SUPERSEDED = 4
 
 
 def halt(args: argparse.Namespace) -> int:
-    return asyncio.run(_halt(args))
+    return _run(_halt(args))
 
 
 async def _halt(args: argparse.Namespace) -> int:
-    config = ExecutorConfig.from_environment(environment())
+    config = ExecutorConfig.from_environment(environment("operator"))
     if args.plan:
         client = await connect_temporal(config)
         try:
@@ -233,12 +258,12 @@ def _print_halt(report: dict) -> None:
 
 
 def resume(args: argparse.Namespace) -> int:
-    return asyncio.run(_resume(args))
+    return _run(_resume(args))
 
 
 async def _resume(args: argparse.Namespace) -> int:
     by = args.by or default_sender()
-    config = ExecutorConfig.from_environment(environment())
+    config = ExecutorConfig.from_environment(environment("operator"))
     nc = await _nats(config)
     js = nc.jetstream()
     await ensure_streams(js, replicas=config.nats_replicas)
@@ -255,7 +280,7 @@ async def _resume(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    report = asyncio.run(_status())
+    report = _run(_status())
     if args.json:
         print(json.dumps(report), flush=True)
         return 0
@@ -282,7 +307,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 async def _status() -> dict:
-    config = ExecutorConfig.from_environment(environment())
+    config = ExecutorConfig.from_environment(environment("operator"))
     nc = await _nats(config)
     js = nc.jetstream()
     halt, resume = await last_state(js)

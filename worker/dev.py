@@ -1,7 +1,8 @@
 """`hft-executor dev`: the whole product embedded on one machine, and its demo.
 
 Temporal dev server (UI included, SQLite under .data/), nats-server with JetStream
-(.data/), the local Solana cluster, funded wallets (key files under .data/wallets, mode
+(.data/; users, permissions and mutual TLS on, certificates made at every start under
+.data/nats-security: worker/nats_security.py), the local Solana cluster, funded wallets (key files under .data/wallets, mode
 0600), a swap pool for sample plans, and the worker with its bridge. `--demo N` publishes
 N sample plans and shows what happened to each.
 """
@@ -31,6 +32,8 @@ from . import logs
 from .config import ExecutorConfig
 from .demo import DemoPool
 from .main import ExecutorWorker
+from .nats_connection import NatsAuth, connect as nats_connect
+from .nats_security import NatsSecurity, Permissions
 from .services import LocalnetServer, NatsServer, TemporalDevServer, free_port
 
 log = logging.getLogger("hft.dev")
@@ -40,6 +43,7 @@ DEV_DYNAMIC_CONFIG = {
     "history.transferProcessorMaxPollRPS": 10000,
 }
 DEV_ENVIRONMENT = "dev-environment.json"  # lets `send-plan`, `halt`, `status` find a running `dev`
+DEV_ROLES = ("worker", "planner", "operator")  # the roles dev-environment.json holds an environment for
 # WAL with synchronous=NORMAL: a commit no longer waits for an fsync of the whole journal;
 # a power cut may lose the last commits of a *dev* server, never corrupt it.
 DEV_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
@@ -71,6 +75,9 @@ class DevStack:
     wallet_count: int = 8
     metrics: bool = True
     status_cache_slots: int | None = None  # the local cluster's status cache (None: agave's 300 rooted slots)
+    nats_secure: bool = True  # users, permissions and mutual TLS (False: an open nats-server, as before)
+    nats_roles: dict[str, Permissions] | None = None  # None: worker, planner and operator (nats_security.ROLES)
+    security: NatsSecurity | None = None
     temporal: TemporalDevServer | None = None
     nats: NatsServer | None = None
     localnet: LocalnetServer | None = None
@@ -90,7 +97,9 @@ class DevStack:
             retention_hours=RETENTION_HOURS,
             sqlite_pragmas=DEV_SQLITE_PRAGMAS,
         )
-        self.nats = NatsServer(self.data_dir / "nats", port=0 if auto else 4222)
+        if self.nats_secure:  # fresh certificates and passwords at every start: ~50 ms
+            self.security = NatsSecurity.create(self.data_dir / "nats-security", roles=self.nats_roles)
+        self.nats = NatsServer(self.data_dir / "nats", port=0 if auto else 4222, security=self.security)
         self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=auto, slot_ms=self.slot_ms, status_cache_slots=self.status_cache_slots)
         await asyncio.gather(self.temporal.start(), self.nats.start(), self.localnet.start())
         keypairs = wallet_keys(self.data_dir / "wallets", self.wallet_count)
@@ -107,6 +116,7 @@ class DevStack:
             rpc_ws_endpoint=self.localnet.endpoints["ws"],
             jito_block_engine_url=self.localnet.endpoints["blockEngine"],
             nats_url=self.nats.url,
+            nats_auth=self.nats_auth("worker"),
             temporal_address=self.temporal.address,
             metrics_port=metrics_port,
             temporal_metrics_port=(free_port() if auto else 9465) if metrics_port else 0,
@@ -121,10 +131,16 @@ class DevStack:
             "wallets": self.keys.public_keys(),
         }
 
-    def environment(self) -> dict[str, str]:
-        """What a separate `hft-executor worker` (or a CLI command) needs to join this stack."""
+    def nats_auth(self, role: str) -> NatsAuth:
+        """A role's NATS credentials: ``worker``, ``planner`` (plans in) or ``operator`` (halt, resume, status)."""
+        return self.security.auth(role) if self.security else NatsAuth()
+
+    def environment(self, role: str = "worker") -> dict[str, str]:
+        """What a separate `hft-executor worker` (role ``worker``) or a CLI command (``planner`` for send-plan,
+        ``operator`` for halt, resume and status) needs to join this stack."""
         assert self.config is not None
         return {
+            **self.nats_auth(role).environment(),
             "RPC_ENDPOINT": self.config.rpc_endpoint,
             "RPC_WS_ENDPOINT": self.config.websocket_endpoint(),
             "JITO_BLOCK_ENGINE_URL": self.config.jito_block_engine_url,
@@ -170,11 +186,12 @@ async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_
 
     # Read the stream, not the subject: what a downstream consumer sees, after JetStream's dedupe.
     subscription = await worker.js.subscribe("executed.>", cb=on_result, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+    planner = await nats_connect(stack.config.nats_url, stack.nats_auth("planner"))  # plans come in as a planner's do
     started = time.monotonic()
     published_at = {}
     for plan in plans:
         published_at[plan["planId"]] = time.monotonic()
-        await worker.js.publish(f"execution.planned.{plan['opportunityId']}", json.dumps(plan).encode())
+        await planner.jetstream().publish(f"execution.planned.{plan['opportunityId']}", json.dumps(plan).encode())
     progress = Progress(count)
     while len(results) < count:
         arrived.clear()
@@ -186,6 +203,7 @@ async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_
     progress.done()
     wall_s = time.monotonic() - started
     await subscription.unsubscribe()
+    await planner.close()
     ordered = [results[p["planId"]] for p in plans if p["planId"] in results]
     if show_table:
         print_table(ordered, out)
@@ -269,8 +287,11 @@ async def _dev(args: argparse.Namespace) -> int:
         await stack.start()
         worker = ExecutorWorker(stack.config, stack.keys)
         await worker.start()
+        # One environment per role (the commands pick theirs), owner-only: it holds the roles' passwords.
         environment_file = data_dir / DEV_ENVIRONMENT
-        environment_file.write_text(json.dumps(stack.environment()))
+        environment_file.unlink(missing_ok=True)
+        with os.fdopen(os.open(environment_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            json.dump({role: stack.environment(role) for role in DEV_ROLES}, file)
         if args.json:
             print(json.dumps(stack.endpoints), flush=True)
         else:

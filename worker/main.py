@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import nats
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from temporalio.client import Client
@@ -41,9 +40,10 @@ from workflows.events import ExecutionResultEvent
 from workflows.execute_plan import SEARCH_ATTRIBUTES, ExecutePlan
 
 from .bridge import PlanBridge
-from .config import ExecutorConfig, nats_servers
+from .config import ExecutorConfig
 from .killswitch import KillSwitch
 from .metrics import ExecutorMetrics
+from .nats_connection import connect as nats_connect
 from .streams import ensure_streams
 
 log = logging.getLogger("hft.worker")
@@ -136,8 +136,9 @@ class ExecutorWorker:
 
     async def start(self) -> None:
         config = self.config
-        self.nc = await nats.connect(
-            servers=nats_servers(config.nats_url),
+        self.nc = await nats_connect(
+            config.nats_url,
+            config.nats_auth,
             name=config.executor_name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import IO
 
 from .config import nats_servers  # noqa: F401 - the cluster hands out a NATS_URL this splits
+from .nats_connection import NatsAuth
+from .nats_connection import connect as nats_connect
 
 log = logging.getLogger("hft.services")
 
@@ -541,6 +543,9 @@ class NatsServer(_Server):
     without it.
 
     ``http_port``: the monitoring endpoint (``/varz``, ``/jsz``, read with ``monitor()``); None = off, 0 = pick.
+
+    ``security`` (worker/nats_security.py): users, permissions and TLS in the config file; the URL is then
+    ``tls://`` and the readiness probe connects as the worker.
     """
 
     restart_timeout = 15.0
@@ -557,8 +562,10 @@ class NatsServer(_Server):
         sync_always: bool = False,
         http_port: int | None = None,
         server_name: str | None = None,
+        security=None,
     ):
         super().__init__(data_dir, log_file)
+        self.security = security
         self.requested_port = port
         self.port = port
         self.requested_http_port = http_port
@@ -570,7 +577,11 @@ class NatsServer(_Server):
     def url(self) -> str:
         if not self.port:
             raise ServiceError("url is known after start() when port=0")
-        return f"nats://{HOST}:{self.port}"
+        return f"{self.security.scheme if self.security else 'nats'}://{HOST}:{self.port}"
+
+    def client_auth(self) -> NatsAuth | None:
+        """What the server's own probes connect with: the worker's credentials (they need the JetStream API)."""
+        return self.security.auth("worker") if self.security else None
 
     @property
     def monitor_url(self) -> str | None:
@@ -596,6 +607,8 @@ class NatsServer(_Server):
         if self.sync_always:
             lines.append("  sync_interval: always")
         lines.append("}")
+        if self.security:
+            lines += self.security.server_config()
         return "\n".join(lines + self._extra_config()) + "\n"
 
     def _extra_config(self) -> list[str]:
@@ -620,14 +633,15 @@ class NatsServer(_Server):
         await self._start_retrying_port_clashes(lambda: self._start_once(timeout, pick_ports=True), self._picked_ports())
 
     async def _start_once(self, timeout: float, *, pick_ports: bool) -> None:
-        import nats
-
         if pick_ports:
             self._resolve_ports()
         if self.requested_port or not pick_ports:
             await self._ensure_port_free(self.port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(self.config())
+        # Owner-only: with security on, it holds the users' passwords.
+        self.config_file.unlink(missing_ok=True)
+        with os.fdopen(os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(self.config())
         started = time.monotonic()
         child = self._spawn(self.command())
 
@@ -635,8 +649,9 @@ class NatsServer(_Server):
             pass
 
         async def probe(remaining: float) -> None:
-            nc = await nats.connect(
+            nc = await nats_connect(
                 self.url,
+                self.client_auth(),
                 connect_timeout=min(2.0, remaining),
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
@@ -742,20 +757,26 @@ class NatsClusterNode(NatsServer):
     """One member of a ``NatsCluster``: a ``NatsServer`` with a route port, routes to the other members and
     JetStream clustered. Its ports are chosen by the cluster."""
 
-    def __init__(self, data_dir: Path, *, server_name: str, cluster_name: str, sync_always: bool = False):
-        super().__init__(data_dir, port=0, sync_always=sync_always, http_port=0, server_name=server_name)
+    def __init__(self, data_dir: Path, *, server_name: str, cluster_name: str, sync_always: bool = False, security=None):
+        super().__init__(data_dir, port=0, sync_always=sync_always, http_port=0, server_name=server_name, security=security)
         self.name = f"nats-server[{server_name}]"
         self.cluster_name = cluster_name
         self.cluster_port = 0
         self.route_ports: list[int] = []  # the other members' cluster ports
 
     def _extra_config(self) -> list[str]:
-        routes = ", ".join(_conf_string(f"nats-route://{HOST}:{port}") for port in self.route_ports)
+        if self.security:  # routes are plain TCP on 127.0.0.1, but only a holder of the route password joins
+            routes = ", ".join(_conf_string(self.security.route_url(HOST, port)) for port in self.route_ports)
+            authorization = [f"  authorization: {self.security.route_authorization()}"]
+        else:
+            routes = ", ".join(_conf_string(f"nats-route://{HOST}:{port}") for port in self.route_ports)
+            authorization = []
         return [
             "cluster {",
             f"  name: {_conf_string(self.cluster_name)}",
             f"  listen: {_conf_string(f'{HOST}:{self.cluster_port}')}",
             f"  routes: [{routes}]",
+            *authorization,
             # Clients use only the addresses they were given: nothing learnt from INFO can bypass a proxy in front.
             "  no_advertise: true",
             "}",
@@ -772,15 +793,16 @@ class NatsCluster:
     members do not advertise each other to clients (``no_advertise``), so a client knows only those addresses.
     """
 
-    def __init__(self, data_dir: Path, size: int = 3, sync_always: bool = False, *, cluster_name: str = "hft"):
+    def __init__(self, data_dir: Path, size: int = 3, sync_always: bool = False, *, cluster_name: str = "hft", security=None):
         if size < 1:
             raise ValueError(f"a cluster needs at least one node, not {size}")
         self.data_dir = Path(data_dir)
         self.size = size
         self.sync_always = sync_always
         self.cluster_name = cluster_name
+        self.security = security
         self.nodes = [
-            NatsClusterNode(self.data_dir / f"n{i}", server_name=f"n{i}", cluster_name=cluster_name, sync_always=sync_always)
+            NatsClusterNode(self.data_dir / f"n{i}", server_name=f"n{i}", cluster_name=cluster_name, sync_always=sync_always, security=security)
             for i in range(size)
         ]
         self._started = False
@@ -871,14 +893,14 @@ class NatsCluster:
             await asyncio.sleep(0.1)
 
     async def _replicated_stream_works(self, remaining: float) -> bool:
-        import nats
         from nats.js.api import StorageType, StreamConfig
 
         async def quiet(_error: Exception) -> None:
             pass
 
-        nc = await nats.connect(
-            servers=[node.url for node in self.nodes if node.running],
+        nc = await nats_connect(
+            ",".join(node.url for node in self.nodes if node.running),
+            self.nodes[0].client_auth(),
             connect_timeout=min(2.0, remaining),
             allow_reconnect=False,
             max_reconnect_attempts=0,
@@ -936,15 +958,15 @@ class NatsCluster:
         return await self._streams_current(node, fresh)
 
     async def _streams_current(self, node: NatsClusterNode, fresh: Callable[[object, float], bool]) -> bool:
-        import nats
         import nats.errors
 
         async def quiet(_error: Exception) -> None:
             pass
 
         try:
-            nc = await nats.connect(
-                servers=[n.url for n in self.nodes if n.running],
+            nc = await nats_connect(
+                ",".join(n.url for n in self.nodes if n.running),
+                self.nodes[0].client_auth(),
                 connect_timeout=2.0,
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
