@@ -933,7 +933,8 @@ class PlanPolicy:
             logs = value.get("logs") or []
             raise PolicyViolation("simulation_failed", None, f"the transaction fails in simulation: {value['err']} {' | '.join(logs[-3:])}"[:600])
         sol_loss, tokens = balance_losses(wallet, addresses, before["value"], value.get("accounts") or [None] * len(addresses))
-        sol_cap = self.settings.simulate_sol_loss_cap
+        # The plan's declared input may leave (a SOL-input swap wraps it); beyond that, the cap.
+        sol_cap = self.settings.simulate_sol_loss_cap + (plan.input_amount if plan.input_token == str(NATIVE_MINT) else 0)
         if sol_loss > sol_cap:
             raise PolicyViolation("simulated_sol_loss", None, f"the wallet's SOL falls by {sol_loss} lamports in simulation, over the cap {sol_cap}")
         for mint, loss in tokens.items():

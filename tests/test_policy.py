@@ -743,6 +743,43 @@ async def test_simulation_refuses_what_the_static_rules_cannot_see(stack, worker
     assert policy.spend.total(stack.wallets[3]) == 5_066, "a plan refused by its simulation is not counted against its wallet"
 
 
+NATIVE_MINT = "So11111111111111111111111111111111111111112"
+
+
+async def _native_mint_and_a_strangers_wsol_account(stack) -> str:
+    """The native mint (LiteSVM has none; mainnet has it from genesis) and a stranger's wSOL account."""
+    mint = bytes(4 + 32) + (0).to_bytes(8, "little") + bytes([9, 1]) + bytes(4 + 32)  # no authority, supply 0, 9 decimals, initialized
+    await stack.admin("POST", "/accounts", {"pubkey": NATIVE_MINT, "owner": TOKEN, "data": base64.b64encode(mint).decode()})
+    thief = Keypair()
+    await stack.admin("POST", "/fund", {"pubkey": str(thief.pubkey()), "lamports": SOL})
+    create = create_token_account_idempotent(thief.pubkey(), thief.pubkey(), Pubkey.from_string(NATIVE_MINT), Pubkey.from_string(TOKEN))
+    await _send_and_confirm(stack, thief, [create])
+    return str(get_associated_token_address(thief.pubkey(), Pubkey.from_string(NATIVE_MINT)))
+
+
+async def test_simulation_catches_sol_wrapped_then_sent_away(stack, worker_log, worker_policy):
+    """Wrapping SOL into the wallet's own wSOL account passes the static rules (the lamports stay
+    the wallet's), and a token transfer is what a swap does: together they send SOL away. The
+    simulation sees the wallet's SOL fall by far more than the cap."""
+    theirs = await _native_mint_and_a_strangers_wsol_account(stack)
+    wsol = f"$WALLET_ATA:{NATIVE_MINT}"
+    drain = [
+        ix(ATA, [meta("$WALLET", True, True), meta(wsol, writable=True), meta("$WALLET"), meta(NATIVE_MINT), meta(SYSTEM), meta(TOKEN)], bytes([1])),
+        system_transfer(wsol, SOL // 2),
+        ix(TOKEN, [meta(wsol, writable=True)], bytes([17])),  # SyncNative
+        transfer_checked(wsol, NATIVE_MINT, theirs, SOL // 2, 9),
+    ]
+    plan = with_route(stack.plan("rpc", wallet=1), *drain)
+    event = validate(plan)
+    built = await stack.worker.dispatcher.builder.build(event, plan["wallet"])
+    static = PlanPolicy(PolicySettings(), lookup_tables=stack.worker.dispatcher.builder.lookup_tables)
+    await static.check(event, plan["wallet"], built)  # the static rules alone let it through
+    worker_policy(PolicySettings(simulate=True))
+    result = await stack.execute(plan)
+    await assert_refused_and_nothing_signed(stack, worker_log, plan["planId"], result, "simulated_sol_loss", None)
+    assert int(result["error"].split("falls by ")[1].split()[0]) > SOL // 2, result["error"]
+
+
 async def test_simulation_caps_the_sols_loss(stack, worker_log, worker_policy):
     sink = stranger()
     worker_policy(PolicySettings(simulate=True, max_plan_lamports=SOL, simulate_max_sol_loss_lamports=1_000_000).allowing(destinations=[sink]))
