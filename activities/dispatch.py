@@ -4,8 +4,9 @@ A `Dispatch` goes preparing -> prepared -> sent (or refused) -> claimed | abando
 
 - prepare: read the plan's record first. If the plan already has a transaction (an earlier
   run, another worker, a dead bridge), that transaction is the plan's fate: its wallet's lease
-  is adopted, nothing is built or signed. Otherwise lease a wallet, build, sign and record
-  (create-only). A void record ends the plan: it sends nothing, ever.
+  is adopted, nothing is built or signed. Otherwise lease a wallet, build, check the plan
+  policy on the built message (policy.py: a violation fails POLICY_VIOLATION, nothing signed),
+  sign and record (create-only). A void record ends the plan: it sends nothing, ever.
 - send: the send gate (the halt flag or signal, the plan's deadline) right before the bytes
   leave. A transaction this dispatch recorded and never sent is still provably unsent: a
   refusal voids the record (compare-and-set on the revision it wrote) and says "nothing
@@ -39,6 +40,7 @@ from workflows.stages import BuiltTransaction, Executed, SignedTransaction, Subm
 from .build import TransactionBuilder
 from .errors import fail
 from .keystore import KeyStore
+from .policy import PlanPolicy, PolicySettings
 from .records import PlanRecords, Record
 from .submit import Submitter
 from .wallets import NoWalletAvailable, WalletPool
@@ -100,8 +102,10 @@ class Dispatch:
         try:
             started = time.perf_counter()
             built = await d.builder.build(plan, self.lease.wallet)
-            self.built = replace(built, elapsed_ms=_ms_since(started))
             log.info("plan=%s stage=build size=%d lastValidBlockHeight=%d", plan.plan_id, built.size, built.last_valid_block_height)
+            # The built, compiled message is what would be signed: checked before any key touches it.
+            await d.policy.check(plan, self.lease.wallet, built)
+            self.built = replace(built, elapsed_ms=_ms_since(started))  # build includes the policy check
             candidate = d.sign(plan.plan_id, self.lease.wallet, self.built)
             if not self.durable:
                 self.signed, self.fresh = candidate, True
@@ -216,10 +220,13 @@ class Dispatcher:
         records: PlanRecords | None,
         submitter: Submitter,
         crash_after: str | None = None,
+        policy: PlanPolicy | None = None,
     ) -> None:
         self.wallets = wallets
         self.keys = keys
         self.builder = builder
+        # Between build and sign. A dispatcher without one given still enforces the default rules.
+        self.policy = policy or PlanPolicy(PolicySettings(), lookup_tables=builder.lookup_tables, reserves=builder.reserves)
         self.records = records
         self.submitter = submitter
         self.crash_after = crash_after

@@ -33,6 +33,7 @@ from solders.keypair import Keypair
 
 from worker import logs
 from activities.dispatch import Dispatch
+from activities.policy import PolicySettings
 from workflows.events import parse_plan
 from worker.dev import DevStack, admin_post
 from worker.main import ExecutorWorker
@@ -218,12 +219,13 @@ async def run_bench(args: argparse.Namespace) -> dict:
     worker = None
     try:
         await stack.start()
-        worker = ExecutorWorker(stack.config, stack.keys)
+        # Bench plans pay a sink a few lamports: the plan policy must allow that one destination.
+        sink = str(Keypair().pubkey())
+        worker = ExecutorWorker(stack.config, stack.keys, policy_settings=PolicySettings.from_environment().allowing(destinations=[sink]))
         await worker.start()
         import aiohttp
 
         async with aiohttp.ClientSession() as http:
-            sink = str(Keypair().pubkey())
             await admin_post(http, f"{stack.localnet.endpoints['admin']}/fund", {"pubkey": sink, "lamports": 1_000_000_000})
             run = uuid.uuid4().hex[:8]
             methods = methods_for(args.method, args.plans)

@@ -1,13 +1,15 @@
-"""Admin endpoint (JSON over HTTP): the wire view, counters, faults, funding, and leader ports.
+"""Admin endpoint (JSON over HTTP): the wire view, counters, faults, funding, accounts, and leader ports.
 
 Tests and the benchmark read plan-to-wire latency and double landings from here; it is
 the cluster's own view, with first-seen times on this machine's wall clock (ns).
 """
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from solders.account import Account
 from solders.pubkey import Pubkey
 
 from .fixtures import create_swap_pool
@@ -84,6 +86,20 @@ def build_admin(cluster: "LocalCluster") -> web.Application:
             return bad_request('expected {"pubkey": base58, "lamports": int}')
         cluster.fund(pubkey, lamports)
         return web.json_response({"pubkey": str(pubkey), "lamports": ledger.svm.get_balance(pubkey)})
+
+    @routes.post("/accounts")
+    async def set_account(request: web.Request) -> web.Response:
+        """Write an account as another program would have left it (a klend reserve for the policy
+        tests): {"pubkey", "owner", "data": base64, "lamports"?} (rent-exempt for its size by default)."""
+        data = await body(request)
+        try:
+            pubkey, owner = Pubkey.from_string(data["pubkey"]), Pubkey.from_string(data["owner"])
+            raw = base64.b64decode(data.get("data", ""), validate=True)
+            lamports = int(data["lamports"]) if "lamports" in data else ledger.svm.minimum_balance_for_rent_exemption(len(raw))
+        except (KeyError, ValueError, TypeError):
+            return bad_request('expected {"pubkey": base58, "owner": base58, "data": base64, "lamports"?: int}')
+        ledger.svm.set_account(pubkey, Account(lamports, raw, owner))
+        return web.json_response({"pubkey": str(pubkey), "owner": str(owner), "lamports": lamports, "space": len(raw)})
 
     @routes.post("/fixtures/swap-pool")
     async def swap_pool(request: web.Request) -> web.Response:

@@ -3,8 +3,8 @@
 It validates the plan exactly as the bridge does, composes the instructions the build
 activity would (compute budget, flash loan, routes, tip), compiles the v0 message with the
 lookup tables and reports every instruction decoded by name where known, the accounts
-with their flags, the tables used, the size against 1232 bytes, the compute budget and
-the fee. It reads the chain only for what the plan does not carry (blockhash, lookup
+with their flags, the tables used, the size against 1232 bytes, the compute budget, the
+fee, and the plan policy's verdict on the compiled message. It reads the chain only for what the plan does not carry (blockhash, lookup
 tables, reserve data, recent fees); with no RPC reachable it still reports what it can.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from activities.build import PACKET_DATA_SIZE, compile_message, transaction_size
 from activities.chain import BlockhashCache
 from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient
 from activities.keystore import KeyStore
+from activities.policy import PlanPolicy, PolicySettings, PolicyViolation
 from activities.rpc import SolanaRpc
 
 from workflows.events import InvalidPlan, parse_plan
@@ -111,7 +112,19 @@ def describe(plan, wallet: str, composed, message, blockhash_known: bool) -> dic
     }
 
 
-async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys: KeyStore | None) -> dict:
+async def policy_verdict(policy: PlanPolicy, wallet: str, message, tip_account: str | None) -> dict:
+    """The plan policy's static rules on the compiled message, as the worker would check them before
+    signing (the per-minute total and the simulation depend on the moment, so they are left out)."""
+    try:
+        examined = await policy.examine(wallet, message, tip_account)
+    except PolicyViolation as violation:
+        return {"verdict": "refused", "rule": violation.rule, "instruction": violation.index, "error": str(violation)}
+    except Exception as error:  # noqa: BLE001 - no RPC for a table or a reserve: say so, report the rest
+        return {"verdict": "unknown", "error": f"{type(error).__name__}: {error}"}
+    return {"verdict": "pass", "spendLamports": examined.spend.total}
+
+
+async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys: KeyStore | None, policy_settings: PolicySettings | None = None) -> dict:
     plan = parse_plan(data)
     wallet = wallet or plan.wallet or (keys.public_keys()[0] if keys is not None and len(keys) else None)
     if wallet is None:
@@ -129,7 +142,10 @@ async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys:
         except Exception:  # no RPC: the size and layout do not depend on which blockhash
             blockhash, known = Hash.default(), False
         message = compile_message(Pubkey.from_string(wallet), composed, blockhash)
-        return describe(plan, wallet, composed, message, known)
+        report = describe(plan, wallet, composed, message, known)
+        policy = PlanPolicy(policy_settings or PolicySettings(), lookup_tables=builder.lookup_tables, reserves=builder.reserves)
+        report["policy"] = await policy_verdict(policy, wallet, message, composed.tip_account)
+        return report
     finally:
         await jito.close()
         await hot.close()
@@ -151,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception:
         keys = None
     try:
-        report = asyncio.run(inspect(data, args.wallet, config, keys))
+        report = asyncio.run(inspect(data, args.wallet, config, keys, PolicySettings.from_environment(env)))
     except InvalidPlan as invalid:
         print(f"{invalid.code.value}: {invalid}", file=sys.stderr)
         return 2
@@ -171,6 +187,11 @@ def _print(report: dict) -> None:
     print(f"  size {report['size']} / {report['sizeLimit']} bytes ({fits}); compute units {report['computeUnitLimit']} at {report['computeUnitPrice']} micro-lamports")
     fee = report["fee"]
     print(f"  fee: base {fee['baseLamports']} + priority {fee['priorityLamports']} lamports; tip {fee['tipLamports']} lamports")
+    verdict = report["policy"]
+    if verdict["verdict"] == "pass":
+        print(f"  policy: pass (spends {verdict['spendLamports']} lamports)")
+    else:
+        print(f"  policy: {verdict['verdict'].upper()}: {verdict['error']}")
     for table in report["lookupTables"]:
         print(f"  lookup table {table['address']}: {len(table['writableIndexes'])} writable, {len(table['readonlyIndexes'])} read-only")
     for ix in report["instructions"]:

@@ -30,6 +30,7 @@ from activities.fees import FeePolicy, PriorityFeeEstimator
 from activities.jito import JitoClient
 from activities.keystore import KeyStore, KeyStoreError, load_keypair_file
 from activities.klend import ReserveCache
+from activities.policy import PolicySettings, open_policy
 from activities.publish import publish_result
 from activities.records import PlanRecords
 from activities.rpc import SolanaRpc
@@ -133,9 +134,11 @@ class ExecutorWorker:
     config: ExecutorConfig
     keys: KeyStore
     metrics: ExecutorMetrics = field(default_factory=ExecutorMetrics)
+    policy_settings: PolicySettings | None = None  # plan policy; None: POLICY_FILE and POLICY_* from the environment
 
     async def start(self) -> None:
         config = self.config
+        policy_settings = self.policy_settings or PolicySettings.from_environment()  # a bad value stops the worker before it connects
         self.nc = await nats_connect(
             config.nats_url,
             config.nats_auth,
@@ -176,6 +179,10 @@ class ExecutorWorker:
         self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000, commitment=config.confirmation_commitment)
         self.watcher.start()
         builder = transaction_builder(config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts)
+        # Plan policy (activities/policy.py): every built transaction is checked before it is signed.
+        self.policy = await _patiently(
+            "policy", lambda: open_policy(policy_settings, self.js, builder, self.hot_rpc, worker_name=config.executor_name, replicas=config.nats_replicas)
+        )
         self.dispatcher = Dispatcher(
             wallets=self.wallets,
             keys=self.keys,
@@ -183,6 +190,7 @@ class ExecutorWorker:
             records=self.records,
             submitter=Submitter(self.hot_rpc, self.jito, self.killswitch.halted, self.backups, self.tpu, unheard=self.killswitch.unheard),
             crash_after=os.environ.get("HFT_TEST_CRASH_AFTER") or None,
+            policy=self.policy,
         )
         self.activities = ExecutionActivities(
             dispatcher=self.dispatcher,
@@ -229,6 +237,7 @@ class ExecutorWorker:
             asyncio.create_task(self.bridge.run(), name="bridge"),
             asyncio.create_task(self.wallets.run_balance_refresh(self.rpc, config.balance_refresh_s), name="balance-refresh"),
             asyncio.create_task(self.wallets.follow(), name="wallet-leases"),
+            asyncio.create_task(self.policy.spend.run(), name="wallet-spend"),  # plan policy: the per-minute totals of every worker
         ]
         log.info("stage=worker event=started name=%s wallets=%d taskQueue=%s", config.executor_name, len(self.keys), config.temporal_task_queue)
 
