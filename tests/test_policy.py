@@ -696,8 +696,8 @@ async def test_the_per_wallet_minute_cap_and_its_window(stack, worker_log, worke
 
 async def test_the_per_minute_total_is_shared_by_every_worker(stack, worker_log, worker_policy):
     """Another worker's spend, published in KV wallet_spend, counts against this worker's cap."""
-    mine = await SpendLedger.open(stack.js, "test-this-worker")
-    theirs = await SpendLedger.open(stack.js, "test-other-worker")
+    mine = await SpendLedger.open(stack.worker.js, "test-this-worker")  # KV writes are the worker role's
+    theirs = await SpendLedger.open(stack.worker.js, "test-other-worker")
     tasks = [asyncio.create_task(mine.run()), asyncio.create_task(theirs.run())]
     try:
         wallet = stack.wallets[0]

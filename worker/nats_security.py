@@ -56,7 +56,7 @@ ROLES: dict[str, Permissions] = {
     "worker": Permissions(
         publish=(
             "$JS.API.>", "$JS.ACK.>", "$JS.FC.>",
-            "$KV.plan_records.>", "$KV.wallet_leases.>", "$KV.executor_workers.>",
+            "$KV.plan_records.>", "$KV.wallet_leases.>", "$KV.executor_workers.>", "$KV.wallet_spend.>",
             "executed.>", "metrics.executor.stopped",
         ),
         subscribe=(inbox_prefix("worker") + ".>",),
