@@ -170,3 +170,20 @@ def test_worker_command_without_a_history_key_exits_saying_what_to_set(tmp_path)
     assert "history-key" in subprocess.run([sys.executable, "-m", "worker.cli", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
     line = subprocess.run([sys.executable, "-m", "worker.cli", "history-key", "--id", "k9"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert HistoryKeys.from_environment({"HISTORY_KEYS": line}).ids == ("k9",)
+
+
+def test_nonces_never_repeat_across_pool_refills_or_in_a_forked_child():
+    from workflows import codec as module
+
+    count = 3 * module._NoncePool.BATCH + 7
+    seen = {module._NONCES.take() for _ in range(count)}
+    assert len(seen) == count and {len(n) for n in seen} == {12}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child must not continue the parent's pool, or both would hand out the same nonces
+        os.write(write, module._NONCES.take())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child, parent = os.read(read, 12), module._NONCES.take()
+    os.close(read), os.close(write)
+    assert child != parent and child not in seen
