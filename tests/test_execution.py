@@ -257,10 +257,10 @@ async def test_recorded_histories_replay_deterministically(stack):
     from workflows.execute_plan import ExecutePlan
 
     await stack.execute(stack.plan("rpc", wallet=5))
-    histories = [
-        await stack.temporal.get_workflow_handle(e.id, run_id=e.run_id).fetch_history()
-        async for e in stack.temporal.list_workflows('WorkflowType = "ExecutePlan" AND ExecutionStatus = "Completed"')
-    ]
+    # This worker's task queue: the key-rotation test runs one plan on a queue of its own, under a
+    # key this session's worker never had.
+    query = f'WorkflowType = "ExecutePlan" AND ExecutionStatus = "Completed" AND TaskQueue = "{stack.config.temporal_task_queue}"'
+    histories = [await stack.temporal.get_workflow_handle(e.id, run_id=e.run_id).fetch_history() async for e in stack.temporal.list_workflows(query)]
     assert len(histories) >= 1
     inputs = [h.events[0].workflow_execution_started_event_attributes.input.payloads[0] for h in histories]
     assert all(p.metadata["encoding"] == ENCODING for p in inputs), "the replay reads ciphertext, as production would"
