@@ -215,7 +215,10 @@ async def history_events(worker: ExecutorWorker, phase: Phase, sample: int = 40)
 async def run_bench(args: argparse.Namespace) -> dict:
     rate = None if args.rate == "max" else float(args.rate)
     data_dir = args.data_dir / "bench" / str(os.getpid())
-    stack = DevStack(data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False, nats_roles=BENCH_ROLES)
+    stack = DevStack(
+        data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False, nats_roles=BENCH_ROLES,
+        history_encryption=args.history_encryption == "on",
+    )  # fmt: skip
     worker = None
     try:
         await stack.start()
@@ -281,6 +284,7 @@ async def run_bench(args: argparse.Namespace) -> dict:
         "worker_cpu_ms_per_plan": round(worker_cpu / args.plans, 3),
         "method": args.method,
         "rate": args.rate if rate is None else rate,
+        "history_encryption": args.history_encryption,
         "direct_sent": len(direct_to_wire),
         "direct_errors": direct.errors,
         "error_codes": sorted({r.get("errorCode") for r in durable.results.values() if r.get("errorCode")}),
@@ -327,6 +331,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="plans sent first and not counted (default 20)")
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--history-encryption", choices=("on", "off"), default="on",
+                        help="encrypt every payload Temporal stores, as in production (default on); off measures the codec's cost")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -353,7 +359,7 @@ def _print_report(report: dict, measured: int) -> None:
     def row(name: str, p: dict) -> str:
         return f"  {name:28} p50 {p['p50']!s:>8}  p90 {p['p90']!s:>8}  p99 {p['p99']!s:>8}  max {p['max']!s:>8}"
 
-    print(f"hft-executor bench: {report['plans']} plans, method {report['method']}, rate {report['rate']}")
+    print(f"hft-executor bench: {report['plans']} plans, method {report['method']}, rate {report['rate']}, history encryption {report['history_encryption']}")
     print(f"  results {report['results']}  lost {report['lost']}  success {report['success']}  failed {report['failed']}  timeout {report['timeout']}  double-landed {report['double_landed']}")
     print(row("plan-to-wire, durable (ms)", report["plan_to_wire_ms"]))
     print(row("plan-to-wire, direct (ms)", report["direct_plan_to_wire_ms"]))

@@ -35,6 +35,7 @@ from worker.dev import (
 from worker.nats_connection import NatsAuth
 from worker.nats_security import NatsSecurity
 from worker.services import LocalnetServer, NatsCluster, NatsServer, TemporalDevServer
+from workflows.codec import ensure_key_file
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 
 from .proxy import CuttableProxy
@@ -164,6 +165,7 @@ class ChaosStack:
         self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=True, slot_ms=self.slot_ms)
         await asyncio.gather(self.temporal.start(), self.nats.start(), self.localnet.start())
         self.keys = KeyStore.from_keypairs(wallet_keys(self.data_dir / "wallets", self.wallet_count))
+        ensure_key_file(self.history_keys_file, "chaos-1")  # workers refuse to run without a history key
         async with aiohttp.ClientSession() as http:
             for wallet in self.keys.public_keys():
                 await admin_post(http, f"{self.admin}/fund", {"pubkey": wallet, "lamports": 100 * LAMPORTS_PER_SOL})
@@ -204,6 +206,10 @@ class ChaosStack:
         return self.localnet.endpoints["admin"]
 
     @property
+    def history_keys_file(self) -> Path:
+        return self.data_dir / "history-keys"
+
+    @property
     def nats_url(self) -> str:
         return ",".join(self.nats.urls)
 
@@ -222,6 +228,7 @@ class ChaosStack:
             "TEMPORAL_ADDRESS": self.temporal.address,
             "WALLET_KEYS_DIR": str(self.data_dir / "wallets"),
             "CONFIRMATION_POLL_MS": str(max(20, min(200, int(self.slot_ms / 2)))),
+            "HISTORY_KEYS_FILE": str(self.history_keys_file),
         }
 
     # --- workers --------------------------------------------------------------------------------------

@@ -249,19 +249,22 @@ async def test_rate_limited_submit_backs_off_and_lands_once(stack, method, chann
 
 async def test_recorded_histories_replay_deterministically(stack):
     """Every history this session produced (success, halted, expired, signalled) replays with
-    today's workflow code: a non-deterministic change would fail here, not in production."""
-    from workflows.converter import data_converter
+    today's workflow code: a non-deterministic change would fail here, not in production.
+    The histories are encrypted, so the Replayer gets the worker's converter, codec included."""
     from temporalio.worker import Replayer
 
+    from workflows.codec import ENCODING
     from workflows.execute_plan import ExecutePlan
 
     await stack.execute(stack.plan("rpc", wallet=5))
-    histories = [
-        await stack.temporal.get_workflow_handle(e.id, run_id=e.run_id).fetch_history()
-        async for e in stack.temporal.list_workflows('WorkflowType = "ExecutePlan" AND ExecutionStatus = "Completed"')
-    ]
+    # This worker's task queue: the key-rotation test runs one plan on a queue of its own, under a
+    # key this session's worker never had.
+    query = f'WorkflowType = "ExecutePlan" AND ExecutionStatus = "Completed" AND TaskQueue = "{stack.config.temporal_task_queue}"'
+    histories = [await stack.temporal.get_workflow_handle(e.id, run_id=e.run_id).fetch_history() async for e in stack.temporal.list_workflows(query)]
     assert len(histories) >= 1
-    replayer = Replayer(workflows=[ExecutePlan], data_converter=data_converter)
+    inputs = [h.events[0].workflow_execution_started_event_attributes.input.payloads[0] for h in histories]
+    assert all(p.metadata["encoding"] == ENCODING for p in inputs), "the replay reads ciphertext, as production would"
+    replayer = Replayer(workflows=[ExecutePlan], data_converter=stack.temporal.data_converter)
     async with replayer.workflow_replay_iterator(_iterate(histories)) as results:
         async for outcome in results:
             assert outcome.replay_failure is None, outcome.replay_failure

@@ -50,3 +50,48 @@ async def test_no_nats_credential_in_logs_or_in_what_the_worker_describes(stack,
     text = "\n".join(worker_log.lines) + repr(stack.config) + json.dumps(stack.config.describe()) + json.dumps(stack.results)
     assert [name for name, secret in secrets.items() if secret in text] == []
     assert stack.config.describe()["nats_auth"]["user"] == "worker"  # the describe() does show who it is
+
+
+async def test_no_history_key_or_codec_token_in_logs_results_history_or_kv(stack, worker_log):
+    """The history key and the codec server's token stay in their files: not in the worker's or the
+    codec server's log lines, the Temporal server's log (its command line holds the UI's codec
+    endpoint), results, the raw history, KV entries or any repr."""
+    import base64
+
+    from temporalio.client import Client
+
+    from workflows.codec import HistoryKeys
+
+    plan = stack.plan("rpc", wallet=4)
+    assert (await stack.execute(plan))["status"] == "success"
+    async with stack.http.post(f"{stack.dev.codec.url}/decode", data="{}", headers={"Authorization": "Bearer wrong"}) as refused:
+        assert refused.status == 401  # a refusal is logged too: it must not quote what was sent either
+
+    lines = [line for line in stack.dev.history_keys_file.read_text().splitlines() if line and not line.startswith("#")]
+    assert HistoryKeys.from_environment({"HISTORY_KEYS_FILE": str(stack.dev.history_keys_file)}).ids == tuple(line.split(":")[0] for line in lines)
+    forms = {}
+    for line in lines:
+        key = base64.b64decode(line.split(":", 1)[1])
+        forms.update({"key base64": base64.b64encode(key).decode(), "key urlsafe": base64.urlsafe_b64encode(key).decode().rstrip("="),
+                      "key hex": key.hex(), "key repr": repr(key)[2:-1][:40]})  # fmt: skip
+    forms["codec token"] = stack.dev.codec_token_file.read_text().strip()
+
+    raw = await Client.connect(stack.config.temporal_address)
+    histories = [(await raw.get_workflow_handle(e.id, run_id=e.run_id).fetch_history()).to_json() async for e in raw.list_workflows('WorkflowType = "ExecutePlan"')]
+    values = []
+    for bucket in ("plan_records", "wallet_leases", "executor_workers"):
+        kv = await stack.js.key_value(bucket)
+        for key in await kv.keys():
+            values.append((await kv.get(key)).value.decode())
+    temporal_log = stack.dev.temporal.log_file.read_text(errors="replace")
+    assert "--ui-codec-endpoint" in temporal_log, "the endpoint is there, without its path"
+    places = {
+        "worker and codec server log lines": "\n".join(worker_log.lines),
+        "Temporal server log": temporal_log,
+        "results": json.dumps(stack.results),
+        "raw histories": "\n".join(histories),
+        "KV entries": "\n".join(values),
+        "reprs": " ".join(map(repr, (stack.config, stack.config.describe(), stack.dev.codec, stack.config.history_keys, stack.temporal.data_converter))),
+    }
+    assert any("stage=codec event=refused status=401" in line for line in worker_log.lines)
+    assert {place: leaked(text, forms) for place, text in places.items() if leaked(text, forms)} == {}

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import command as bench_command
     from chaos import command as chaos_command
 
-    from . import control, dev
+    from . import codec_server, control, dev
     from . import inspect as inspect_command
 
     parser = argparse.ArgumentParser(prog="hft-executor", description="Durable Solana trade executor: every plan a Temporal workflow.")
@@ -41,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     command = commands.add_parser("localnet", help="run the local Solana cluster (JSON-RPC, Jito block engine, TPU over QUIC)")
     localnet_command.add_arguments(command)
     command.set_defaults(run=localnet_command.run)
+
+    command = commands.add_parser("codec-server", help="Temporal's remote codec endpoint (/decode, /encode): the UI and CLI read the encrypted history")
+    codec_server.add_arguments(command)
+    command.set_defaults(run=codec_server.run)
+
+    command = commands.add_parser("history-key", help="print a new random history key line, id:base64 (for HISTORY_KEYS or HISTORY_KEYS_FILE)")
+    command.add_argument("--id", default=None, help="key id (default hk-<UTC date>)")
+    command.set_defaults(run=control.history_key)
 
     command = commands.add_parser("send-plan", help="publish execution plans (a JSON file, array or JSON lines; - for stdin)")
     command.add_argument("file", metavar="FILE|-")

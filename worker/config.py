@@ -1,7 +1,8 @@
 """Configuration from environment variables, named as in the seed's ExecutorConfig.
 
 Secrets (WALLET_n) are not read here: the key store reads them itself, so they never sit
-in a config object that could be logged.
+in a config object that could be logged. History keys are loaded here into a `HistoryKeys`,
+which shows only key ids; TLS key files are read only when a client connects.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from .nats_connection import NatsAuth, nats_servers, redact_url  # noqa: F401 - nats_servers: its old home
+from workflows.codec import HistoryKeyError, HistoryKeys
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -65,6 +67,12 @@ class ExecutorConfig:
     temporal_task_queue: str = "hft-executor"
     temporal_tls: bool = False
     temporal_api_key: str | None = field(default=None, repr=False)  # Temporal Cloud; implies TLS
+    temporal_tls_cert: str | None = None  # TEMPORAL_TLS_CERT: client certificate (PEM) for mTLS; implies TLS
+    temporal_tls_key: str | None = None  # TEMPORAL_TLS_KEY: its private key (PEM file, mode 0600)
+    temporal_tls_ca: str | None = None  # TEMPORAL_TLS_CA: CA of the server's certificate; default: system roots
+    temporal_tls_server_name: str | None = None  # TEMPORAL_TLS_SERVER_NAME: the name the server's certificate must carry
+    history_encryption: bool = True  # HISTORY_ENCRYPTION=off: payloads go to Temporal in plain text (loaded keys still decrypt)
+    history_keys: HistoryKeys | None = field(default=None, repr=False)  # HISTORY_KEYS / HISTORY_KEYS_FILE
     balance_refresh_s: float = 30.0
     max_plans_in_flight: int = 256  # bridge backpressure: ack-pending cap on the PLANNED consumer
     nats_replicas: int = 1  # NATS_REPLICAS: replicas of every stream and bucket the executor creates (3 in a cluster)
@@ -78,6 +86,16 @@ class ExecutorConfig:
         commitment = env.get("CONFIRMATION_COMMITMENT", "confirmed")
         if commitment not in ("processed", "confirmed", "finalized"):
             raise SystemExit(f"CONFIRMATION_COMMITMENT must be processed, confirmed or finalized, got {commitment!r}")
+        encryption = env.get("HISTORY_ENCRYPTION", "on").strip().lower()
+        if encryption not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+            raise SystemExit(f"HISTORY_ENCRYPTION must be on or off, got {encryption!r}")
+        try:
+            history_keys = HistoryKeys.from_environment(env)
+        except HistoryKeyError as error:
+            raise SystemExit(str(error)) from None
+        tls_cert, tls_key = env.get("TEMPORAL_TLS_CERT") or None, env.get("TEMPORAL_TLS_KEY") or None
+        if bool(tls_cert) != bool(tls_key):
+            raise SystemExit("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together: a client certificate needs its key")
         return cls(
             executor_name=env.get("EXECUTOR_NAME", cls.executor_name),
             rpc_endpoint=env.get("RPC_ENDPOINT", cls.rpc_endpoint),
@@ -115,9 +133,22 @@ class ExecutorConfig:
             temporal_task_queue=env.get("TEMPORAL_TASK_QUEUE", cls.temporal_task_queue),
             temporal_tls=env.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes"),
             temporal_api_key=env.get("TEMPORAL_API_KEY") or None,
+            temporal_tls_cert=tls_cert,
+            temporal_tls_key=tls_key,
+            temporal_tls_ca=env.get("TEMPORAL_TLS_CA") or None,
+            temporal_tls_server_name=env.get("TEMPORAL_TLS_SERVER_NAME") or None,
+            history_encryption=encryption in ("on", "1", "true", "yes"),
+            history_keys=history_keys,
             balance_refresh_s=_float(env, "BALANCE_REFRESH_S", cls.balance_refresh_s),
             max_plans_in_flight=_int(env, "MAX_PLANS_IN_FLIGHT", cls.max_plans_in_flight),
             nats_replicas=replicas,
+        )
+
+    @property
+    def temporal_uses_tls(self) -> bool:
+        """TLS to Temporal: asked for, or implied by an API key or any TLS setting (as the temporal CLI does)."""
+        return self.temporal_tls or any(
+            (self.temporal_api_key, self.temporal_tls_cert, self.temporal_tls_ca, self.temporal_tls_server_name)
         )
 
     def websocket_endpoint(self) -> str:

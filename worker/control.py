@@ -109,6 +109,20 @@ async def _worker() -> int:
     return 0
 
 
+# --- history-key --------------------------------------------------------------------
+
+
+def history_key(args: argparse.Namespace) -> int:
+    """A new key line on stdout, for a key file (`>> keys; chmod 600 keys`) or HISTORY_KEYS. Put it first to rotate."""
+    from workflows.codec import HistoryKeyError, new_key_line
+
+    try:
+        print(new_key_line(args.id or time.strftime("hk-%Y%m%d", time.gmtime())), flush=True)
+    except HistoryKeyError as error:
+        raise SystemExit(str(error)) from None
+    return 0
+
+
 # --- send-plan ----------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ Temporal dev server (UI included, SQLite under .data/), nats-server with JetStre
 (.data/; users, permissions and mutual TLS on, certificates made at every start under
 .data/nats-security: worker/nats_security.py), the local Solana cluster, funded wallets (key files under .data/wallets, mode
 0600), a swap pool for sample plans, and the worker with its bridge. `--demo N` publishes
-N sample plans and shows what happened to each.
+N sample plans and shows what happened to each. History is encrypted as in production: a
+key made once in .data/history-keys, and a codec server (token in .data/codec-token) that
+the UI decodes payloads with.
 """
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ from nats.js.api import DeliverPolicy
 from solders.keypair import Keypair
 
 from activities.keystore import KeyStore
+from workflows.codec import HistoryKeys, ensure_key_file
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 
 from . import logs
+from .codec_server import DEFAULT_PORT as CODEC_PORT
+from .codec_server import CodecServer, ensure_token_file, token_from_environment
 from .config import ExecutorConfig
 from .demo import DemoPool
 from .main import ExecutorWorker
@@ -78,7 +83,9 @@ class DevStack:
     nats_secure: bool = True  # users, permissions and mutual TLS (False: an open nats-server, as before)
     nats_roles: dict[str, Permissions] | None = None  # None: worker, planner and operator (nats_security.ROLES)
     security: NatsSecurity | None = None
+    history_encryption: bool = True  # False: no key, no codec server, payloads in plain text (bench's baseline)
     temporal: TemporalDevServer | None = None
+    codec: CodecServer | None = None
     nats: NatsServer | None = None
     localnet: LocalnetServer | None = None
     keys: KeyStore | None = None
@@ -86,8 +93,25 @@ class DevStack:
     config: ExecutorConfig | None = None
     endpoints: dict = field(default_factory=dict)
 
+    @property
+    def history_keys_file(self) -> Path:
+        return self.data_dir / "history-keys"
+
+    @property
+    def codec_token_file(self) -> Path:
+        return self.data_dir / "codec-token"
+
     async def start(self) -> None:
         auto = self.auto_ports
+        keys = None
+        if self.history_encryption:
+            # Made once and kept with the data: the SQLite history of an earlier run stays readable.
+            keys = HistoryKeys.from_environment({"HISTORY_KEYS_FILE": str(ensure_key_file(self.history_keys_file, "dev-1"))})
+            token = token_from_environment({"CODEC_AUTH_TOKEN_FILE": str(ensure_token_file(self.codec_token_file))})
+            # Started first: the UI is told its endpoint at start. The dev UI has no login, so the
+            # endpoint carries the token in its path (worker/codec_server.py says why).
+            self.codec = CodecServer(keys, token, origins=(), allow_path_token=True, port=0 if auto else CODEC_PORT)
+            await self.codec.start()
         self.temporal = TemporalDevServer(
             self.data_dir / "temporal",
             port=0 if auto else 7233,
@@ -96,12 +120,15 @@ class DevStack:
             dynamic_config=DEV_DYNAMIC_CONFIG,
             retention_hours=RETENTION_HOURS,
             sqlite_pragmas=DEV_SQLITE_PRAGMAS,
+            ui_codec_endpoint=self.codec.ui_endpoint if self.codec else None,
         )
         if self.nats_secure:  # fresh certificates and passwords at every start: ~50 ms
             self.security = NatsSecurity.create(self.data_dir / "nats-security", roles=self.nats_roles)
         self.nats = NatsServer(self.data_dir / "nats", port=0 if auto else 4222, security=self.security)
         self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=auto, slot_ms=self.slot_ms, status_cache_slots=self.status_cache_slots)
         await asyncio.gather(self.temporal.start(), self.nats.start(), self.localnet.start())
+        if self.codec is not None and self.temporal.ui_url:
+            self.codec.origins = {self.temporal.ui_url, self.temporal.ui_url.replace("127.0.0.1", "localhost")}
         keypairs = wallet_keys(self.data_dir / "wallets", self.wallet_count)
         self.keys = KeyStore.from_keypairs(keypairs)
         admin = self.localnet.endpoints["admin"]
@@ -121,10 +148,13 @@ class DevStack:
             metrics_port=metrics_port,
             temporal_metrics_port=(free_port() if auto else 9465) if metrics_port else 0,
             confirmation_poll_ms=max(20, min(200, int(self.slot_ms / 2))),
+            history_encryption=self.history_encryption,
+            history_keys=keys,
         )
         self.endpoints = {
             "temporal": self.temporal.address,
             "temporalUi": self.temporal.ui_url,
+            "codecServer": self.codec.url if self.codec else None,
             "nats": self.nats.url,
             **{f"solana{k[0].upper()}{k[1:]}": v for k, v in self.localnet.endpoints.items()},
             "metrics": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None,
@@ -148,10 +178,11 @@ class DevStack:
             "TEMPORAL_ADDRESS": self.config.temporal_address,
             "WALLET_KEYS_DIR": str(self.data_dir / "wallets"),
             "CONFIRMATION_POLL_MS": str(self.config.confirmation_poll_ms),
+            **({"HISTORY_KEYS_FILE": str(self.history_keys_file)} if self.history_encryption else {"HISTORY_ENCRYPTION": "off"}),
         }
 
     async def stop(self) -> None:
-        for server in (self.localnet, self.nats, self.temporal):
+        for server in (self.localnet, self.nats, self.temporal, self.codec):
             if server is not None:
                 await server.stop()
 
@@ -326,7 +357,14 @@ async def _dev(args: argparse.Namespace) -> int:
 def _print_welcome(stack: DevStack) -> None:
     e = stack.endpoints
     print("hft-executor dev: everything embedded (Ctrl-C stops it all)", flush=True)
-    for name in ("temporalUi", "temporal", "nats", "solanaRpc", "solanaBlockEngine", "solanaTpuQuic", "solanaAdmin", "metrics"):
+    for name in ("temporalUi", "temporal", "codecServer", "nats", "solanaRpc", "solanaBlockEngine", "solanaTpuQuic", "solanaAdmin", "metrics"):
         print(f"  {name:18} {e.get(name)}", flush=True)
     print(f"  {'wallets':18} {', '.join(e['wallets'])}", flush=True)
+    if stack.codec is not None:
+        print(
+            f"  history is encrypted (key {stack.history_keys_file}); the UI decodes through the codec server. CLI: "
+            f"temporal workflow show -w plan-<id> --address {e['temporal']} --codec-endpoint {e['codecServer']} "
+            f"--codec-auth \"Bearer $(cat {stack.codec_token_file})\"",
+            flush=True,
+        )
     print("  send a plan:  hft-executor send-plan plan.json   halt: hft-executor halt   status: hft-executor status", flush=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from temporalio.client import Client
-from workflows.converter import data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.service import TLSConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.build import BuildSettings, TransactionBuilder
@@ -37,6 +37,7 @@ from activities.rpc import SolanaRpc
 from activities.submit import Submitter
 from activities.tpu import TpuClient
 from activities.wallets import WalletPool
+from workflows.converter import history_converter
 from workflows.events import ExecutionResultEvent
 from workflows.execute_plan import SEARCH_ATTRIBUTES, ExecutePlan
 
@@ -70,17 +71,68 @@ async def _patiently(step_name: str, step, *, undo=None):
 
 
 async def connect_temporal(config: ExecutorConfig, sdk_metrics_port: int = 0) -> Client:
+    """Every Temporal client of the executor (worker, bridge, operator commands, bench, chaos, tests):
+    TLS / mTLS as configured, and the history codec when keys are loaded."""
     runtime = None
     if sdk_metrics_port:
         runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{config.metrics_host}:{sdk_metrics_port}")))
     return await Client.connect(
         config.temporal_address,
         namespace=config.temporal_namespace,
-        data_converter=data_converter,
-        tls=config.temporal_tls or bool(config.temporal_api_key),
+        data_converter=history_converter(config.history_keys, encrypt=config.history_encryption),
+        tls=temporal_tls(config),
         api_key=config.temporal_api_key,
         **({"runtime": runtime} if runtime else {}),
     )
+
+
+def temporal_tls(config: ExecutorConfig) -> TLSConfig | bool:
+    """False, True (system roots), or a TLSConfig with the CA, the client certificate and key, the server name.
+
+    Files are read at every connect, so a renewed certificate is used by the next connection without a
+    restart. The key file must be owner-only, as a wallet key file must.
+    """
+    if not config.temporal_uses_tls:
+        return False
+    if not (config.temporal_tls_cert or config.temporal_tls_ca or config.temporal_tls_server_name):
+        return True
+    return TLSConfig(
+        server_root_ca_cert=_read_pem("TEMPORAL_TLS_CA", config.temporal_tls_ca) if config.temporal_tls_ca else None,
+        domain=config.temporal_tls_server_name,
+        client_cert=_read_pem("TEMPORAL_TLS_CERT", config.temporal_tls_cert) if config.temporal_tls_cert else None,
+        client_private_key=_read_pem("TEMPORAL_TLS_KEY", config.temporal_tls_key, secret=True) if config.temporal_tls_key else None,
+    )
+
+
+def _read_pem(variable: str, path_text: str, *, secret: bool = False) -> bytes:
+    """A PEM file's bytes; errors name the variable and the path, never the contents."""
+    path = Path(path_text).expanduser()
+    data = mode = None
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+    if data is None:
+        raise SystemExit(f"{variable}={path}: cannot read it ({reason})")
+    if secret and os.name != "nt" and mode & 0o077:
+        raise SystemExit(f"{variable}={path} is accessible by group/others (mode {mode & 0o777:04o}); refusing to use it. Fix: chmod 600 {path}")
+    if b"-----BEGIN " not in data:
+        raise SystemExit(f"{variable}={path} is not a PEM file")
+    return data
+
+
+def check_history_encryption(config: ExecutorConfig, keys: KeyStore) -> None:
+    """A desk expects ciphertext in Temporal by default: no key, no worker (unless HISTORY_ENCRYPTION=off).
+    And a history key is never a wallet's secret (a 32-byte seed pasted as an AES key would look valid)."""
+    if config.history_encryption and config.history_keys is None:
+        raise SystemExit(
+            "history encryption is on and no key is loaded: set HISTORY_KEYS (id:base64 of 32 random bytes; "
+            "`hft-executor history-key` prints one) or HISTORY_KEYS_FILE, or set HISTORY_ENCRYPTION=off to write "
+            "plans, signed transactions and results to Temporal in plain text"
+        )
+    if config.history_keys is not None and config.history_keys.seed_public_keys() & set(keys.public_keys()):
+        raise SystemExit("a history key is the secret key of one of the worker's wallets: history keys must be their own random keys")
 
 
 def transaction_builder(config: ExecutorConfig, rpc: AsyncClient, hot_rpc: SolanaRpc, blockhashes: BlockhashCache, tip_accounts) -> TransactionBuilder:
@@ -139,6 +191,7 @@ class ExecutorWorker:
     async def start(self) -> None:
         config = self.config
         policy_settings = self.policy_settings or PolicySettings.from_environment()  # a bad value stops the worker before it connects
+        check_history_encryption(config, self.keys)
         self.nc = await nats_connect(
             config.nats_url,
             config.nats_auth,
@@ -239,7 +292,12 @@ class ExecutorWorker:
             asyncio.create_task(self.wallets.follow(), name="wallet-leases"),
             asyncio.create_task(self.policy.spend.run(), name="wallet-spend"),  # plan policy: the per-minute totals of every worker
         ]
-        log.info("stage=worker event=started name=%s wallets=%d taskQueue=%s", config.executor_name, len(self.keys), config.temporal_task_queue)
+        log.info(
+            "stage=worker event=started name=%s wallets=%d taskQueue=%s temporalTls=%s historyKey=%s",
+            config.executor_name, len(self.keys), config.temporal_task_queue,
+            "mtls" if config.temporal_tls_cert else "on" if config.temporal_uses_tls else "off",
+            (config.history_keys.current if config.history_encryption else "off (plain text)") if config.history_keys else "off (plain text)",
+        )  # fmt: skip
 
     async def _nats_reconnected(self) -> None:
         if getattr(self, "killswitch", None) is not None:

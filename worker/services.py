@@ -126,13 +126,14 @@ _live_lock = threading.Lock()
 class _Child:
     """One server process: spawned in its own session, output to a log file, stopped by signal."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path):
+    def __init__(self, name: str, argv: list[str], log_path: Path, shown: list[str] | None = None):
         self.name = name
         self.argv = argv
+        self.shown = shown or argv  # what may be written down: argv with any credential masked
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {subprocess.list2cmdline(argv)}\n".encode())
+        self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {subprocess.list2cmdline(self.shown)}\n".encode())
         self._log.flush()
         try:
             self.process = subprocess.Popen(
@@ -252,12 +253,12 @@ class _Server:
     def running(self) -> bool:
         return self._child is not None and self._child.exited() is None
 
-    def _spawn(self, argv: list[str]) -> _Child:
+    def _spawn(self, argv: list[str], shown: list[str] | None = None) -> _Child:
         if self.running:
             raise ServiceError(f"{self.name} already running (pid {self.pid})")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._child = _Child(self.name, argv, self.log_file)
-        log.debug("%s spawned pid=%d: %s", self.name, self._child.pid, subprocess.list2cmdline(argv))
+        self._child = _Child(self.name, argv, self.log_file, shown)
+        log.debug("%s spawned pid=%d: %s", self.name, self._child.pid, subprocess.list2cmdline(self._child.shown))
         return self._child
 
     def _check_alive(self) -> None:
@@ -369,7 +370,9 @@ class TemporalDevServer(_Server):
 
     ``port``/``ui_port``/``http_port``/``metrics_port`` = 0 pick free ports at ``start()``; ``ui_port=None``
     runs headless. ``retention_hours`` (the dev server has no flag for it; its default is 24 h) is applied
-    with an UpdateNamespace call once the server is up.
+    with an UpdateNamespace call once the server is up. ``ui_codec_endpoint``: the remote codec the UI
+    decodes payloads with (``--ui-codec-endpoint``); its path may hold a token, so the server's log shows
+    it without its path.
     """
 
     name = "temporal"
@@ -389,8 +392,10 @@ class TemporalDevServer(_Server):
         retention_hours: float | None = None,
         log_level: str = "warn",
         sqlite_pragmas: tuple[str, ...] = (),
+        ui_codec_endpoint: str | None = None,
     ):
         super().__init__(data_dir, log_file)
+        self.ui_codec_endpoint = ui_codec_endpoint
         for attr, kind in (search_attributes or {}).items():
             if kind not in SEARCH_ATTRIBUTE_TYPES:
                 raise ValueError(f"search attribute {attr}: type {kind!r} is not one of {', '.join(SEARCH_ATTRIBUTE_TYPES)}")
@@ -421,7 +426,8 @@ class TemporalDevServer(_Server):
     def metrics_url(self) -> str | None:
         return f"http://{HOST}:{self.metrics_port}/metrics" if self.metrics_port else None
 
-    def command(self) -> list[str]:
+    def command(self, *, shown: bool = False) -> list[str]:
+        """The argv; ``shown=True``: as it may be logged (the codec endpoint without its path)."""
         argv = [
             binary("temporal"), "server", "start-dev",
             "--ip", HOST,
@@ -440,6 +446,12 @@ class TemporalDevServer(_Server):
             argv += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
         for pragma in self.sqlite_pragmas:
             argv += ["--sqlite-pragma", pragma]
+        if self.ui_codec_endpoint and self.ui_port is not None:
+            endpoint = self.ui_codec_endpoint
+            if shown:
+                scheme, _, rest = endpoint.partition("://")
+                endpoint = f"{scheme}://{rest.split('/', 1)[0]}/..." if "/" in rest else endpoint
+            argv += ["--ui-codec-endpoint", endpoint]
         return argv
 
     def _resolve_ports(self) -> None:
@@ -476,7 +488,7 @@ class TemporalDevServer(_Server):
         if self.requested_ports["port"] or not pick_ports:
             await self._ensure_port_free(self.port)
         started = time.monotonic()
-        child = self._spawn(self.command())
+        child = self._spawn(self.command(), shown=self.command(shown=True))
 
         async def probe(remaining: float) -> None:
             from temporalio.api.workflowservice.v1 import (

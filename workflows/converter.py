@@ -7,8 +7,19 @@ shared by all instances keeps one TypeAdapter per type for the life of the proce
 """
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
-from temporalio.converter import CompositePayloadConverter, DataConverter, DefaultPayloadConverter, JSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultFailureConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
+
+from workflows.codec import HistoryCodec, HistoryKeys
 
 # The types are this project's few wire models and stages, so the cache needs no bound.
 _SHARED_JSON = PydanticJSONPlainPayloadConverter(max_cached_type_adapters=None)
@@ -25,3 +36,16 @@ class PlanPayloadConverter(CompositePayloadConverter):
 
 
 data_converter = DataConverter(payload_converter_class=PlanPayloadConverter)
+
+
+def history_converter(keys: HistoryKeys | None, *, encrypt: bool = True) -> DataConverter:
+    """The converter of every client and worker: `data_converter` with the history codec when keys are
+    loaded. Encrypting, failures carry their message and stack trace as an (encrypted) payload too:
+    an error text can quote the plan."""
+    if keys is None:
+        return data_converter
+    return dataclasses.replace(
+        data_converter,
+        payload_codec=HistoryCodec(keys, encrypt=encrypt),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes if encrypt else DefaultFailureConverter,
+    )
