@@ -49,6 +49,8 @@ async def _run(env: dict, *args: str, stdin: str | None = None) -> subprocess.Co
 
 async def test_send_plan_halt_resume_and_status(stack, tmp_path: Path):
     planner, env = stack.dev.environment("planner"), stack.dev.environment("operator")  # each command as its user
+    for keys in ("WALLET_KEYS_DIR", "HISTORY_KEYS_FILE"):  # the signer's alone
+        assert keys in stack.dev.environment("worker") and keys not in planner and keys not in env
     plan = stack.plan("rpc", wallet=2)
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))

@@ -169,15 +169,20 @@ class DevStack:
         """What a separate `hft-executor worker` (role ``worker``) or a CLI command (``planner`` for send-plan,
         ``operator`` for halt, resume and status) needs to join this stack."""
         assert self.config is not None
-        return {
+        shared = {
             **self.nats_auth(role).environment(),
             "RPC_ENDPOINT": self.config.rpc_endpoint,
             "RPC_WS_ENDPOINT": self.config.websocket_endpoint(),
             "JITO_BLOCK_ENGINE_URL": self.config.jito_block_engine_url,
             "NATS_URL": self.config.nats_url,
             "TEMPORAL_ADDRESS": self.config.temporal_address,
-            "WALLET_KEYS_DIR": str(self.data_dir / "wallets"),
             "CONFIRMATION_POLL_MS": str(self.config.confirmation_poll_ms),
+        }
+        if role != "worker":  # only the signer gets the wallet keys and the history keys
+            return shared
+        return {
+            **shared,
+            "WALLET_KEYS_DIR": str(self.data_dir / "wallets"),
             **({"HISTORY_KEYS_FILE": str(self.history_keys_file)} if self.history_encryption else {"HISTORY_ENCRYPTION": "off"}),
         }
 
