@@ -41,6 +41,7 @@ from worker.nats_connection import connect as nats_connect
 from worker.nats_security import ROLES, Permissions, inbox_prefix
 
 from .plans import bench_plan
+from .profile import Profiler, print_profile
 
 log = logging.getLogger("hft.bench")
 PLAN_MEMO_PREFIX = "hft-executor plan "
@@ -240,15 +241,21 @@ async def run_bench(args: argparse.Namespace) -> dict:
                 await asyncio.sleep(1.0)
 
             durable_plans = [bench_plan(f"d-{run}-{i}", m, sink) for i, m in enumerate(methods)]
+            profiler = Profiler(args.profile) if args.profile else None
+            if profiler:
+                profiler.start(await _server_metrics(stack, http))
             temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid), cpu_ms()
             expected_s = args.plans / rate if rate else args.plans / 40
             durable = await durable_phase(stack, worker, durable_plans, rate, wait_s=max(60.0, expected_s * 2 + 45))
             temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid) - temporal_cpu, cpu_ms() - worker_cpu
+            profile = profiler.stop(await _server_metrics(stack, http), args.plans) if profiler else None
             await asyncio.sleep(0.5)
             await collect_wire(stack, http, durable)
 
             direct_plans = [bench_plan(f"x-{run}-{i}", m, sink) for i, m in enumerate(methods)]
+            direct_cpu = cpu_ms()
             direct = await direct_phase(stack, worker, direct_plans, rate)
+            direct_cpu = cpu_ms() - direct_cpu
             await asyncio.sleep(0.5)
             await collect_wire(stack, http, direct)
             events = await history_events(worker, durable)
@@ -282,14 +289,39 @@ async def run_bench(args: argparse.Namespace) -> dict:
         "history_events_per_plan": events,
         "temporal_cpu_ms_per_plan": round(temporal_cpu / args.plans, 3),
         "worker_cpu_ms_per_plan": round(worker_cpu / args.plans, 3),
+        "direct_cpu_ms_per_plan": round(direct_cpu / args.plans, 3),
+        **ratios(durable_p, direct_p, (temporal_cpu + worker_cpu) / args.plans, direct_cpu / args.plans),
         "method": args.method,
         "rate": args.rate if rate is None else rate,
         "history_encryption": args.history_encryption,
         "direct_sent": len(direct_to_wire),
         "direct_errors": direct.errors,
         "error_codes": sorted({r.get("errorCode") for r in durable.results.values() if r.get("errorCode")}),
+        **({"profile": profile} if profile else {}),
         "_samples": {"durable": to_wire, "direct": direct_to_wire},
     }
+
+
+async def _server_metrics(stack: DevStack, http) -> str | None:
+    if not stack.temporal.metrics_url:
+        return None
+    async with http.get(stack.temporal.metrics_url) as response:
+        return await response.text()
+
+
+def ratios(durable: dict, direct: dict, durable_cpu: float, direct_cpu: float) -> dict:
+    """The comparison a fair reading needs, both paths in the same run: the durable path's latency
+    against the direct path's median (p99 too, since a trade is lost at the tail), and the CPU of
+    Temporal + worker per plan against the direct path's, measured the same way (process CPU over
+    its phase)."""
+    return {
+        "tax_ratio": {"p50": _over(durable["p50"], direct["p50"]), "p99": _over(durable["p99"], direct["p50"])},
+        "cpu_ratio": _over(durable_cpu, direct_cpu),
+    }
+
+
+def _over(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -331,12 +363,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="plans sent first and not counted (default 20)")
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="profile the durable phase: py-spy flame graph and folded stacks, CPU by thread and category, the Temporal server's counters")  # fmt: skip
+    parser.add_argument("--compare", metavar="REF", help="run this tree and git REF (a worktree, same interpreter) in turn, A B B A ..., and print both and their ratios")
+    parser.add_argument("--pairs", type=int, default=3, help="with --compare: runs of each tree (default 3)")
     parser.add_argument("--history-encryption", choices=("on", "off"), default="on",
                         help="encrypt every payload Temporal stores, as in production (default on); off measures the codec's cost")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
+    if args.compare:
+        from .compare import run_compare
+
+        return run_compare(args)
     if args.rate != "max":
         try:
             if float(args.rate) <= 0:
@@ -366,4 +406,8 @@ def _print_report(report: dict, measured: int) -> None:
     print(row("plan-to-result, durable (ms)", report["plan_to_result_ms"]))
     print(f"  durability tax: p50 {report['durability_tax_ms']['p50']} ms, p99 {report['durability_tax_ms']['p99']} ms")
     print(f"  throughput {report['throughput_results_per_s']} results/s; history events per plan {report['history_events_per_plan']}")
-    print(f"  CPU per plan: Temporal server {report['temporal_cpu_ms_per_plan']} ms, worker {report['worker_cpu_ms_per_plan']} ms")
+    print(f"  CPU per plan: Temporal server {report['temporal_cpu_ms_per_plan']} ms, worker {report['worker_cpu_ms_per_plan']} ms, direct {report['direct_cpu_ms_per_plan']} ms")
+    tax = report["tax_ratio"]
+    print(f"  against the direct path: p50 {tax['p50']}x, p99 {tax['p99']}x its p50; CPU {report['cpu_ratio']}x")
+    if "profile" in report:
+        print_profile(report["profile"])

@@ -23,5 +23,35 @@ def test_bench_mixed_small_run_loses_nothing_and_draws_its_plot(tmp_path):
     for key in ("plan_to_wire_ms", "plan_to_result_ms", "direct_plan_to_wire_ms"):
         assert set(report[key]) == {"p50", "p90", "p99", "max"} and report[key]["p50"] > 0
     assert report["history_events_per_plan"] <= 20
-    assert report["temporal_cpu_ms_per_plan"] > 0 and report["worker_cpu_ms_per_plan"] > 0
+    assert report["temporal_cpu_ms_per_plan"] > 0 and report["worker_cpu_ms_per_plan"] > 0 and report["direct_cpu_ms_per_plan"] > 0
+    cpu = report["temporal_cpu_ms_per_plan"] + report["worker_cpu_ms_per_plan"]
+    assert abs(report["cpu_ratio"] - cpu / report["direct_cpu_ms_per_plan"]) < 0.01
+    assert report["tax_ratio"]["p50"] == round(report["plan_to_wire_ms"]["p50"] / report["direct_plan_to_wire_ms"]["p50"], 2)
+    assert report["tax_ratio"]["p99"] == round(report["plan_to_wire_ms"]["p99"] / report["direct_plan_to_wire_ms"]["p50"], 2)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_compare_runs_both_trees_in_turn_and_reports_their_ratios(tmp_path):
+    """Only the shape: one pair of tiny runs, this tree against HEAD (figures are never asserted)."""
+    from bench.compare import FIGURES, RATIOS
+
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", "--compare", "HEAD", "--pairs", "1", "--plans", "4", "--rate", "8",
+         "--warmup", "0", "--slot-ms", "50", "--json", "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert result["ref_commit"] == head
+    assert "compare: pair 1/1, current" in done.stderr and "compare: pair 1/1, ref" in done.stderr
+    [pair] = result["pairs"]
+    for side in ("current", "ref"):
+        assert set(pair[side]) == set(FIGURES)
+        assert pair[side]["lost"] == 0 and pair[side]["double_landed"] == 0
+        assert pair[side]["plan_to_wire_p50_ms"] > 0 and pair[side]["durable_cpu_ms_per_plan"] > 0
+    assert set(pair["ratio"]) == set(RATIOS) == set(result["median_ratio"])
+    assert pair["ratio"]["plan_to_wire_p50_ms"] == round(pair["current"]["plan_to_wire_p50_ms"] / pair["ref"]["plan_to_wire_p50_ms"], 3)
+    assert [len(result["reports"][side]) for side in ("current", "ref")] == [1, 1]
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert str(tmp_path) not in worktrees, "the ref's worktree is removed afterwards"
