@@ -31,14 +31,14 @@ from pathlib import Path
 from nats.js.api import DeliverPolicy
 from solders.keypair import Keypair
 
-from worker import logs
 from activities.dispatch import Dispatch
 from activities.policy import PolicySettings
-from workflows.events import parse_plan
+from worker import logs
 from worker.dev import DevStack, admin_post
 from worker.main import ExecutorWorker
 from worker.nats_connection import connect as nats_connect
 from worker.nats_security import ROLES, Permissions, inbox_prefix
+from workflows.events import parse_plan
 
 from .plans import bench_plan
 from .profile import Profiler, print_profile
@@ -146,7 +146,7 @@ async def durable_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dic
     await publish_open_loop(publish, plans, rate, phase)
     try:
         await asyncio.wait_for(arrived.wait(), wait_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("stage=bench event=results_missing missing=%d", len(plans) - len(phase.results))
     progress.cancel()
     await subscription.unsubscribe()
@@ -190,7 +190,7 @@ async def direct_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dict
     await publish_open_loop(publish, plans, rate, phase)
     try:
         await asyncio.wait_for(done.wait(), 60)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     await subscription.unsubscribe()
     await nc.close()

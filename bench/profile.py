@@ -12,6 +12,7 @@ Three views of the durable phase, all taken over the same window as bench's CPU 
 Category rules are matched in order against every frame of a sample, so a log call made
 inside a local activity counts as logging: the cross-cutting costs come first.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,25 +28,75 @@ from pathlib import Path
 #: (category, frame pattern): the first category any frame of a sample matches.
 CATEGORIES: list[tuple[str, re.Pattern]] = [
     ("logging", re.compile(r"\(logging/|worker/logs\.py")),
-    ("metrics", re.compile(r"prometheus_client/|worker/metrics\.py|\(temporalio/runtime\.py")),
+    (
+        "metrics",
+        re.compile(r"prometheus_client/|worker/metrics\.py|\(temporalio/runtime\.py"),
+    ),
     ("history codec (AES-GCM)", re.compile(r"workflows/codec\.py|cryptography/")),
-    ("payload conversion (pydantic, JSON)", re.compile(r"temporalio/converter\.py|temporalio/contrib/pydantic|pydantic/|pydantic_core|\(json/")),
+    (
+        "payload conversion (pydantic, JSON)",
+        re.compile(
+            r"temporalio/converter\.py|temporalio/contrib/pydantic|pydantic/|pydantic_core|\(json/"
+        ),
+    ),
     ("NATS KV calls", re.compile(r"nats/js/kv\.py")),
-    ("local activity: execute (claim / dispatch)", re.compile(r"^ExecutionActivities\.execute \(activities/execution\.py")),
-    ("local activity: confirm", re.compile(r"^ExecutionActivities\.confirm \(activities/execution\.py")),
-    ("local activity: settle", re.compile(r"^ExecutionActivities\.settle \(activities/execution\.py")),
-    ("local activity: release", re.compile(r"^ExecutionActivities\.release_wallet \(activities/execution\.py")),
-    ("local activity: publish", re.compile(r"^ExecutionActivities\.publish \(activities/execution\.py")),
+    (
+        "local activity: execute (claim / dispatch)",
+        re.compile(r"^ExecutionActivities\.execute \(activities/execution\.py"),
+    ),
+    (
+        "local activity: confirm",
+        re.compile(r"^ExecutionActivities\.confirm \(activities/execution\.py"),
+    ),
+    (
+        "local activity: settle",
+        re.compile(r"^ExecutionActivities\.settle \(activities/execution\.py"),
+    ),
+    (
+        "local activity: release",
+        re.compile(r"^ExecutionActivities\.release_wallet \(activities/execution\.py"),
+    ),
+    (
+        "local activity: publish",
+        re.compile(r"^ExecutionActivities\.publish \(activities/execution\.py"),
+    ),
     ("bridge (PLANNED, start, prepare, send ahead)", re.compile(r"worker/bridge\.py")),
-    ("dispatch: lease, build, policy, sign, send", re.compile(r"activities/(dispatch|build|policy|keystore|submit)\.py")),
+    (
+        "dispatch: lease, build, policy, sign, send",
+        re.compile(r"activities/(dispatch|build|policy|keystore|submit)\.py"),
+    ),
     ("workflow code (ExecutePlan)", re.compile(r"workflows/execute_plan\.py")),
-    ("SDK: workflow activation", re.compile(r"temporalio/worker/_workflow|temporalio/worker/workflow_sandbox|temporalio/workflow\.py")),
-    ("SDK: activity and local activity plumbing", re.compile(r"temporalio/worker/_activity\.py")),
-    ("SDK: client, bridge to the core", re.compile(r"temporalio/client\.py|temporalio/bridge/|temporalio/service\.py|temporalio/worker/_worker\.py")),
-    ("status poller, leader tracker, presence, kill switch", re.compile(r"activities/confirm\.py|activities/tpu\.py|worker/presence\.py|worker/killswitch\.py|activities/wallets\.py")),
+    (
+        "SDK: workflow activation",
+        re.compile(
+            r"temporalio/worker/_workflow|temporalio/worker/workflow_sandbox|temporalio/workflow\.py"
+        ),
+    ),
+    (
+        "SDK: activity and local activity plumbing",
+        re.compile(r"temporalio/worker/_activity\.py"),
+    ),
+    (
+        "SDK: client, bridge to the core",
+        re.compile(
+            r"temporalio/client\.py|temporalio/bridge/|temporalio/service\.py|temporalio/worker/_worker\.py"
+        ),
+    ),
+    (
+        "status poller, leader tracker, presence, kill switch",
+        re.compile(
+            r"activities/confirm\.py|activities/tpu\.py|worker/presence\.py|worker/killswitch\.py|activities/wallets\.py"
+        ),
+    ),
     ("bench harness (publisher, result collector)", re.compile(r"bench/command\.py")),
-    ("NATS client (protocol)", re.compile(r"nats/aio/|nats/protocol/|nats/js/client\.py")),
-    ("HTTP clients (JSON-RPC)", re.compile(r"aiohttp/|activities/rpc\.py|activities/chain\.py")),
+    (
+        "NATS client (protocol)",
+        re.compile(r"nats/aio/|nats/protocol/|nats/js/client\.py"),
+    ),
+    (
+        "HTTP clients (JSON-RPC)",
+        re.compile(r"aiohttp/|activities/rpc\.py|activities/chain\.py"),
+    ),
     ("TLS and sockets", re.compile(r"sslproto\.py|\(ssl\.py|selector_events\.py")),
 ]
 OTHER = "event loop and other"
@@ -60,7 +111,9 @@ def categorize(frames: list[str]) -> str:
 
 
 #: A thread waiting, not working (the sampler counts only GIL holders; these are belt and braces).
-IDLE_LEAF = re.compile(r"^(EpollSelector\.select|select) \(selectors\.py|^_worker \(concurrent/futures/thread\.py|^wait \(threading\.py")
+IDLE_LEAF = re.compile(
+    r"^(EpollSelector\.select|select) \(selectors\.py|^_worker \(concurrent/futures/thread\.py|^wait \(threading\.py"
+)
 LOOP_STEP = "BaseEventLoop._run_once (asyncio/base_events.py"
 TASK_STEP = "Handle._run (asyncio/events.py"
 EVENT_LOOP = "event loop (asyncio scheduling, sockets)"
@@ -76,7 +129,9 @@ def fold(collapsed: str) -> Counter:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        frames = [
+            f for f in stack.split(";") if not f.startswith(("process ", "thread "))
+        ]
         if not frames or IDLE_LEAF.search(frames[-1]):
             continue
         steps = [i for i, frame in enumerate(frames) if frame.startswith(LOOP_STEP)]
@@ -119,7 +174,9 @@ def thread_cpu_ms() -> dict[str, float]:
 # --- the Temporal dev server's counters ---------------------------------------------------
 
 
-METRIC_LINE = re.compile(r'^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
+METRIC_LINE = re.compile(
+    r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$"
+)
 
 
 def server_counters(text: str) -> Counter:
@@ -127,7 +184,10 @@ def server_counters(text: str) -> Counter:
     out: Counter = Counter()
     for line in text.splitlines():
         match = METRIC_LINE.match(line)
-        if not match or match["name"] not in ("persistence_requests", "service_requests"):
+        if not match or match["name"] not in (
+            "persistence_requests",
+            "service_requests",
+        ):
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
         out[f"{match['name']}:{labels.get('operation', '?')}"] += float(match["value"])
@@ -150,7 +210,10 @@ class Profiler:
         if not Path(exe).exists():
             raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
         pid = str(os.getpid())
-        for fmt, name in (("raw", "worker.collapsed"), ("flamegraph", "worker-flamegraph.svg")):
+        for fmt, name in (
+            ("raw", "worker.collapsed"),
+            ("flamegraph", "worker-flamegraph.svg"),
+        ):
             self.pyspy.append(subprocess.Popen(
                 [exe, "record", "--pid", pid, "--nonblocking", "--gil", "--rate", "200", "--format", fmt, "-o", str(self.directory / name)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -168,7 +231,14 @@ class Profiler:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        threads = {role: round((threads_after.get(role, 0.0) - self.threads_before.get(role, 0.0)) / plans, 3) for role in threads_after}
+        threads = {
+            role: round(
+                (threads_after.get(role, 0.0) - self.threads_before.get(role, 0.0))
+                / plans,
+                3,
+            )
+            for role in threads_after
+        }
         collapsed = self.directory / "worker.collapsed"
         samples = fold(collapsed.read_text()) if collapsed.exists() else Counter()
         total = sum(samples.values())
@@ -177,13 +247,25 @@ class Profiler:
             name: {"share": round(count / total, 4), "ms_per_plan": round(python_ms * count / total, 3)}
             for name, count in samples.most_common()
         } if total else {}  # fmt: skip
-        server = {key: round((server_after[key] - self.server_before.get(key, 0.0)) / plans, 2) for key in server_after}
+        server = {
+            key: round(
+                (server_after[key] - self.server_before.get(key, 0.0)) / plans, 2
+            )
+            for key in server_after
+        }
         return {
-            "threads_cpu_ms_per_plan": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
+            "threads_cpu_ms_per_plan": dict(
+                sorted(threads.items(), key=lambda kv: -kv[1])
+            ),
             "python_samples": total,
             "python_categories": categories,
-            "server_per_plan": {k: v for k, v in sorted(server.items(), key=lambda kv: -kv[1]) if v > 0},
-            "files": {"collapsed": str(collapsed), "flamegraph": str(self.directory / "worker-flamegraph.svg")},
+            "server_per_plan": {
+                k: v for k, v in sorted(server.items(), key=lambda kv: -kv[1]) if v > 0
+            },
+            "files": {
+                "collapsed": str(collapsed),
+                "flamegraph": str(self.directory / "worker-flamegraph.svg"),
+            },
         }
 
 
@@ -191,7 +273,9 @@ def print_profile(profile: dict) -> None:
     print("  CPU per plan by thread of the worker process (ms):")
     for role, ms in profile["threads_cpu_ms_per_plan"].items():
         print(f"    {role:52} {ms:8.3f}")
-    print(f"  Python threads by category (py-spy, {profile['python_samples']} samples):")
+    print(
+        f"  Python threads by category (py-spy, {profile['python_samples']} samples):"
+    )
     for name, row in profile["python_categories"].items():
         print(f"    {name:52} {row['ms_per_plan']:8.3f} ms  {row['share'] * 100:5.1f}%")
     print("  Temporal dev server, per plan:")
