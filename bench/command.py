@@ -33,7 +33,7 @@ from solders.keypair import Keypair
 
 from activities.dispatch import Dispatch
 from activities.policy import PolicySettings
-from worker import logs
+from worker import event_loop, logs
 from worker.dev import DevStack, admin_post
 from worker.main import ExecutorWorker
 from worker.nats_connection import connect as nats_connect
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise SystemExit("--rate takes a positive number of plans per second, or 'max'") from None
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    report = asyncio.run(run_bench(args))
+    report = event_loop.run(run_bench(args))
     if args.plot:
         plot(report, args.plot)
     samples = report.pop("_samples")

@@ -23,7 +23,7 @@ from activities.wallets import WalletPool
 
 WALLET_BUCKET = "wallet_leases"
 
-from . import logs
+from . import event_loop, logs
 from .bridge import workflow_id
 from .config import ExecutorConfig
 from .killswitch import RUNNING_PLANS, KILLSWITCH_SUBJECT, RESUME_SUBJECT, default_sender, halt_message, last_state, parse_message
@@ -80,7 +80,7 @@ def _run(command) -> object:
 
 def run_worker(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
-    return asyncio.run(_worker())
+    return event_loop.run(_worker())
 
 
 async def _worker() -> int:

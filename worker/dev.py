@@ -31,7 +31,7 @@ from activities.keystore import KeyStore
 from workflows.codec import HistoryKeys, ensure_key_file
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 
-from . import logs
+from . import event_loop, logs
 from .codec_server import DEFAULT_PORT as CODEC_PORT
 from .codec_server import CodecServer, ensure_token_file, token_from_environment
 from .config import ExecutorConfig
@@ -307,7 +307,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
-    return asyncio.run(_dev(args))
+    return event_loop.run(_dev(args))
 
 
 async def _dev(args: argparse.Namespace) -> int:
