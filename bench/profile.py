@@ -116,6 +116,7 @@ IDLE_LEAF = re.compile(
 )
 LOOP_STEP = "BaseEventLoop._run_once (asyncio/base_events.py"
 TASK_STEP = "Handle._run (asyncio/events.py"
+RUNNER = "Runner.run (asyncio/runners.py"
 EVENT_LOOP = "event loop (asyncio scheduling, sockets)"
 
 
@@ -123,7 +124,8 @@ def fold(collapsed: str) -> Counter:
     """Samples per category from py-spy's raw (collapsed) output: `frame;frame;... count`. A sample
     of the main thread is judged by its task's frames only (everything runs under bench's own
     `run`, so the frames above the event loop would put it all in one box); what the loop does
-    between tasks is the event loop's own."""
+    between tasks is the event loop's own (asyncio's is Python; uvloop's is C, seen as a sample
+    with no frame below the runner)."""
     counts: Counter = Counter()
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -135,12 +137,15 @@ def fold(collapsed: str) -> Counter:
         if not frames or IDLE_LEAF.search(frames[-1]):
             continue
         steps = [i for i, frame in enumerate(frames) if frame.startswith(LOOP_STEP)]
-        if steps:
+        runner = [i for i, frame in enumerate(frames) if frame.startswith(RUNNER)]
+        if steps:  # asyncio's loop: a task's frames start under Handle._run
             task = frames[steps[0] + 1 :]
             if not task or not task[0].startswith(TASK_STEP):
                 counts[EVENT_LOOP] += int(count)
                 continue
             frames = task[1:]
+        elif runner:  # uvloop: the loop is C, a task's frames follow the runner directly
+            frames = frames[runner[0] + 1 :]
         counts[categorize(frames) if frames else EVENT_LOOP] += int(count)
     return counts
 

@@ -55,3 +55,31 @@ def test_bench_compare_runs_both_trees_in_turn_and_reports_their_ratios(tmp_path
     assert [len(result["reports"][side]) for side in ("current", "ref")] == [1, 1]
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert str(tmp_path) not in worktrees, "the ref's worktree is removed afterwards"
+
+
+def test_profile_folds_each_sample_by_its_task_not_by_the_bench_around_it():
+    """The category table reads py-spy's folded stacks: a task's own frames decide (asyncio and
+    uvloop alike), cross-cutting costs win over the component they run in, idle waits count nothing."""
+    from bench.profile import EVENT_LOOP, OTHER, fold
+
+    root = "main (worker/cli.py:9);run (bench/command.py:390);run (worker/event_loop.py:25)"
+    asyncio_loop = "Runner.run (asyncio/runners.py:118);BaseEventLoop._run_once (asyncio/base_events.py:1922)"
+    uvloop = "run (uvloop/__init__.py:96);Runner.run (asyncio/runners.py:118)"
+    folded = "\n".join([
+        f"{root};{asyncio_loop};Handle._run (asyncio/events.py:84);ExecutionActivities.confirm (activities/execution.py:120) 3",
+        f"{root};{uvloop};ExecutionActivities.finish (activities/execution.py:170);info (logging/__init__.py:1489) 2",
+        f"{root};{uvloop};_WorkflowWorker._handle_activation (temporalio/worker/_workflow.py:528) 5",
+        f"{root};{uvloop} 7",
+        f"{root};{asyncio_loop};EpollSelector.select (selectors.py:468) 11",
+        "Thread._bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81) 13",
+        f"{root};{uvloop};durable_phase (bench/command.py:150);somewhere (elsewhere.py:1) 1",
+        f"{root};{uvloop};unknown (mystery.py:3) 4",
+    ])  # fmt: skip
+    counts = fold(folded)
+    assert counts["local activity: confirm"] == 3
+    assert counts["logging"] == 2, "a log call inside finish counts as logging"
+    assert counts["SDK: workflow activation"] == 5
+    assert counts[EVENT_LOOP] == 7
+    assert counts["bench harness (publisher, result collector)"] == 1
+    assert counts[OTHER] == 4
+    assert sum(counts.values()) == 22, "idle waits (epoll, an idle pool thread) are not CPU"
