@@ -13,7 +13,7 @@ def test_bench_mixed_small_run_loses_nothing_and_draws_its_plot(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "bench", "--plans", "12", "--rate", "12", "--method", "mixed",
          "--warmup", "2", "--slot-ms", "50", "--json", "--plot", str(plot), "--data-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -38,11 +38,11 @@ def test_bench_compare_runs_both_trees_in_turn_and_reports_their_ratios(tmp_path
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "bench", "--compare", "HEAD", "--pairs", "1", "--plans", "4", "--rate", "8",
          "--warmup", "0", "--slot-ms", "50", "--json", "--data-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     assert result["ref_commit"] == head
     assert "compare: pair 1/1, current" in done.stderr and "compare: pair 1/1, ref" in done.stderr
     [pair] = result["pairs"]
@@ -53,7 +53,7 @@ def test_bench_compare_runs_both_trees_in_turn_and_reports_their_ratios(tmp_path
     assert set(pair["ratio"]) == set(RATIOS) == set(result["median_ratio"])
     assert pair["ratio"]["plan_to_wire_p50_ms"] == round(pair["current"]["plan_to_wire_p50_ms"] / pair["ref"]["plan_to_wire_p50_ms"], 3)
     assert [len(result["reports"][side]) for side in ("current", "ref")] == [1, 1]
-    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert str(tmp_path) not in worktrees, "the ref's worktree is removed afterwards"
 
 
