@@ -1,7 +1,7 @@
 """Chain state the hot path reads without waiting: the latest blockhash and address lookup tables.
 
 Both are refreshed in the background, so build never makes an RPC round trip for them
-in the common case (DESIGN.md section 6: the blockhash and ALT caches off the hot path).
+in the common case (docs/architecture.md section 6: build is part of the plan-to-wire floor).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The executor's async client for the Jito block engine's JSON-RPC (sendBundle and friends).
 
 Sources: jito-labs/jito-docs lowlatencytxnsend.md, jito-labs/mev-protos json_rpc/http.md,
-jito-foundation/jito-solana bundle/src/lib.rs (`derive_bundle_id`); DESIGN.md section 8.
+jito-foundation/jito-solana bundle/src/lib.rs (`derive_bundle_id`); docs/architecture.md section 8.
 
 One persistent aiohttp session (keep-alive, TCP_NODELAY) per client, a per-request
 timeout, and no retries: whoever calls decides whether to resend, knowing that
@@ -35,7 +35,7 @@ from solders.transaction import VersionedTransaction
 
 log = logging.getLogger(__name__)
 
-# The 8 mainnet tip accounts (getTipAccounts on mainnet; DESIGN.md section 8): the fallback.
+# The 8 mainnet tip accounts (getTipAccounts on mainnet; docs/architecture.md section 8): the fallback.
 STATIC_TIP_ACCOUNTS: tuple[str, ...] = (
     "96gYZGLnJYVFmbjzopPSU6QiEV5fGqZNyN9nmNhvrZU5",
     "HFqU5x63VTqvQss8hp11i4wVV8bD44PvwucfZ2bU7gRe",

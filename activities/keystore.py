@@ -1,4 +1,4 @@
-"""The worker's private keys: the one place a secret key lives (DESIGN.md rule 5).
+"""The worker's private keys: the one place a secret key lives (docs/architecture.md section 1, promise 6).
 
 Only public keys and signed transactions leave a ``KeyStore``. Keys come from ``WALLET_1..WALLET_N``
 (a base58 64-byte secret key, as in the seed, or the path of a Solana CLI keypair file) and from every

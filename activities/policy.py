@@ -7,7 +7,7 @@ breaks it ends POLICY_VIOLATION, nothing signed, recorded or sent.
 
 It reads the **compiled** v0 message, with its lookup tables resolved (an account or a
 destination hidden in a table is seen), not the plan: what is checked is exactly what would
-be signed. Rules (README "Plan policy"):
+be signed. Rules (docs/operations.md "Plan policy"; why: docs/architecture.md section 10):
 
 - every top-level program is allowed (System, Compute Budget, SPL Token, Token-2022, ATA, Memo
   v1/v2, klend, the ALT program, plus POLICY_ALLOWED_PROGRAMS);
@@ -146,7 +146,7 @@ LOOKUP_TABLE_INSTRUCTIONS = {0: "CreateLookupTable", 1: "FreezeLookupTable", 2: 
 COMPUTE_BUDGET_INSTRUCTIONS = {1: "RequestHeapFrame", 2: "SetComputeUnitLimit", 3: "SetComputeUnitPrice", 4: "SetLoadedAccountsDataSizeLimit"}
 COMPUTE_BUDGET_DATA_LENGTH = {1: 5, 2: 5, 3: 9, 4: 5}
 
-# Rules, as named in violation messages and the README.
+# Rules, as named in violation messages and docs/operations.md.
 RULES = (
     "signer", "malformed", "program", "sol_transfer", "tip_account", "system_instruction", "token_delegate",
     "token_authority", "token_close", "token_burn", "token_withdraw", "token_instruction", "ata_owner",

@@ -4,7 +4,7 @@ Why: sending a signed transaction straight to the leaders' TPU ports skips the R
 queue and its 2 s rebroadcast; it is how production senders (agave's tpu-client-next,
 yellowstone-jet) get a transaction into the next block. This module follows agave
 (anza-xyz/agave ``tpu-client-next``, ``streamer``, ``tls-utils``; constants in
-anza-xyz/solana-sdk ``quic-definitions``) and DESIGN.md section 8:
+anza-xyz/solana-sdk ``quic-definitions``) and docs/architecture.md section 8:
 
 * ``make_client_certificate``: the self-signed Ed25519 certificate every TPU client must
   present (the server's client-auth is mandatory); its key is the client's node identity.
@@ -553,7 +553,7 @@ class ConnectionCache:
             verify_mode=ssl.CERT_NONE,
             # socket_addr_to_quic_server_name (tls-utils): "{ip}.{port}.sol"; unchecked.
             server_name=f"{host}.{port}.sol",
-            # QUIC v1 only: agave (quinn) and Firedancer speak v1 (DESIGN.md section 8).
+            # QUIC v1 only: agave (quinn) and Firedancer speak v1 (docs/architecture.md section 8).
             supported_versions=[QuicProtocolVersion.VERSION_1],
             # The TPU sends nothing back on streams and refuses datagrams.
             max_datagram_frame_size=None,

@@ -1,4 +1,4 @@
-"""The wallet pool every worker process shares (DESIGN.md section 4).
+"""The wallet pool every worker process shares (docs/architecture.md section 4).
 
 Why a NATS JetStream key-value bucket: in-flight counts and error counts kept per process would let two
 workers overload one wallet, so the state lives in one place and every change is a compare-and-set on

@@ -27,7 +27,7 @@ from .reads import BLOCK_ENGINE_READ_METHODS, read_fault_gate
 if TYPE_CHECKING:
     from .cluster import LocalCluster
 
-# The 8 mainnet tip accounts (getTipAccounts on mainnet; DESIGN.md section 8).
+# The 8 mainnet tip accounts (getTipAccounts on mainnet; docs/architecture.md section 8).
 TIP_ACCOUNTS = [
     "96gYZGLnJYVFmbjzopPSU6QiEV5fGqZNyN9nmNhvrZU5",
     "HFqU5x63VTqvQss8hp11i4wVV8bD44PvwucfZ2bU7gRe",

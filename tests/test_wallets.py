@@ -294,4 +294,4 @@ async def test_acquire_plus_release_latency(connect, bucket):
         samples.append((time.perf_counter() - started) * 1000)
     median = statistics.median(samples)
     logging.getLogger("hft.wallets").info("acquire+release median_ms=%.3f p99_ms=%.3f", median, sorted(samples)[197])
-    assert median < 5.0  # DESIGN: wallet selection < 5 ms
+    assert median < 5.0  # docs/architecture.md section 6: wallet selection < 5 ms

@@ -44,7 +44,7 @@ from .services import LocalnetServer, NatsServer, TemporalDevServer, free_port
 log = logging.getLogger("hft.dev")
 LAMPORTS_PER_SOL = 1_000_000_000
 DEV_DYNAMIC_CONFIG = {
-    # The default 20 caps each task-queue hand-off near 50 ms (DESIGN.md section 8).
+    # The default 20 caps each task-queue hand-off near 50 ms (docs/architecture.md section 8).
     "history.transferProcessorMaxPollRPS": 10000,
 }
 DEV_ENVIRONMENT = "dev-environment.json"  # lets `send-plan`, `halt`, `status` find a running `dev`

@@ -1,6 +1,6 @@
 """The event loop of the executor's own processes (worker, dev, bench): uvloop.
 
-Measured with `bench --compare` (README, Performance): the worker's Python CPU went mostly
+Measured with `bench --compare` (docs/performance.md): the worker's Python CPU went mostly
 to the event loop's own machinery, not to the trade. asyncio's TLS is pure Python (every
 NATS write passes through sslproto.py), and so are its socket transports and its
 scheduling; uvloop does the same in C over libuv. The Temporal SDK runs workflow code on

@@ -1,6 +1,6 @@
 """The messages on the wire: execution plans in (PLANNED), execution results out (EXECUTED).
 
-camelCase JSON, validated strictly at the edge (DESIGN.md section 3). Everything past the
+camelCase JSON, validated strictly at the edge (docs/architecture.md section 3). Everything past the
 bridge handles these as plain, already-valid data.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ PLACEHOLDER_WALLET_ATA = "$WALLET_ATA:"
 
 
 class ErrorCode(str, Enum):
-    """Stable error codes on failed and timed-out results (documented in the README)."""
+    """Stable error codes on failed and timed-out results (documented in docs/operations.md, Error codes)."""
 
     INVALID_PLAN = "INVALID_PLAN"
     PLAN_NOT_SIMULATED = "PLAN_NOT_SIMULATED"
