@@ -9,13 +9,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Copy only what the wheel is built from (pyproject's readme + the four packages), never `COPY . .`:
-# the build context can hold .venv/, .data/ and secrets/wallets/, and wallet keys must not end up in a layer.
+# Copy only what the wheel is built from (pyproject.toml, its readme and every package in its
+# [tool.setuptools] packages), never `COPY . .`: the build context can hold .venv/, .data/ and
+# secrets/wallets/, and wallet keys must not end up in a layer. tests/test_image.py builds and runs the
+# wheel from exactly these COPY lines, and fails when a package pyproject lists has none.
 COPY pyproject.toml README.md ./
 COPY localnet/ localnet/
 COPY workflows/ workflows/
 COPY activities/ activities/
 COPY worker/ worker/
+COPY bench/ bench/
+COPY chaos/ chaos/
 
 # Runtime dependencies only (no [dev] extra); the source tree is not needed once installed.
 RUN pip install . && rm -rf /app/*

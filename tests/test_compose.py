@@ -1,7 +1,8 @@
 """docker-compose.yml and the files it mounts: what a user of `docker compose up` relies on.
 
 Static checks (no Docker needed): the services exist and are wired to each other, images are pinned,
-every file the stack mounts or builds from is in the repository, and Prometheus scrapes the workers.
+every file the stack mounts or builds from is in the repository, Prometheus scrapes the workers, and
+Grafana reads that Prometheus and every dashboard in deploy/grafana/dashboards/.
 The shipped NATS config also runs on the real nats-server (the binary the project installs): its users
 get exactly the permissions the dev stack's users have.
 """
@@ -83,7 +84,7 @@ def test_compose_file_uses_the_compose_specification(compose: dict) -> None:
 
 
 def test_required_services_exist(services: dict) -> None:
-    for name in ("postgresql", "temporal", "temporal-ui", "nats", "worker", "prometheus"):
+    for name in ("postgresql", "temporal", "temporal-ui", "nats", "worker", "prometheus", "grafana"):
         assert name in services, f"service {name!r} is missing"
 
 
@@ -163,8 +164,8 @@ def test_every_image_has_an_explicit_tag(services: dict) -> None:
 
 
 def test_every_mounted_or_built_file_exists(services: dict) -> None:
-    for required in ("Dockerfile", "deploy/prometheus.yml", "deploy/temporal/dynamicconfig.yaml"):
-        assert (ROOT / required).is_file(), f"{required} is missing"
+    for required in ("Dockerfile", "deploy/prometheus.yml", "deploy/temporal/dynamicconfig.yaml", "deploy/grafana/provisioning", "deploy/grafana/dashboards"):
+        assert (ROOT / required).exists(), f"{required} is missing"
 
     for name, service in services.items():
         for source in bind_sources(service):
@@ -199,6 +200,80 @@ def test_prometheus_scrapes_the_workers_on_the_metrics_port(services: dict) -> N
     assert worker_targets, f"no scrape config targets port {METRICS_PORT}"
     for target in worker_targets:
         assert target.removeprefix("tasks.") in services, f"scrape target {target} is not a compose service"
+
+
+# --- Grafana ----------------------------------------------------------------------------------------------------
+
+
+def bind_mounts(service: dict) -> dict[str, Path]:
+    """Container path -> repository path, for the short `src:dst[:mode]` bind mounts."""
+    mounts = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str) and volume.startswith("."):
+            source, target = volume.split(":")[:2]
+            mounts[target] = repo_path(source)
+    return mounts
+
+
+def in_container(mounts: dict[str, Path], path: str) -> Path:
+    """The repository file a container path is, through the service's bind mounts."""
+    for target, source in sorted(mounts.items(), key=lambda item: -len(item[0])):
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return source / path[len(target) :].lstrip("/")
+    raise AssertionError(f"{path} is not under a bind mount: {sorted(mounts)}")
+
+
+def test_grafana_login_is_required_with_a_password_from_the_environment(services: dict) -> None:
+    env = environment(services["grafana"])
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", env["GF_SECURITY_ADMIN_PASSWORD"]), "no default admin password"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert env["GF_ANALYTICS_REPORTING_ENABLED"] == "false" and env["GF_ANALYTICS_CHECK_FOR_UPDATES"] == "false"
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+
+
+def test_grafana_datasource_is_the_compose_prometheus(services: dict) -> None:
+    mounts = bind_mounts(services["grafana"])
+    files = sorted(in_container(mounts, "/etc/grafana/provisioning/datasources").glob("*.y*ml"))
+    datasources = [source for path in files for source in load_yaml(path).get("datasources", [])]
+    (prometheus,) = [source for source in datasources if source["type"] == "prometheus"]
+    url = urlsplit(prometheus["url"])
+    assert url.hostname == "prometheus" and url.hostname in services
+    assert "prometheus" in depends_on(services["grafana"])
+    published = [str(port).rsplit(":", 1)[-1] for port in services["prometheus"].get("ports", [])]
+    assert str(url.port) in published, "Prometheus listens on the port the datasource names"
+    scrape_interval = load_yaml(ROOT / "deploy" / "prometheus.yml")["global"]["scrape_interval"]
+    assert prometheus["jsonData"]["timeInterval"] == scrape_interval, "$__rate_interval needs the real scrape interval"
+
+
+def test_grafana_loads_every_dashboard_in_deploy_on_the_provisioned_datasource(services: dict) -> None:
+    grafana = services["grafana"]
+    mounts = bind_mounts(grafana)
+    datasource_files = in_container(mounts, "/etc/grafana/provisioning/datasources").glob("*.y*ml")
+    uids = {source["uid"] for path in datasource_files for source in load_yaml(path).get("datasources", [])}
+    providers = [p for path in in_container(mounts, "/etc/grafana/provisioning/dashboards").glob("*.y*ml") for p in load_yaml(path)["providers"]]
+    folders = [in_container(mounts, provider["options"]["path"]) for provider in providers]
+    assert ROOT / "deploy" / "grafana" / "dashboards" in folders
+    home = environment(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    assert home is None or in_container(mounts, home).is_file(), f"home dashboard {home} is not mounted"
+
+    jobs = {job["job_name"] for job in load_yaml(ROOT / "deploy" / "prometheus.yml")["scrape_configs"]}
+    dashboards = [path for folder in folders for path in sorted(folder.glob("*.json"))]
+    assert dashboards
+    dashboard_uids = []
+    for path in dashboards:
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        dashboard_uids.append(dashboard["uid"])
+        panels = [p for panel in dashboard["panels"] for p in (panel, *panel.get("panels", []))]
+        ids = [panel["id"] for panel in panels]
+        assert len(ids) == len(set(ids)), f"{path.name}: panel ids repeat"
+        for panel in panels:
+            for holder in (panel, *panel.get("targets", [])):
+                if isinstance(holder.get("datasource"), dict):
+                    assert holder["datasource"]["uid"] in uids, f"{path.name}, {panel['title']}: unknown datasource"
+            for target in panel.get("targets", []):
+                for job in re.findall(r'\bjob\s*=\s*"([^"]+)"', target["expr"]):
+                    assert job in jobs, f"{path.name}, {panel['title']}: job {job!r} is not scraped"
+    assert len(dashboard_uids) == len(set(dashboard_uids)), "dashboard uids repeat"
 
 
 def test_temporal_dynamic_config_raises_the_transfer_poll_rate() -> None:

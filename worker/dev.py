@@ -158,6 +158,7 @@ class DevStack:
             "nats": self.nats.url,
             **{f"solana{k[0].upper()}{k[1:]}": v for k, v in self.localnet.endpoints.items()},
             "metrics": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None,
+            "temporalSdkMetrics": f"http://127.0.0.1:{self.config.temporal_metrics_port}/metrics" if metrics_port else None,
             "wallets": self.keys.public_keys(),
         }
 
@@ -362,7 +363,7 @@ async def _dev(args: argparse.Namespace) -> int:
 def _print_welcome(stack: DevStack) -> None:
     e = stack.endpoints
     print("hft-executor dev: everything embedded (Ctrl-C stops it all)", flush=True)
-    for name in ("temporalUi", "temporal", "codecServer", "nats", "solanaRpc", "solanaBlockEngine", "solanaTpuQuic", "solanaAdmin", "metrics"):
+    for name in ("temporalUi", "temporal", "codecServer", "nats", "solanaRpc", "solanaBlockEngine", "solanaTpuQuic", "solanaAdmin", "metrics", "temporalSdkMetrics"):
         print(f"  {name:18} {e.get(name)}", flush=True)
     print(f"  {'wallets':18} {', '.join(e['wallets'])}", flush=True)
     if stack.codec is not None:

@@ -1,0 +1,168 @@
+"""The Grafana dashboards in deploy/grafana/dashboards/ query only metrics that exist.
+
+A panel whose metric is misspelled, renamed or never exported shows "No data" without an error, so a
+wrong name would go unnoticed until someone needs the panel. Here every metric name in every panel's
+PromQL must be on /metrics after a `hft-executor dev --demo` run: the executor's own listener
+(METRICS_PORT) and the Temporal SDK's (TEMPORAL_METRICS_PORT), the two jobs deploy/prometheus.yml scrapes.
+"""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.stack import ROOT
+
+DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# Functions are told apart by the "(" after them; these words are PromQL's own and never metric names.
+PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset",
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk", "quantile",
+    "limitk", "limit_ratio", "atan2", "inf", "nan",
+}  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (not those written as {__name__="..."})."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery durations ($__rate_interval too)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)  # label lists
+    text = re.sub(r"\$\{?\w+\}?", " ", text)  # Grafana variables
+    names = set()
+    for match in re.finditer(r"(?<![\w.:])[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        name = match.group(0)
+        if text[match.end() :].lstrip().startswith("(") or name in PROMQL_WORDS:
+            continue  # a function or an aggregation
+        names.add(name)
+    return names
+
+
+def _panels(panels: list[dict]):
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))  # a collapsed row holds its panels
+
+
+def dashboard_queries(path: Path) -> dict[str, list[str]]:
+    """Panel title -> its PromQL expressions (templating queries under "variable <name>")."""
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    queries = {}
+    for panel in _panels(dashboard.get("panels", [])):
+        expressions = [target["expr"] for target in panel.get("targets", []) if target.get("expr")]
+        if expressions:
+            queries[panel.get("title") or f"panel {panel.get('id')}"] = expressions
+    for variable in dashboard.get("templating", {}).get("list", []):
+        query = variable.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        if variable.get("type") == "query" and query:
+            queries[f"variable {variable['name']}"] = [re.sub(r"^\w+\((.*)\)$", r"\1", query.strip())]  # label_values(expr, label)
+    return queries
+
+
+def exported(exposition: str) -> tuple[set[str], set[str]]:
+    """(every name on the page: families' TYPE names and sample names, histogram families)."""
+    names, histograms = set(), set()
+    for line in exposition.splitlines():
+        if match := re.match(r"# TYPE (\S+) (\S+)", line):
+            names.add(match.group(1))
+            if match.group(2) == "histogram":
+                histograms.add(match.group(1))
+        elif line and not line.startswith("#"):
+            names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
+    return names, histograms
+
+
+def missing(queried: set[str], exposition: str) -> set[str]:
+    """Queried names not on the page. A histogram's _bucket, _sum and _count count as its family's."""
+    names, histograms = exported(exposition)
+
+    def found(name: str) -> bool:
+        if name in names:
+            return True
+        return any(name.endswith(suffix) and name.removesuffix(suffix) in histograms for suffix in HISTOGRAM_SUFFIXES)
+
+    return {name for name in queried if not found(name)}
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+@pytest.fixture(scope="module")
+def demo_metrics():
+    """`dev --demo 6` (rpc, jito_bundle and tpu_direct plans) left running once its summary is out; yields
+    a function scraping both metrics listeners. Ctrl-C stops it at the end, as a user would."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "dev", "--ports", "auto", "--demo", "6", "--json", "--slot-ms", "50", "--data-dir", data_dir],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            endpoints = json.loads(process.stdout.readline() or "null")
+            assert endpoints, process.stderr.read()[-3000:]
+            summary = json.loads(process.stdout.readline() or "null")
+            assert summary and summary["success"] == 6, (summary, process.stderr.read()[-3000:] if not summary else "")
+            assert endpoints["metrics"] and endpoints["temporalSdkMetrics"], endpoints
+            yield lambda: _scrape(endpoints["metrics"]) + _scrape(endpoints["temporalSdkMetrics"])
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=60) == 0, process.stderr.read()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_metric_names_are_read_from_promql() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le, method) (rate(executor_execution_duration_ms_bucket{method!="x"}[$__rate_interval])))'
+        ' / on (method) group_left sum without (instance) (rate(executor_executions_total{status=~"succ.*"}[5m] offset 1h))'
+        " + max(executor_halted) * 1e3 + count(up == bool 1) and vector(1)"
+    )
+    assert metric_names(expr) == {"executor_execution_duration_ms_bucket", "executor_executions_total", "executor_halted", "up"}
+
+
+def test_the_dashboards_have_queries() -> None:
+    assert DASHBOARDS, "no dashboard in deploy/grafana/dashboards"
+    for path in DASHBOARDS:
+        queries = dashboard_queries(path)
+        assert queries, f"{path.name} has no PromQL"
+        for panel, expressions in queries.items():
+            assert all(metric_names(expr) for expr in expressions), f"{path.name}, {panel}: an expression selects no metric"
+
+
+def test_every_metric_a_dashboard_queries_is_exported_after_a_demo(demo_metrics) -> None:
+    queried = {(path.name, panel): set().union(*map(metric_names, expressions)) for path in DASHBOARDS for panel, expressions in dashboard_queries(path).items()}
+    names = set().union(*queried.values())
+    # The SDK exports a metric from its first recording on: the last workflows may still be completing.
+    deadline = time.monotonic() + 15
+    while (absent := missing(names, exposition := demo_metrics())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    report = {f"{dashboard}: {panel}": sorted(panel_names & absent) for (dashboard, panel), panel_names in queried.items() if panel_names & absent}
+    assert not absent, f"queried but not exported: {json.dumps(report, indent=1)}"
+
+    # The check can fail: a name nobody exports, and a histogram suffix on a family that is not a histogram.
+    assert missing({"executor_made_up_total", "executor_halted_bucket", "executor_stage_duration_ms_count"}, exposition) == {
+        "executor_made_up_total", "executor_halted_bucket",
+    }  # fmt: skip
+
+
+def test_every_executor_metric_has_a_panel(demo_metrics) -> None:
+    """The other way round: each of the executor's metric families is on a dashboard."""
+    queried = {name for path in DASHBOARDS for expressions in dashboard_queries(path).values() for expr in expressions for name in metric_names(expr)}
+    names, histograms = exported(demo_metrics())
+    families = {name for name in names if name.startswith("executor_") and not name.endswith("_created")}
+    families = {name for name in families if not any(name.endswith(s) and name.removesuffix(s) in histograms for s in HISTOGRAM_SUFFIXES)}
+    assert families, "no executor metric on /metrics"
+    unused = {family for family in families if not ({family} | {family + suffix for suffix in HISTOGRAM_SUFFIXES}) & queried}
+    assert not unused, f"executor metrics no panel shows: {sorted(unused)}"
