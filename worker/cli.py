@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import codec_server, control, dev
     from . import inspect as inspect_command
+    from . import results as results_command
 
     parser = argparse.ArgumentParser(prog="hft-executor", description="Durable Solana trade executor: every plan a Temporal workflow.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     command = commands.add_parser("status", help="kill switch, live workers, running executions, wallets and leases")
     command.add_argument("--json", action="store_true")
     command.set_defaults(run=control.status)
+
+    command = commands.add_parser("results", help="the executor's results from EXECUTED: the last N, --follow, one --plan; a table or --json")
+    results_command.add_arguments(command)
+    command.set_defaults(run=results_command.run)
 
     args = parser.parse_args(argv)
     code = args.run(args)
