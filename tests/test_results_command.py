@@ -1,4 +1,4 @@
-"""`hft-executor results` as an operator runs it, against the session stack."""
+"""`hft-executor results` as an operator runs it, against the session stack; and every command on a closed pipe."""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from tests.stack import ROOT
+from worker.cli import BROKEN_PIPE
 from worker.results import print_table, table_row
 
 CLI = [sys.executable, "-m", "worker.cli"]
@@ -105,6 +106,36 @@ async def test_the_planner_may_not_read_results(stack):
     refused = await _run(stack.dev.environment("planner"), "results", "--last", "1")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "NATS refused: permissions violation" in refused.stderr and _clean(refused.stderr)
+
+
+# --- a closed pipe ------------------------------------------------------------------
+
+
+async def test_a_reader_that_goes_away_ends_results_follow_quietly(stack):
+    """`hft-executor results --follow --json | head -1`: the next result finds the pipe closed."""
+    process = _start(stack.dev.environment("operator"), "results", "--follow", "--last", "1", "--json")
+    try:
+        await _line(process)
+        process.stdout.close()
+        await stack.execute(stack.plan("rpc", wallet=3))
+        assert await _exit_code(process) == BROKEN_PIPE
+        stderr = process.stderr.read().decode()
+        assert _clean(stderr) and "Broken pipe" not in stderr, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def test_every_command_on_a_closed_pipe_exits_quietly(stack):
+    """`status` (a Temporal command: it leaves through os._exit) and `results`, their stdout a pipe nobody reads."""
+    env = stack.dev.environment("operator")
+    for args in (["status"], ["results", "--last", "50", "--json"]):
+        read, write = os.pipe()
+        process = _start(env, *args, stdout=write)
+        os.close(read), os.close(write)  # the reader is gone before the command writes a byte
+        assert await _exit_code(process, 60) == BROKEN_PIPE, args
+        stderr = process.stderr.read().decode()
+        assert _clean(stderr) and "Broken pipe" not in stderr, (args, stderr)
 
 
 def test_table_rows(tmp_path):
