@@ -10,6 +10,9 @@ from localnet import command as localnet_command
 
 
 TEMPORAL_COMMANDS = {"dev", "worker", "halt", "status", "bench", "chaos"}
+#: The exit code when stdout's reader went away (`hft-executor status | head -1`): 128 + SIGPIPE, what a
+#: shell reports for a writer that a closed pipe killed (`set -o pipefail` sees it; a plain pipeline does not).
+BROKEN_PIPE = 141
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import codec_server, control, dev
     from . import inspect as inspect_command
+    from . import results as results_command
 
     parser = argparse.ArgumentParser(prog="hft-executor", description="Durable Solana trade executor: every plan a Temporal workflow.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,9 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--json", action="store_true")
     command.set_defaults(run=control.status)
 
-    args = parser.parse_args(argv)
-    code = args.run(args)
-    if args.command in TEMPORAL_COMMANDS:
+    command = commands.add_parser("results", help="the executor's results from EXECUTED: the last N, --follow, one --plan; a table or --json")
+    results_command.add_arguments(command)
+    command.set_defaults(run=results_command.run)
+
+    name = None
+    try:
+        try:
+            args = parser.parse_args(argv)
+            name = args.command
+            code = args.run(args)
+        finally:
+            sys.stdout.flush()  # here, not at exit: a closed pipe then shows as the BrokenPipeError below
+    except BrokenPipeError:
+        # The reader has gone: drop what it did not read, quietly, as the Python docs recommend (signal, "Note on
+        # SIGPIPE"): stdout onto devnull, so that the interpreter's own flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = BROKEN_PIPE
+    if name in TEMPORAL_COMMANDS:
         # The Temporal client's Rust runtime can abort the interpreter's own teardown
         # ("PyGILState_Release", seen 1 run in 4 of `status`). Everything is stopped and
         # flushed by now, so leave without it.

@@ -1,4 +1,4 @@
-"""Operator commands: `worker`, `send-plan`, `halt`, `resume`, `status`.
+"""Operator commands: `worker`, `send-plan`, `halt`, `resume`, `status` (`results` is worker/results.py).
 
 They read the same environment as the worker (NATS_URL, TEMPORAL_ADDRESS, ...); with none
 set they join a `hft-executor dev` running from this directory (.data/dev-environment.json).
@@ -37,7 +37,7 @@ DEV_ENVIRONMENT = Path(".data") / "dev-environment.json"
 
 def environment(role: str = "worker") -> dict[str, str]:
     """The process's environment; with NATS_URL unset, completed by a running `dev`'s environment for ``role``
-    (``worker``; ``planner`` for send-plan; ``operator`` for halt, resume and status: their NATS credentials)."""
+    (``worker``; ``planner`` for send-plan; ``operator`` for halt, resume, status and results: their NATS credentials)."""
     env = dict(os.environ)
     if "NATS_URL" not in env and DEV_ENVIRONMENT.exists():
         for key, value in json.loads(DEV_ENVIRONMENT.read_text()).get(role, {}).items():

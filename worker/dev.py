@@ -39,6 +39,7 @@ from .demo import DemoPool
 from .main import ExecutorWorker
 from .nats_connection import NatsAuth, connect as nats_connect
 from .nats_security import NatsSecurity, Permissions
+from .results import print_table
 from .services import LocalnetServer, NatsServer, TemporalDevServer, free_port
 
 log = logging.getLogger("hft.dev")
@@ -163,12 +164,12 @@ class DevStack:
         }
 
     def nats_auth(self, role: str) -> NatsAuth:
-        """A role's NATS credentials: ``worker``, ``planner`` (plans in) or ``operator`` (halt, resume, status)."""
+        """A role's NATS credentials: ``worker``, ``planner`` (plans in) or ``operator`` (halt, resume, status, results)."""
         return self.security.auth(role) if self.security else NatsAuth()
 
     def environment(self, role: str = "worker") -> dict[str, str]:
         """What a separate `hft-executor worker` (role ``worker``) or a CLI command (``planner`` for send-plan,
-        ``operator`` for halt, resume and status) needs to join this stack."""
+        ``operator`` for halt, resume, status and results) needs to join this stack."""
         assert self.config is not None
         shared = {
             **self.nats_auth(role).environment(),
@@ -279,17 +280,6 @@ class Progress:
     def done(self) -> None:
         if self.tty:
             self.stream.write("\n")
-
-
-def print_table(results: list[dict], out) -> None:
-    header = f"{'plan':<28} {'method':<12} {'status':<8} {'latency ms':>10} {'slot':>8}  {'signature / error'}"
-    out.write(header + "\n" + "-" * len(header) + "\n")
-    for r in results:
-        detail = r.get("signature") or ""
-        if r.get("errorCode"):
-            detail = f"{r['errorCode']}: {r.get('error', '')}"[:80]
-        out.write(f"{r['planId'][-28:]:<28} {r['executionMethod']:<12} {r['status']:<8} {r['latency']:>10.1f} {str(r.get('blockSlot') or ''):>8}  {detail}\n")
-    out.flush()
 
 
 # --- the command --------------------------------------------------------------------

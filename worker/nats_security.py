@@ -64,7 +64,9 @@ ROLES: dict[str, Permissions] = {
     ),
     # Plans in, nothing else: not the JetStream API (no KV read, no stream created), not system.>.
     "planner": Permissions(publish=("execution.planned.>",), subscribe=(inbox_prefix("planner") + ".>",)),
-    # The kill switch, and reading everything (status, halt --wait): results and stop notices live too.
+    # The kill switch, and reading everything (status, halt --wait, results): the EXECUTED stream through an
+    # ordered consumer ($JS.API.> to create it, $JS.FC.> to answer its flow control, its deliveries on its own
+    # inbox), results and stop notices live too. The planner reads none of it.
     "operator": Permissions(
         publish=("system.>", "$JS.API.>", "$JS.FC.>"),
         subscribe=(inbox_prefix("operator") + ".>", "executed.>", "metrics.executor.>"),
