@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger("hft.presence")
@@ -161,6 +161,7 @@ class WorkerTable:
 
     def __init__(self) -> None:
         self.entries: dict[str, dict] = {}
+        self.revisions: dict[str, int] = {}
         self.changed = asyncio.Event()
         self._watcher = None
         self._task: asyncio.Task | None = None
@@ -172,13 +173,25 @@ class WorkerTable:
         if kv is None:
             return table
         table._watcher = await kv.watchall()
-        # The watch starts with the current value of every key, then a None marker.
-        while (entry := await table._watcher.updates(timeout=5.0)) is not None:
-            table._take(entry)
         table._task = asyncio.create_task(table._follow())
+        # The watch's "caught up" marker is no proof that its first entries were taken: nats-py
+        # sends it when the consumer has nothing pending and the client has handled nothing yet,
+        # which is also the case while the deliveries still wait in the client's queue (seen under
+        # load: `status` listed no worker at all). So the current entries are read from the
+        # stream itself, and the watch brings what changes after; revisions keep the newer one.
+        prefix = f"$KV.{WORKERS_BUCKET}."
+        info = await js.stream_info(f"KV_{WORKERS_BUCKET}", subjects_filter=f"{prefix}>")
+        for subject in info.state.subjects or {}:
+            try:
+                table._take(await kv.get(subject.removeprefix(prefix)))
+            except KeyNotFoundError:  # deleted or purged since (KeyDeletedError is one)
+                continue
         return table
 
     def _take(self, entry: KeyValue.Entry) -> None:
+        if (entry.revision or 0) <= self.revisions.get(entry.key, 0):
+            return  # older than what the table holds (the watch's replay after the read)
+        self.revisions[entry.key] = entry.revision or 0
         if entry.operation in ("DEL", "PURGE"):
             self.entries.pop(entry.key, None)
         elif (decoded := decode(entry.value)) is not None:
