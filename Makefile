@@ -4,7 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test localnet clean
+# The tests that need no server (no Temporal, NATS or local cluster): `make check` runs them after ruff.
+CHECK_TESTS := tests/test_chaos_checker.py tests/test_keystore.py tests/test_klend.py tests/test_metrics.py \
+               tests/test_history_codec.py tests/test_cli_imports.py tests/test_image.py
+
+.PHONY: run test check localnet clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +21,10 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+check: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(CHECK_TESTS)
 
 localnet: $(BIN)/.installed
 	$(BIN)/hft-executor localnet

@@ -17,10 +17,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from workflows.execute_plan import SEARCH_ATTRIBUTES  # the names the workflow sets
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 METRICS_PORT = 9464
-from workflows.execute_plan import SEARCH_ATTRIBUTES  # the names the workflow sets
 
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
 NATS_PASSWORDS = {"worker": "NATS_WORKER_PASSWORD", "planner": "NATS_PLANNER_PASSWORD", "operator": "NATS_OPERATOR_PASSWORD"}

@@ -516,8 +516,11 @@ def _corpus(stack, reserve, table) -> list[tuple[str, dict, str, int | None]]:
     """(case, plan, rule, instruction). Demo plans on wallet 4 (5 for bundles), hostile additions
     inserted before the memo: compute budget 0-1, the swap's transfers 2-3, the addition at 4."""
     pool, thief = stack.pool, stranger()
-    rpc = lambda: stack.plan("rpc", wallet=4)
-    bundle = lambda **o: stack.plan("jito_bundle", wallet=5, **o)
+    def rpc():
+        return stack.plan("rpc", wallet=4)
+
+    def bundle(**o):
+        return stack.plan("jito_bundle", wallet=5, **o)
     wallet4 = stack.wallets[4]
     cases = [
         ("a System transfer out", with_route(rpc(), system_transfer(thief, 5 * SOL)), "sol_transfer", 4),

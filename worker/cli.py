@@ -1,13 +1,16 @@
-"""The `hft-executor` command."""
+"""The `hft-executor` command.
+
+Each command's module is imported only when that command runs: `hft-executor worker` loads
+the production process and nothing of the developer tools (localnet, bench, chaos, dev).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-
-from localnet import command as localnet_command
-
+from collections.abc import Callable
 
 TEMPORAL_COMMANDS = {"dev", "worker", "halt", "status", "bench", "chaos"}
 #: The exit code when stdout's reader went away (`hft-executor status | head -1`): 128 + SIGPIPE, what a
@@ -15,74 +18,92 @@ TEMPORAL_COMMANDS = {"dev", "worker", "halt", "status", "bench", "chaos"}
 BROKEN_PIPE = 141
 
 
+def _module(path: str) -> Callable[[argparse.ArgumentParser], None]:
+    """A command whose module defines its own `add_arguments(parser)` and `run(args)`."""
+
+    def define(parser: argparse.ArgumentParser) -> None:
+        module = importlib.import_module(path)
+        module.add_arguments(parser)
+        parser.set_defaults(run=module.run)
+
+    return define
+
+
+def _worker(parser: argparse.ArgumentParser) -> None:
+    from . import control
+
+    parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(run=control.run_worker)
+
+
+def _history_key(parser: argparse.ArgumentParser) -> None:
+    from . import control
+
+    parser.add_argument("--id", default=None, help="key id (default hk-<UTC date>)")
+    parser.set_defaults(run=control.history_key)
+
+
+def _send_plan(parser: argparse.ArgumentParser) -> None:
+    from . import control
+
+    parser.add_argument("file", metavar="FILE|-")
+    parser.set_defaults(run=control.send_plan)
+
+
+def _halt(parser: argparse.ArgumentParser) -> None:
+    from . import control
+
+    parser.add_argument("--plan", help="halt only this plan id (signals its workflow)")
+    parser.add_argument("--reason", default="halted by operator")
+    parser.add_argument("--by", help="who halts, carried in the message and logged by every worker (default user@host)")
+    parser.add_argument("--wait", action="store_true", help=f"wait until every live worker acknowledged; exit {control.NOT_ACKNOWLEDGED} if one did not, {control.SUPERSEDED} if a resume came after")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds --wait waits at most (default 10)")
+    parser.add_argument("--json", action="store_true", help="one JSON line")
+    parser.set_defaults(run=control.halt)
+
+
+def _resume(parser: argparse.ArgumentParser) -> None:
+    from . import control
+
+    parser.add_argument("--by", help="who resumes (default user@host)")
+    parser.add_argument("--json", action="store_true", help="one JSON line")
+    parser.set_defaults(run=control.resume)
+
+
+def _status(parser: argparse.ArgumentParser) -> None:
+    from . import control
+
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(run=control.status)
+
+
+#: name: (help, how to define its arguments and what runs it)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "dev": ("everything embedded: Temporal, NATS, local Solana cluster, worker (+ --demo N)", _module("worker.dev")),
+    "worker": ("the production process: Temporal worker + PLANNED bridge + kill switch + metrics", _worker),
+    "bench": ("plan-to-wire latency, throughput and the durability tax (embedded stack)", _module("bench.command")),
+    "chaos": ("fault campaign: kills, outages, cluster faults and a halt; checks exactly-once from outside", _module("chaos.command")),
+    "localnet": ("run the local Solana cluster (JSON-RPC, Jito block engine, TPU over QUIC)", _module("localnet.command")),
+    "codec-server": ("Temporal's remote codec endpoint (/decode, /encode): the UI and CLI read the encrypted history", _module("worker.codec_server")),
+    "history-key": ("print a new random history key line, id:base64 (for HISTORY_KEYS or HISTORY_KEYS_FILE)", _history_key),
+    "send-plan": ("publish execution plans (a JSON file, array or JSON lines; - for stdin)", _send_plan),
+    "inspect-plan": ("the transaction a plan would become (decoded), without signing or sending", _module("worker.inspect")),
+    "halt": ("kill switch on: no plan submits until `resume` (or halt one plan)", _halt),
+    "resume": ("kill switch off", _resume),
+    "status": ("kill switch, live workers, running executions, wallets and leases", _status),
+    "results": ("the executor's results from EXECUTED: the last N, --follow, one --plan; a table or --json", _module("worker.results")),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    from bench import command as bench_command
-    from chaos import command as chaos_command
-
-    from . import codec_server, control, dev
-    from . import inspect as inspect_command
-    from . import results as results_command
-
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="hft-executor", description="Durable Solana trade executor: every plan a Temporal workflow.")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    command = commands.add_parser("dev", help="everything embedded: Temporal, NATS, local Solana cluster, worker (+ --demo N)")
-    dev.add_arguments(command)
-    command.set_defaults(run=dev.run)
-
-    command = commands.add_parser("worker", help="the production process: Temporal worker + PLANNED bridge + kill switch + metrics")
-    command.add_argument("--log-level", default="INFO")
-    command.set_defaults(run=control.run_worker)
-
-    command = commands.add_parser("bench", help="plan-to-wire latency, throughput and the durability tax (embedded stack)")
-    bench_command.add_arguments(command)
-    command.set_defaults(run=bench_command.run)
-
-    command = commands.add_parser("chaos", help="fault campaign: kills, outages, cluster faults and a halt; checks exactly-once from outside")
-    chaos_command.add_arguments(command)
-    command.set_defaults(run=chaos_command.run)
-
-    command = commands.add_parser("localnet", help="run the local Solana cluster (JSON-RPC, Jito block engine, TPU over QUIC)")
-    localnet_command.add_arguments(command)
-    command.set_defaults(run=localnet_command.run)
-
-    command = commands.add_parser("codec-server", help="Temporal's remote codec endpoint (/decode, /encode): the UI and CLI read the encrypted history")
-    codec_server.add_arguments(command)
-    command.set_defaults(run=codec_server.run)
-
-    command = commands.add_parser("history-key", help="print a new random history key line, id:base64 (for HISTORY_KEYS or HISTORY_KEYS_FILE)")
-    command.add_argument("--id", default=None, help="key id (default hk-<UTC date>)")
-    command.set_defaults(run=control.history_key)
-
-    command = commands.add_parser("send-plan", help="publish execution plans (a JSON file, array or JSON lines; - for stdin)")
-    command.add_argument("file", metavar="FILE|-")
-    command.set_defaults(run=control.send_plan)
-
-    command = commands.add_parser("inspect-plan", help="the transaction a plan would become (decoded), without signing or sending")
-    inspect_command.add_arguments(command)
-    command.set_defaults(run=inspect_command.run)
-
-    command = commands.add_parser("halt", help="kill switch on: no plan submits until `resume` (or halt one plan)")
-    command.add_argument("--plan", help="halt only this plan id (signals its workflow)")
-    command.add_argument("--reason", default="halted by operator")
-    command.add_argument("--by", help="who halts, carried in the message and logged by every worker (default user@host)")
-    command.add_argument("--wait", action="store_true", help=f"wait until every live worker acknowledged; exit {control.NOT_ACKNOWLEDGED} if one did not, {control.SUPERSEDED} if a resume came after")
-    command.add_argument("--timeout", type=float, default=10.0, help="seconds --wait waits at most (default 10)")
-    command.add_argument("--json", action="store_true", help="one JSON line")
-    command.set_defaults(run=control.halt)
-
-    command = commands.add_parser("resume", help="kill switch off")
-    command.add_argument("--by", help="who resumes (default user@host)")
-    command.add_argument("--json", action="store_true", help="one JSON line")
-    command.set_defaults(run=control.resume)
-
-    command = commands.add_parser("status", help="kill switch, live workers, running executions, wallets and leases")
-    command.add_argument("--json", action="store_true")
-    command.set_defaults(run=control.status)
-
-    command = commands.add_parser("results", help="the executor's results from EXECUTED: the last N, --follow, one --plan; a table or --json")
-    results_command.add_arguments(command)
-    command.set_defaults(run=results_command.run)
+    for command_name, (help_text, define) in COMMANDS.items():
+        command = commands.add_parser(command_name, help=help_text)
+        if command_name == chosen:
+            define(command)
 
     name = None
     try:

@@ -21,8 +21,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.keystore import KeyStore
 from activities.wallets import WalletPool
 
-WALLET_BUCKET = "wallet_leases"
-
 from . import event_loop, logs
 from .bridge import workflow_id
 from .config import ExecutorConfig
@@ -32,6 +30,7 @@ from .nats_connection import connect as nats_connect, redact_url
 from .presence import SILENCE_S, WorkerTable
 from .streams import ensure_streams
 
+WALLET_BUCKET = "wallet_leases"
 DEV_ENVIRONMENT = Path(".data") / "dev-environment.json"
 
 
