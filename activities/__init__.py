@@ -1,0 +1,9 @@
+"""What the workflow's steps do, and the Solana side they stand on.
+
+`execution` defines the activities (execute, resolve_record, confirm, settle, release_wallet,
+publish); `dispatch` owns a plan's hot path (lease, build, policy, sign, record, the send gate,
+the send). Beside them: the Solana clients (`rpc`, `jito`, `tpu`, `chain`), the transaction
+builder (`build`, `fees`, `klend`), the plan policy, the key store, the wallet pool, the plan
+records and the result publisher. Splitting the clients into a package of their own is open
+(issue 15). See docs/architecture.md sections 2 and 9-13.
+"""
