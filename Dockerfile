@@ -20,6 +20,7 @@ COPY activities/ activities/
 COPY worker/ worker/
 COPY bench/ bench/
 COPY chaos/ chaos/
+COPY venue/ venue/
 
 # Runtime dependencies only (no [dev] extra); the source tree is not needed once installed.
 RUN pip install . && rm -rf /app/*

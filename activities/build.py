@@ -23,6 +23,7 @@ from solders.address_lookup_table_account import AddressLookupTableAccount
 from solders.token.associated import get_associated_token_address
 
 from workflows.events import PLACEHOLDER_WALLET, PLACEHOLDER_WALLET_ATA, ErrorCode, ExecutionMethod, ExecutionPlanEvent, FlashLoan
+from venue import LAMPORTS_PER_SOL, MAX_COMPUTE_UNITS, PACKET_DATA_SIZE
 from workflows.stages import BuiltTransaction
 
 from .chain import BlockhashCache, LookupTableCache, LookupTableMissing
@@ -31,13 +32,10 @@ from .errors import fail
 from .fees import PriorityFeeEstimator
 from .klend import ReserveCache
 
-PACKET_DATA_SIZE = 1232
-LAMPORTS_PER_SOL = 1_000_000_000
 TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
 MIN_JITO_TIP = 1000  # lamports (Jito's minimum)
 
 
-MAX_COMPUTE_UNITS = 1_400_000
 FLASH_LOAN_COMPUTE_UNITS = 600_000  # the seed's budget for flash-loan plans without a gasEstimate
 ATA_PROGRAM = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
 SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")

@@ -33,6 +33,8 @@ import aiohttp
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
+from venue import PACKET_DATA_SIZE
+
 log = logging.getLogger(__name__)
 
 # The 8 mainnet tip accounts (getTipAccounts on mainnet; docs/architecture.md section 8): the fallback.
@@ -48,7 +50,6 @@ STATIC_TIP_ACCOUNTS: tuple[str, ...] = (
 )
 MAX_BUNDLE_TRANSACTIONS = 5  # jito-solana bundle/src/lib.rs MAX_PACKETS_PER_BUNDLE
 MAX_STATUS_IDS = 5  # getBundleStatuses / getInflightBundleStatuses take at most 5 ids
-PACKET_DATA_SIZE = 1232  # a serialized transaction's size limit
 RATE_LIMITED_CODE = -32097  # Jito's JSON-RPC code in its 429 body
 
 PATH_BUNDLES = "/api/v1/bundles"

@@ -49,6 +49,16 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
+from venue import (
+    COMPUTE_BUDGET_PROGRAM_ID,
+    DEFAULT_INSTRUCTION_COMPUTE_UNITS,
+    LAMPORTS_PER_SIGNATURE,
+    LAMPORTS_PER_SOL,
+    MAX_COMPUTE_UNITS,
+    SET_COMPUTE_UNIT_LIMIT,
+    SET_COMPUTE_UNIT_PRICE,
+    parse_compute_budget,
+)
 from workflows.events import ErrorCode, ExecutionPlanEvent
 from workflows.stages import BuiltTransaction
 
@@ -59,13 +69,9 @@ from .jito import STATIC_TIP_ACCOUNTS
 
 log = logging.getLogger("hft.policy")
 
-LAMPORTS_PER_SOL = 1_000_000_000
-LAMPORTS_PER_SIGNATURE = 5_000
-MAX_COMPUTE_UNITS = 1_400_000
-DEFAULT_UNITS_PER_INSTRUCTION = 200_000  # the runtime's limit per instruction when no SetComputeUnitLimit is given
 
 SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
-COMPUTE_BUDGET_PROGRAM = Pubkey.from_string("ComputeBudget111111111111111111111111111111")
+COMPUTE_BUDGET_PROGRAM = Pubkey.from_string(COMPUTE_BUDGET_PROGRAM_ID)
 TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
 TOKEN_2022_PROGRAM = Pubkey.from_string("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb")
 ATA_PROGRAM = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
@@ -143,8 +149,6 @@ TOKEN_2022_PLAIN = frozenset({25, 29, 30, 34})
 TRANSFER_CHECKED_WITH_FEE = 1  # TransferFeeExtension sub-instruction, transfer_fee/instruction.rs
 # Address Lookup Table program (bincode u32 tag), solana address-lookup-table-interface instruction.rs
 LOOKUP_TABLE_INSTRUCTIONS = {0: "CreateLookupTable", 1: "FreezeLookupTable", 2: "ExtendLookupTable", 3: "DeactivateLookupTable", 4: "CloseLookupTable"}
-COMPUTE_BUDGET_INSTRUCTIONS = {1: "RequestHeapFrame", 2: "SetComputeUnitLimit", 3: "SetComputeUnitPrice", 4: "SetLoadedAccountsDataSizeLimit"}
-COMPUTE_BUDGET_DATA_LENGTH = {1: 5, 2: 5, 3: 9, 4: 5}
 
 # Rules, as named in violation messages and docs/operations.md.
 RULES = (
@@ -597,22 +601,22 @@ class _MessageCheck:
     # --- compute budget, fees, caps ----------------------------------------------------------------
 
     def compute_budget(self, index: int, program: Pubkey, accounts: bytes, data: bytes) -> None:
-        tag = data[0] if data else None
-        name = COMPUTE_BUDGET_INSTRUCTIONS.get(tag)
-        if name is None or len(data) != COMPUTE_BUDGET_DATA_LENGTH[tag]:
+        parsed = parse_compute_budget(data)
+        if parsed is None or not parsed.exact:
+            tag = data[0] if data else None
             raise PolicyViolation("compute_budget", index, f"compute budget instruction {tag} with {len(data)} bytes is not valid")
-        if tag in self.budget_seen:
-            raise PolicyViolation("compute_budget", index, f"a second {name}")
-        self.budget_seen.add(tag)
-        if tag == 2:
-            self.spend.compute_unit_limit, self.limit_index = _u32(data, 1), index
-        elif tag == 3:
-            self.spend.compute_unit_price, self.price_index = _u64(data, 1), index
+        if parsed.tag in self.budget_seen:
+            raise PolicyViolation("compute_budget", index, f"a second {parsed.name}")
+        self.budget_seen.add(parsed.tag)
+        if parsed.tag == SET_COMPUTE_UNIT_LIMIT:
+            self.spend.compute_unit_limit, self.limit_index = parsed.value, index
+        elif parsed.tag == SET_COMPUTE_UNIT_PRICE:
+            self.spend.compute_unit_price, self.price_index = parsed.value, index
 
     def caps(self, signatures: int) -> Spend:
         settings, spend = self.settings, self.spend
         if self.limit_index is None:
-            spend.compute_unit_limit = min(MAX_COMPUTE_UNITS, DEFAULT_UNITS_PER_INSTRUCTION * self.instructions)
+            spend.compute_unit_limit = min(MAX_COMPUTE_UNITS, DEFAULT_INSTRUCTION_COMPUTE_UNITS * self.instructions)
         limit = min(spend.compute_unit_limit, MAX_COMPUTE_UNITS)
         spend.base_fee = LAMPORTS_PER_SIGNATURE * signatures
         spend.priority_fee = -(-limit * spend.compute_unit_price // 1_000_000)  # rounded up, as the runtime charges

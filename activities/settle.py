@@ -9,6 +9,7 @@ token balances for the wallet (lamports for native SOL).
 """
 from __future__ import annotations
 
+from venue import LAMPORTS_PER_SOL
 from workflows.events import ErrorCode
 from workflows.stages import Settlement, SettleRequest
 
@@ -16,7 +17,6 @@ from .errors import fail
 from .rpc import SolanaRpc
 
 NATIVE_MINT = "So11111111111111111111111111111111111111112"
-LAMPORTS_PER_SOL = 1_000_000_000
 
 
 def token_delta(meta: dict, account_keys: list[str], wallet: str, mint: str) -> int:

@@ -51,6 +51,8 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from solders.keypair import Keypair
 
+from venue import PACKET_DATA_SIZE
+
 from .rpc import RpcRateLimited, RpcRefused, RpcUnavailable, SolanaRpc
 
 __all__ = [
@@ -72,10 +74,9 @@ Address = tuple[str, int]
 # ALPN_TPU_PROTOCOL_ID = b"solana-tpu", agave streamer/src/nonblocking/quic.rs.
 ALPN_TPU_PROTOCOL_ID = "solana-tpu"
 
-# PACKET_DATA_SIZE (solana-packet): the largest serialized transaction. The server closes
-# the *whole connection* (code 5 "invalid_stream") on a bigger or an empty stream
-# (handle_chunks, streamer/src/nonblocking/quic.rs), so both are refused before sending.
-PACKET_DATA_SIZE = 1232
+# PACKET_DATA_SIZE (venue.protocol): the server closes the *whole connection* (code 5
+# "invalid_stream") on a bigger or an empty stream (handle_chunks,
+# streamer/src/nonblocking/quic.rs), so both are refused before sending.
 
 # DEFAULT_MAX_CONNECTION_HANDSHAKE_TIMEOUT = 2 s, agave tpu-client-next/src/connection_worker.rs
 # (the server's own QUIC_CONNECTION_HANDSHAKE_TIMEOUT is also 2 s, nonblocking/quic.rs).

@@ -36,9 +36,10 @@ from nats.js.kv import KeyValue
 from solana.rpc.async_api import AsyncClient
 from solders.pubkey import Pubkey
 
+from venue import LAMPORTS_PER_SOL
+
 log = logging.getLogger("hft.wallets")
 
-LAMPORTS_PER_SOL = 1_000_000_000
 KEY_PREFIX = "wallet."
 MAX_CAS_ATTEMPTS = 64  # each conflict means another writer made progress; past this something is wrong
 ACCOUNTS_PER_REQUEST = 100  # getMultipleAccounts limit

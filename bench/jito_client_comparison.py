@@ -49,10 +49,10 @@ from solders.transaction import VersionedTransaction
 
 from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient, bundle_id
 from localnet.cluster import ClusterConfig, ClusterThread, LocalCluster
+from venue import LAMPORTS_PER_SOL
 
 log = logging.getLogger("bench.jito_client_comparison")
 
-LAMPORTS_PER_SOL = 1_000_000_000
 TIP_PUBKEYS = [Pubkey.from_string(a) for a in STATIC_TIP_ACCOUNTS]
 BASELINE = "jitoClient"
 # name -> (PyPI package, module): the order of the JSON and of the first round's turns.

@@ -10,11 +10,12 @@ import sys
 
 from solders.pubkey import Pubkey
 
+from venue import LAMPORTS_PER_SOL
+
 from .cluster import DEFAULT_PORTS, ClusterConfig, LocalCluster
 from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
 
-LAMPORTS_PER_SOL = 1_000_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,12 +16,13 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
+from venue import PACKET_DATA_SIZE
+
 from .faults import FaultPlan, Verdict
 from .ledger import Ledger, Submission, error_json
 
 log = logging.getLogger("localnet.intake")
 
-PACKET_DATA_SIZE = 1232  # solana_sdk::packet::PACKET_DATA_SIZE
 MAX_BUNDLE_TRANSACTIONS = 5  # jito-solana bundle/src/lib.rs MAX_PACKETS_PER_BUNDLE
 MAX_WIRE_RECORDS = 200_000
 

@@ -36,6 +36,8 @@ from solders.transaction_status import (
     TransactionStatus,
 )
 
+from venue import COMPUTE_BUDGET_PROGRAM_ID, SET_COMPUTE_UNIT_PRICE, parse_compute_budget
+
 log = logging.getLogger("localnet.ledger")
 
 # A blockhash is valid for 150 blocks after the one that produced it (agave
@@ -576,7 +578,7 @@ def writable_keys(tx: VersionedTransaction, load_table) -> list[Pubkey]:
     return writable
 
 
-COMPUTE_BUDGET_PROGRAM = Pubkey.from_string("ComputeBudget111111111111111111111111111111")
+COMPUTE_BUDGET_PROGRAM = Pubkey.from_string(COMPUTE_BUDGET_PROGRAM_ID)
 
 
 def compute_unit_price(tx: VersionedTransaction) -> int:
@@ -585,7 +587,7 @@ def compute_unit_price(tx: VersionedTransaction) -> int:
     keys = list(message.account_keys)
     for ix in message.instructions:
         if keys[ix.program_id_index] == COMPUTE_BUDGET_PROGRAM:
-            data = bytes(ix.data)
-            if len(data) == 9 and data[0] == 3:
-                return int.from_bytes(data[1:9], "little")
+            parsed = parse_compute_budget(bytes(ix.data))
+            if parsed is not None and parsed.exact and parsed.tag == SET_COMPUTE_UNIT_PRICE:
+                return parsed.value
     return 0

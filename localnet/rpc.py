@@ -19,7 +19,18 @@ from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 from solders.transaction_status import InstructionErrorCustom, TransactionErrorFieldless, TransactionErrorInstructionError
 
-from .intake import PACKET_DATA_SIZE, IntakeRefused, decode_transaction
+from venue import (
+    COMPUTE_BUDGET_PROGRAM_ID,
+    DEFAULT_INSTRUCTION_COMPUTE_UNITS,
+    LAMPORTS_PER_SIGNATURE,
+    MAX_COMPUTE_UNITS,
+    PACKET_DATA_SIZE,
+    SET_COMPUTE_UNIT_LIMIT,
+    SET_COMPUTE_UNIT_PRICE,
+    parse_compute_budget,
+)
+
+from .intake import IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, HttpStatus, JsonRpcApp, RpcError, config, param
 from .ledger import TOKEN_ACCOUNT_LEN, TOKEN_PROGRAMS, Commitment, error_json, ui_amount_string
 from .reads import RPC_READ_METHODS, read_fault_gate
@@ -35,9 +46,6 @@ UNSUPPORTED_TRANSACTION_VERSION = -32015
 MAX_SIGNATURE_STATUSES = 256  # agave MAX_GET_SIGNATURE_STATUSES_QUERY_ITEMS
 MAX_MULTIPLE_ACCOUNTS = 100  # agave MAX_MULTIPLE_ACCOUNTS
 MAX_SLOT_LEADERS = 5000  # agave MAX_GET_SLOT_LEADERS
-LAMPORTS_PER_SIGNATURE = 5000
-DEFAULT_INSTRUCTION_COMPUTE_UNITS = 200_000
-MAX_COMPUTE_UNITS = 1_400_000
 SLOTS_PER_EPOCH = 432_000
 SOLANA_CORE_VERSION = "2.2.20"
 FEATURE_SET = 3294202862
@@ -107,12 +115,12 @@ def fee_for_message(message) -> int:
     keys = list(message.account_keys)
     price, limit, other = 0, None, 0
     for ix in message.instructions:
-        data = bytes(ix.data)
-        if str(keys[ix.program_id_index]) == "ComputeBudget111111111111111111111111111111":
-            if data[:1] == b"\x02" and len(data) >= 5:
-                limit = int.from_bytes(data[1:5], "little")
-            elif data[:1] == b"\x03" and len(data) >= 9:
-                price = int.from_bytes(data[1:9], "little")
+        if str(keys[ix.program_id_index]) == COMPUTE_BUDGET_PROGRAM_ID:
+            parsed = parse_compute_budget(bytes(ix.data))  # trailing bytes ignored, as the runtime's borsh does
+            if parsed is not None and parsed.tag == SET_COMPUTE_UNIT_LIMIT:
+                limit = parsed.value
+            elif parsed is not None and parsed.tag == SET_COMPUTE_UNIT_PRICE:
+                price = parsed.value
         else:
             other += 1
     if limit is None:

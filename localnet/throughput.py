@@ -24,7 +24,8 @@ from solders.message import MessageV0
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
-LAMPORTS_PER_SOL = 1_000_000_000
+from venue import LAMPORTS_PER_SOL
+
 
 
 def start_cluster(payers: list[Keypair], slot_ms: float) -> tuple[subprocess.Popen, dict]:

@@ -60,6 +60,8 @@ from cryptography.x509.oid import NameOID
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from venue import PACKET_DATA_SIZE
+
 __all__ = ["TpuQuicServer", "make_ed25519_certificate"]
 
 logger = logging.getLogger("localnet.tpu")
@@ -67,10 +69,9 @@ logger = logging.getLogger("localnet.tpu")
 # ALPN_TPU_PROTOCOL_ID, streamer/src/nonblocking/quic.rs.
 ALPN_TPU_PROTOCOL_ID = "solana-tpu"
 
-# solana-packet PACKET_DATA_SIZE: the largest serialized transaction. Agave sets it as the
-# per-stream receive window (configure_server, streamer/src/quic.rs) and rejects a stream
-# whose accumulated size exceeds it (handle_chunks, streamer/src/nonblocking/quic.rs).
-PACKET_DATA_SIZE = 1232
+# PACKET_DATA_SIZE (venue.protocol): Agave sets it as the per-stream receive window
+# (configure_server, streamer/src/quic.rs) and rejects a stream whose accumulated size
+# exceeds it (handle_chunks, streamer/src/nonblocking/quic.rs).
 
 # QUIC_MAX_UNSTAKED_CONCURRENT_STREAMS, solana-quic-definitions: uni streams an unstaked
 # peer may have open at once.

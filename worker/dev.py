@@ -28,6 +28,7 @@ from nats.js.api import DeliverPolicy
 from solders.keypair import Keypair
 
 from activities.keystore import KeyStore
+from venue import LAMPORTS_PER_SOL
 from workflows.codec import HistoryKeys, ensure_key_file
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 
@@ -43,7 +44,6 @@ from .results import print_table
 from .services import LocalnetServer, NatsServer, TemporalDevServer, free_port
 
 log = logging.getLogger("hft.dev")
-LAMPORTS_PER_SOL = 1_000_000_000
 DEV_DYNAMIC_CONFIG = {
     # The default 20 caps each task-queue hand-off near 50 ms (docs/architecture.md section 8).
     "history.transferProcessorMaxPollRPS": 10000,

@@ -23,21 +23,28 @@ from solders.pubkey import Pubkey
 from temporalio.exceptions import ApplicationError
 
 from activities import klend
-from activities.build import PACKET_DATA_SIZE, compile_message, transaction_size
+from activities.build import compile_message, transaction_size
 from activities.chain import BlockhashCache
 from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient
 from activities.keystore import KeyStore
 from activities.policy import PlanPolicy, PolicySettings, PolicyViolation
 from activities.rpc import SolanaRpc
 
+from venue import (
+    COMPUTE_BUDGET_PROGRAM_ID,
+    LAMPORTS_PER_SIGNATURE,
+    PACKET_DATA_SIZE,
+    SET_COMPUTE_UNIT_LIMIT,
+    SET_COMPUTE_UNIT_PRICE,
+    parse_compute_budget,
+)
 from workflows.events import InvalidPlan, parse_plan
 from .config import ExecutorConfig
 from .control import environment
 from .main import transaction_builder
 
-LAMPORTS_PER_SIGNATURE = 5_000
 PROGRAMS = {
-    "ComputeBudget111111111111111111111111111111": "compute budget",
+    COMPUTE_BUDGET_PROGRAM_ID: "compute budget",
     "11111111111111111111111111111111": "system",
     "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA": "spl token",
     "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb": "spl token-2022",
@@ -52,11 +59,12 @@ TOKEN_INSTRUCTIONS = {3: "transfer", 7: "mint_to", 8: "burn", 9: "close_account"
 def decode(ix: Instruction) -> dict:
     """A name and the arguments an operator checks, for the programs a plan usually uses."""
     program, data = str(ix.program_id), bytes(ix.data)
-    if program == "ComputeBudget111111111111111111111111111111" and data:
-        if data[0] == 2:
-            return {"name": "set_compute_unit_limit", "units": int.from_bytes(data[1:5], "little")}
-        if data[0] == 3:
-            return {"name": "set_compute_unit_price", "microLamports": int.from_bytes(data[1:9], "little")}
+    if program == COMPUTE_BUDGET_PROGRAM_ID:
+        budget = parse_compute_budget(data)
+        if budget is not None and budget.tag == SET_COMPUTE_UNIT_LIMIT:
+            return {"name": "set_compute_unit_limit", "units": budget.value}
+        if budget is not None and budget.tag == SET_COMPUTE_UNIT_PRICE:
+            return {"name": "set_compute_unit_price", "microLamports": budget.value}
     if program == "11111111111111111111111111111111" and len(data) >= 12 and int.from_bytes(data[:4], "little") == 2:
         lamports = int.from_bytes(data[4:12], "little")
         to = str(ix.accounts[1].pubkey) if len(ix.accounts) > 1 else None

@@ -16,7 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.alias_generators import to_camel
 from solders.pubkey import Pubkey
 
-MAX_COMPUTE_UNITS = 1_400_000
+from venue import MAX_COMPUTE_UNITS
+
 MAX_BUNDLE_TRANSACTIONS = 5
 U64_MAX = 2**64 - 1
 PLACEHOLDER_WALLET = "$WALLET"
