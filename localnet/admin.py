@@ -6,19 +6,16 @@ the cluster's own view, with first-seen times on this machine's wall clock (ns).
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from solders.account import Account
 from solders.pubkey import Pubkey
 
 from .fixtures import create_swap_pool
-
-if TYPE_CHECKING:
-    from .cluster import LocalCluster
+from .view import ClusterView
 
 
-def build_admin(cluster: "LocalCluster") -> web.Application:
+def build_admin(cluster: ClusterView) -> web.Application:
     ledger = cluster.ledger
     routes = web.RouteTableDef()
 

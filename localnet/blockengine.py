@@ -11,7 +11,6 @@ import base64
 import time
 from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import base58
 from aiohttp import web
@@ -23,9 +22,7 @@ from .intake import MAX_BUNDLE_TRANSACTIONS, IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, RESPONSE_HEADERS, HttpStatus, JsonRpcApp, RpcError, param
 from .ledger import Commitment, writable_keys
 from .reads import BLOCK_ENGINE_READ_METHODS, read_fault_gate
-
-if TYPE_CHECKING:
-    from .cluster import LocalCluster
+from .view import ClusterView
 
 # The 8 mainnet tip accounts (getTipAccounts on mainnet; docs/architecture.md section 8).
 TIP_ACCOUNTS = [
@@ -74,7 +71,7 @@ class RateLimiter:
         return True
 
 
-def build_block_engine(cluster: "LocalCluster", requests_per_second: float | None = None) -> JsonRpcApp:
+def build_block_engine(cluster: ClusterView, requests_per_second: float | None = None) -> JsonRpcApp:
     limiter = RateLimiter(requests_per_second)
     admit_reads = read_fault_gate("block-engine", cluster.faults, cluster.intake.counters, BLOCK_ENGINE_READ_METHODS, RATE_LIMITED_BODY)
 

@@ -11,7 +11,6 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 
 from aiohttp import web
 from solders.account import Account
@@ -24,41 +23,19 @@ from solders.transaction import VersionedTransaction
 
 from .admin import build_admin
 from .blockengine import TIP_PUBKEYS, build_block_engine
-from .faults import FaultPlan, Verdict
+from .faults import Verdict
 from .intake import Intake, IntakeRefused, decode_transaction
 from .jsonrpc import JsonRpcApp
-from .ledger import STATUS_CACHE_SLOTS, SYSTEM_PROGRAM, Ledger
+from .ledger import SYSTEM_PROGRAM, Ledger
 from .pubsub import PubSub
 from .rpc import LEADER_SLOTS, SOLANA_CORE_VERSION, FEATURE_SET, build_rpc
 from .tpu import TpuQuicServer
+from .view import ClusterConfig, ClusterView
 
 log = logging.getLogger("localnet.cluster")
 
-DEFAULT_PORTS = {"rpc": 8899, "ws": 8900, "block_engine": 8910, "admin": 8911, "tpu": 8009}
 FAUCET_LAMPORTS = 10**17  # 100 million SOL
 SHRED_VERSION = 4242
-
-
-@dataclass
-class ClusterConfig:
-    host: str = "127.0.0.1"
-    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
-    slot_ms: float = 400.0
-    validators: int = 1
-    faults: FaultPlan = field(default_factory=FaultPlan)
-    confirmed_depth: int = 1
-    finalized_depth: int = 32
-    # Rooted slots whose statuses getSignatureStatuses answers without searchTransactionHistory.
-    status_cache_slots: int = STATUS_CACHE_SLOTS
-    jito_requests_per_second: float | None = None
-    # The block a leader can fill in one slot: work left over waits for the next slot.
-    block_budget_share: float = 0.8
-    # agave's limit for one IP; tests that open many short connections raise it.
-    tpu_new_connections_per_minute: int = 8
-
-    @classmethod
-    def auto_ports(cls, **kwargs) -> "ClusterConfig":
-        return cls(ports={name: 0 for name in DEFAULT_PORTS}, **kwargs)
 
 
 class Validator:
@@ -71,7 +48,7 @@ class Validator:
         self.tpu_open = False
         self.tpu_port = 0
 
-    def contact_info(self, cluster: "LocalCluster") -> dict:
+    def contact_info(self, cluster: ClusterView) -> dict:
         """getClusterNodes' entry. The port stays listed while closed: a client must cope with a dead leader."""
         host = cluster.config.host
         return {

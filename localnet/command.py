@@ -12,9 +12,10 @@ from solders.pubkey import Pubkey
 
 from venue import LAMPORTS_PER_SOL
 
-from .cluster import DEFAULT_PORTS, ClusterConfig, LocalCluster
+from .cluster import ClusterConfig, LocalCluster
 from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
+from .view import DEFAULT_PORTS
 
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import base58
 from solders.hash import Hash
@@ -34,9 +34,7 @@ from .intake import IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, HttpStatus, JsonRpcApp, RpcError, config, param
 from .ledger import TOKEN_ACCOUNT_LEN, TOKEN_PROGRAMS, Commitment, error_json, ui_amount_string
 from .reads import RPC_READ_METHODS, read_fault_gate
-
-if TYPE_CHECKING:
-    from .cluster import LocalCluster
+from .view import ClusterView
 
 # agave rpc-client-api/src/custom_error.rs
 SEND_TRANSACTION_PREFLIGHT_FAILURE = -32002
@@ -128,7 +126,7 @@ def fee_for_message(message) -> int:
     return message.header.num_required_signatures * LAMPORTS_PER_SIGNATURE + math.ceil(price * limit / 1_000_000)
 
 
-def build_rpc(cluster: "LocalCluster") -> JsonRpcApp:
+def build_rpc(cluster: ClusterView) -> JsonRpcApp:
     app = JsonRpcApp("rpc", read_fault_gate("rpc", cluster.faults, cluster.intake.counters, RPC_READ_METHODS, RATE_LIMITED_BODY))
     ledger = cluster.ledger
 

@@ -1,0 +1,79 @@
+"""The cluster as the servers it runs see it: its configuration and what they read and call on it.
+
+`cluster` builds the RPC, admin and block-engine apps and hands itself to them; they type that
+argument as `ClusterView`, declared here, so imports run one way (cluster -> servers -> view) and
+no server imports the cluster. `LocalCluster` satisfies the protocol structurally.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+
+from .faults import FaultPlan
+from .intake import Intake
+from .ledger import STATUS_CACHE_SLOTS, Ledger
+from .tpu import TpuQuicServer
+
+DEFAULT_PORTS = {"rpc": 8899, "ws": 8900, "block_engine": 8910, "admin": 8911, "tpu": 8009}
+
+
+@dataclass
+class ClusterConfig:
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    slot_ms: float = 400.0
+    validators: int = 1
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    confirmed_depth: int = 1
+    finalized_depth: int = 32
+    # Rooted slots whose statuses getSignatureStatuses answers without searchTransactionHistory.
+    status_cache_slots: int = STATUS_CACHE_SLOTS
+    jito_requests_per_second: float | None = None
+    # The block a leader can fill in one slot: work left over waits for the next slot.
+    block_budget_share: float = 0.8
+    # agave's limit for one IP; tests that open many short connections raise it.
+    tpu_new_connections_per_minute: int = 8
+
+    @classmethod
+    def auto_ports(cls, **kwargs) -> "ClusterConfig":
+        return cls(ports={name: 0 for name in DEFAULT_PORTS}, **kwargs)
+
+
+class ValidatorView(Protocol):
+    """One leader as the servers see it (cluster.Validator)."""
+
+    index: int
+    identity: Keypair
+    tpu: TpuQuicServer
+    tpu_open: bool
+    tpu_port: int
+
+    def contact_info(self, cluster: "ClusterView") -> dict: ...
+
+
+class ClusterView(Protocol):
+    """What build_rpc, build_admin and build_block_engine use of the cluster (cluster.LocalCluster)."""
+
+    config: ClusterConfig
+    ledger: Ledger
+    intake: Intake
+    faults: FaultPlan
+    ports: dict[str, int]
+
+    @property
+    def validators(self) -> Sequence[ValidatorView]: ...
+
+    def leader_for(self, slot: int) -> Pubkey: ...
+
+    def airdrop(self, to: Pubkey, lamports: int) -> Signature: ...
+
+    def fund(self, to: Pubkey, lamports: int) -> None: ...
+
+    async def open_tpu(self, index: int, port: int = 0) -> None: ...
+
+    async def close_tpu(self, index: int) -> None: ...
