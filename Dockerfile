@@ -18,6 +18,7 @@ COPY localnet/ localnet/
 COPY workflows/ workflows/
 COPY activities/ activities/
 COPY worker/ worker/
+COPY devtools/ devtools/
 COPY bench/ bench/
 COPY chaos/ chaos/
 COPY venue/ venue/

@@ -34,7 +34,7 @@ from solders.keypair import Keypair
 from activities.dispatch import Dispatch
 from activities.policy import PolicySettings
 from worker import event_loop, logs
-from worker.dev import DevStack, admin_post
+from devtools.dev import DevStack, admin_post
 from worker.main import ExecutorWorker
 from worker.nats_connection import connect as nats_connect
 from worker.nats_security import ROLES, Permissions, inbox_prefix

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from worker.nats_connection import connect
 from worker.nats_security import NatsSecurity
-from worker.services import NatsServer
+from devtools.services import NatsServer
 
 
 def _cpu_s() -> float:

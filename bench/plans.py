@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import time
 
-from worker.demo import MEMO_PROGRAM, plan_memo
+from devtools.demo import MEMO_PROGRAM, plan_memo
 
 SYSTEM_PROGRAM = "11111111111111111111111111111111"
 NATIVE_MINT = "So11111111111111111111111111111111111111112"

@@ -28,7 +28,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from worker.demo import plan_memo
+from devtools.demo import plan_memo
 
 MEMO_PREFIX = plan_memo("")
 SUCCESS = "success"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from worker.demo import MEMO_PROGRAM, DemoPool, memo, plan_memo
+from devtools.demo import MEMO_PROGRAM, DemoPool, memo, plan_memo
 
 METHODS = ("rpc", "jito_bundle", "tpu_direct")
 MAX_LATENCY_MS = (2_000, 8_000)

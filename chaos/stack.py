@@ -23,8 +23,8 @@ from pathlib import Path
 import aiohttp
 
 from activities.keystore import KeyStore
-from worker.demo import DemoPool
-from worker.dev import (
+from devtools.demo import DemoPool
+from devtools.dev import (
     DEV_DYNAMIC_CONFIG,
     DEV_SQLITE_PRAGMAS,
     LAMPORTS_PER_SOL,
@@ -34,7 +34,7 @@ from worker.dev import (
 )
 from worker.nats_connection import NatsAuth
 from worker.nats_security import NatsSecurity
-from worker.services import LocalnetServer, NatsCluster, NatsServer, TemporalDevServer
+from devtools.services import LocalnetServer, NatsCluster, NatsServer, TemporalDevServer
 from workflows.codec import ensure_key_file
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 

@@ -31,8 +31,8 @@ from temporalio.client import Client
 
 from activities.wallets import WalletState, now_ms
 from localnet.faults import no_faults
-from worker.demo import plan_memo
-from worker.dev import DevStack
+from devtools.demo import plan_memo
+from devtools.dev import DevStack
 from worker.main import connect_temporal
 from worker.nats_connection import connect as nats_connect
 from worker.streams import KILLSWITCH_SUBJECT, RESUME_SUBJECT, ensure_streams

@@ -11,7 +11,7 @@ import copy
 import pytest
 
 from chaos.checker import INVARIANTS, check, percentiles, takeover_samples
-from worker.demo import plan_memo
+from devtools.demo import plan_memo
 
 MS = 1_000_000
 T0 = 1_700_000_000_000 * MS  # the campaign's start, ns

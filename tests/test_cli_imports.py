@@ -1,4 +1,4 @@
-"""The production process loads nothing of the developer tools (local cluster, bench, chaos, dev)."""
+"""The production process loads nothing of the developer tools (devtools, local cluster, bench, chaos)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import textwrap
 
 from tests.stack import ROOT
 
-DEVELOPER_TOOLS = ("localnet", "bench", "chaos", "worker.dev", "worker.demo", "worker.services")
+DEVELOPER_TOOLS = ("devtools", "localnet", "bench", "chaos")
 
 PROBE = textwrap.dedent(
     """
@@ -47,6 +47,8 @@ def test_hft_executor_worker_imports_neither_localnet_nor_bench():
 def test_the_probe_sees_a_developer_tool_when_one_is_loaded():
     assert "bench.command" in loaded_tools("bench", "--help")
     assert "localnet.command" in loaded_tools("localnet", "--help")
+    assert "devtools.dev" in loaded_tools("dev", "--help")
+    assert "devtools.inspect_plan" in loaded_tools("inspect-plan", "--help")
 
 
 def test_the_top_level_help_lists_every_command_without_loading_them():

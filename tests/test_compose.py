@@ -333,7 +333,7 @@ async def test_the_shipped_nats_config_on_the_real_server(tmp_path, monkeypatch)
     from worker.killswitch import halt_message
     from worker.nats_connection import NatsAuth
     from worker.nats_security import inbox_prefix
-    from worker.services import NatsServer
+    from devtools.services import NatsServer
     from worker.streams import KILLSWITCH_SUBJECT, ensure_streams
 
     passwords = {role: f"{role}-{tmp_path.name[-6:]}-0123456789abcdef" for role in NATS_PASSWORDS}

@@ -18,7 +18,7 @@ from activities.submit import Submitter
 from activities.wallets import now_ms
 from tests.stack import wait_until
 from worker.bridge import DURABLE, workflow_id
-from worker.demo import validate
+from devtools.demo import validate
 from workflows.events import ErrorCode, ExecutionCost, ExecutionResultEvent, ExecutionStatus
 from workflows.stages import PublishRequest
 

@@ -14,7 +14,7 @@ from activities.jito import STATIC_TIP_ACCOUNTS
 from tests.stack import wait_until
 from worker.bridge import workflow_id
 from workflows.events import parse_plan
-from worker.demo import validate
+from devtools.demo import validate
 
 
 async def test_rpc_plan_lands_once_and_moves_the_tokens(stack):

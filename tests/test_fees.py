@@ -5,7 +5,7 @@ from solders.signature import Signature
 
 from activities.build import BuildSettings, compute_unit_limit
 from activities.fees import FeePolicy, choose_fee, congestion_multiplier, percentile
-from worker.demo import validate
+from devtools.demo import validate
 
 
 def test_percentile_clamped_between_floor_and_ceiling():

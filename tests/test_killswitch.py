@@ -27,7 +27,7 @@ from tests.stack import ROOT, Stack, wait_until
 from tests.tcp_proxy import TcpProxy
 from worker.killswitch import KillSwitch, halt_message
 from worker.presence import SILENCE_S, WorkerTable
-from worker.services import NatsServer
+from devtools.services import NatsServer
 from worker.streams import KILLSWITCH_SUBJECT, RESUME_SUBJECT, ensure_streams
 
 CLI = [sys.executable, "-m", "worker.cli"]

@@ -28,7 +28,7 @@ from solders.transaction import VersionedTransaction
 from solders.transaction_status import TransactionConfirmationStatus
 
 from activities.build import PACKET_DATA_SIZE, route_instructions
-from worker.demo import validate
+from devtools.demo import validate
 
 SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
 # The ALT program's instructions (bincode: u32 variant tag, then the fields)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import urllib.request
 
 from worker.metrics import ExecutorMetrics
-from worker.services import free_port
+from devtools.services import free_port
 from workflows.events import ErrorCode, ExecutionCost, ExecutionResultEvent, ExecutionStatus, StageTimings
 
 

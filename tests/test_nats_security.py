@@ -21,7 +21,7 @@ from worker.config import ExecutorConfig
 from worker.killswitch import halt_message
 from worker.nats_connection import NatsAuth, TlsNotOffered, connect
 from worker.nats_security import NatsSecurity
-from worker.services import NatsCluster, NatsServer, binary, free_port
+from devtools.services import NatsCluster, NatsServer, binary, free_port
 from worker.streams import KILLSWITCH_SUBJECT, ensure_streams
 
 ROOT = Path(__file__).resolve().parents[1]

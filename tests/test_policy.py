@@ -65,7 +65,7 @@ from tests.test_lookup_tables import (
     _send_and_confirm,
 )
 from worker.bridge import workflow_id
-from worker.demo import MEMO_PROGRAM, validate
+from devtools.demo import MEMO_PROGRAM, validate
 
 SYSTEM = "11111111111111111111111111111111"
 TOKEN = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"

@@ -1,4 +1,4 @@
-"""worker.services: the embedded Temporal dev server and NATS JetStream server, as real processes."""
+"""devtools.services: the embedded Temporal dev server and NATS JetStream server, as real processes."""
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +24,8 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from worker.dev import DEV_SQLITE_PRAGMAS
-from worker.services import (
+from devtools.dev import DEV_SQLITE_PRAGMAS
+from devtools.services import (
     LocalnetServer,
     NatsCluster,
     NatsServer,
@@ -253,7 +253,7 @@ async def test_start_fails_fast_and_clearly_when_a_port_is_taken(tmp_path):
 async def test_a_picked_port_taken_before_the_server_binds_it_is_picked_again(tmp_path, monkeypatch):
     """free_port() only says a port was free a moment ago; any outgoing connection may take it
     before the child binds it. Auto-picked ports are then picked again, not a failed stack."""
-    import worker.services as services
+    import devtools.services as services
 
     real_free_port = services.free_port
     with socket.socket() as taken:
@@ -291,7 +291,7 @@ CHILD_SCRIPT = textwrap.dedent(
     """
     import asyncio, logging, sys
     from pathlib import Path
-    from worker.services import NatsServer
+    from devtools.services import NatsServer
 
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 

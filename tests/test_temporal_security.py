@@ -24,7 +24,7 @@ from tests.temporal_tls import SERVER_NAME, MutualTlsTerminator, make_pki
 from worker.bridge import workflow_id
 from worker.config import ExecutorConfig
 from worker.main import connect_temporal
-from worker.services import binary
+from devtools.services import binary
 from workflows.codec import ENCODING, KEY_ID_METADATA, new_key_line
 from workflows.converter import data_converter as plain_converter
 from workflows.execute_plan import ExecutePlan

@@ -15,7 +15,7 @@ import pytest
 from solders.keypair import Keypair
 
 from activities.wallets import Lease, NoWalletAvailable, WalletPool
-from worker.services import NatsServer
+from devtools.services import NatsServer
 
 TTL = 60_000
 _buckets = itertools.count()

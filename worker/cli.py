@@ -1,7 +1,7 @@
 """The `hft-executor` command.
 
 Each command's module is imported only when that command runs: `hft-executor worker` loads
-the production process and nothing of the developer tools (localnet, bench, chaos, dev).
+the production process and nothing of the developer tools (devtools, localnet, bench, chaos).
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def _status(parser: argparse.ArgumentParser) -> None:
 
 #: name: (help, how to define its arguments and what runs it)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
-    "dev": ("everything embedded: Temporal, NATS, local Solana cluster, worker (+ --demo N)", _module("worker.dev")),
+    "dev": ("everything embedded: Temporal, NATS, local Solana cluster, worker (+ --demo N)", _module("devtools.dev")),
     "worker": ("the production process: Temporal worker + PLANNED bridge + kill switch + metrics", _worker),
     "bench": ("plan-to-wire latency, throughput and the durability tax (embedded stack)", _module("bench.command")),
     "chaos": ("fault campaign: kills, outages, cluster faults and a halt; checks exactly-once from outside", _module("chaos.command")),
@@ -87,7 +87,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "codec-server": ("Temporal's remote codec endpoint (/decode, /encode): the UI and CLI read the encrypted history", _module("worker.codec_server")),
     "history-key": ("print a new random history key line, id:base64 (for HISTORY_KEYS or HISTORY_KEYS_FILE)", _history_key),
     "send-plan": ("publish execution plans (a JSON file, array or JSON lines; - for stdin)", _send_plan),
-    "inspect-plan": ("the transaction a plan would become (decoded), without signing or sending", _module("worker.inspect")),
+    "inspect-plan": ("the transaction a plan would become (decoded), without signing or sending", _module("devtools.inspect_plan")),
     "halt": ("kill switch on: no plan submits until `resume` (or halt one plan)", _halt),
     "resume": ("kill switch off", _resume),
     "status": ("kill switch, live workers, running executions, wallets and leases", _status),

@@ -15,7 +15,7 @@ from solders.hash import Hash
 from solders.keypair import Keypair
 
 from localnet import throughput
-from worker.services import LocalnetServer
+from devtools.services import LocalnetServer
 
 from .conftest import SOL, transfer_tx
 

@@ -32,15 +32,16 @@ from venue import LAMPORTS_PER_SOL
 from workflows.codec import HistoryKeys, ensure_key_file
 from workflows.execute_plan import SEARCH_ATTRIBUTES
 
-from . import event_loop, logs
-from .codec_server import DEFAULT_PORT as CODEC_PORT
-from .codec_server import CodecServer, ensure_token_file, token_from_environment
-from .config import ExecutorConfig
+from worker import event_loop, logs
+from worker.codec_server import DEFAULT_PORT as CODEC_PORT
+from worker.codec_server import CodecServer, ensure_token_file, token_from_environment
+from worker.config import ExecutorConfig
+from worker.main import ExecutorWorker
+from worker.nats_connection import NatsAuth, connect as nats_connect
+from worker.nats_security import NatsSecurity, Permissions
+from worker.results import print_table
+
 from .demo import DemoPool
-from .main import ExecutorWorker
-from .nats_connection import NatsAuth, connect as nats_connect
-from .nats_security import NatsSecurity, Permissions
-from .results import print_table
 from .services import LocalnetServer, NatsServer, TemporalDevServer, free_port
 
 log = logging.getLogger("hft.dev")

@@ -39,9 +39,9 @@ from venue import (
     parse_compute_budget,
 )
 from workflows.events import InvalidPlan, parse_plan
-from .config import ExecutorConfig
-from .control import environment
-from .main import transaction_builder
+from worker.config import ExecutorConfig
+from worker.control import environment
+from worker.main import transaction_builder
 
 PROGRAMS = {
     COMPUTE_BUDGET_PROGRAM_ID: "compute budget",

@@ -37,9 +37,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
-from .config import nats_servers  # noqa: F401 - the cluster hands out a NATS_URL this splits
-from .nats_connection import NatsAuth
-from .nats_connection import connect as nats_connect
+from worker.config import nats_servers  # noqa: F401 - the cluster hands out a NATS_URL this splits
+from worker.nats_connection import NatsAuth
+from worker.nats_connection import connect as nats_connect
 
 log = logging.getLogger("hft.services")
 
@@ -610,7 +610,7 @@ class NatsServer(_Server):
 
     def config(self) -> str:
         """The config file's text for the current ports."""
-        lines = ["# written by worker.services at every start: edits here are lost", f"host: {_conf_string(HOST)}", f"port: {self.port}"]
+        lines = ["# written by devtools.services at every start: edits here are lost", f"host: {_conf_string(HOST)}", f"port: {self.port}"]
         if self.server_name:
             lines.append(f"server_name: {_conf_string(self.server_name)}")
         if self.http_port:
