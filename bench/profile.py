@@ -85,7 +85,7 @@ CATEGORIES: list[tuple[str, re.Pattern]] = [
     (
         "status poller, leader tracker, presence, kill switch",
         re.compile(
-            r"activities/confirm\.py|activities/tpu\.py|worker/presence\.py|worker/killswitch\.py|activities/wallets\.py"
+            r"activities/confirm\.py|activities/tpu/|worker/presence\.py|worker/killswitch\.py|activities/wallets\.py"
         ),
     ),
     ("bench harness (publisher, result collector)", re.compile(r"bench/command\.py")),
