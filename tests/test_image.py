@@ -69,7 +69,7 @@ def wheel_sources() -> set[str]:
     """What `pip install .` builds the wheel from: pyproject.toml, its readme, every listed package."""
     with PYPROJECT.open("rb") as f:
         readme = tomllib.load(f)["project"]["readme"]
-    return {"pyproject.toml", readme, *(package.replace(".", "/") for package in pyproject_packages())}
+    return {"pyproject.toml", readme, *(package.split(".")[0] for package in pyproject_packages())}  # a subpackage comes in its package's directory
 
 
 def missing_from(text: str) -> set[str]:
