@@ -2,8 +2,7 @@
 
 `execution` defines the activities (execute, resolve_record, confirm, settle, release_wallet,
 publish); `dispatch` owns a plan's hot path (lease, build, policy, sign, record, the send gate,
-the send). Beside them: the Solana clients (`rpc`, `jito`, `tpu`, `chain`), the transaction
-builder (`build`, `fees`, `klend`), the plan policy, the key store, the wallet pool, the plan
-records and the result publisher. Splitting the clients into a package of their own is open
-(issue 15). See docs/architecture.md sections 2 and 9-13.
+the send). Beside them: the transaction builder (`build`), the plan policy, the key store,
+the wallet pool, the plan records and the result publisher. The clients that speak Solana's
+wire live in `venue/`. See docs/architecture.md sections 2 and 9-13.
 """

@@ -26,11 +26,11 @@ from workflows.events import PLACEHOLDER_WALLET, PLACEHOLDER_WALLET_ATA, ErrorCo
 from venue import LAMPORTS_PER_SOL, MAX_COMPUTE_UNITS, PACKET_DATA_SIZE
 from workflows.stages import BuiltTransaction
 
-from .chain import BlockhashCache, LookupTableCache, LookupTableMissing
-from . import klend
+from venue.chain import BlockhashCache, LookupTableCache, LookupTableMissing
+from venue import klend
 from .errors import fail
-from .fees import PriorityFeeEstimator
-from .klend import ReserveCache
+from venue.fees import PriorityFeeEstimator
+from venue.klend import ReserveCache
 
 TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
 MIN_JITO_TIP = 1000  # lamports (Jito's minimum)

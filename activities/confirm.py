@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 from workflows.events import ErrorCode
 from workflows.stages import Confirmation
 
-from .rpc import SignatureStatus, SolanaRpc
+from venue.rpc import SignatureStatus, SolanaRpc
 
 log = logging.getLogger("hft.confirm")
 MAX_STATUSES_PER_REQUEST = 256

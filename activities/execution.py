@@ -32,7 +32,7 @@ from .confirm import SignatureWatcher, follow
 from .dispatch import Dispatcher
 from .publish import publish_result
 from .records import PlanRecords
-from .rpc import SolanaRpc
+from venue.rpc import SolanaRpc
 from .settle import settle
 from .wallets import WalletPool
 

@@ -62,10 +62,10 @@ from venue import (
 from workflows.events import ErrorCode, ExecutionPlanEvent
 from workflows.stages import BuiltTransaction
 
-from . import klend
+from venue import klend
 from .build import _associated_token_address
 from .errors import fail
-from .jito import STATIC_TIP_ACCOUNTS
+from venue.jito import STATIC_TIP_ACCOUNTS
 
 log = logging.getLogger("hft.policy")
 

@@ -14,7 +14,7 @@ from workflows.events import ErrorCode
 from workflows.stages import Settlement, SettleRequest
 
 from .errors import fail
-from .rpc import SolanaRpc
+from venue.rpc import SolanaRpc
 
 NATIVE_MINT = "So11111111111111111111111111111111111111112"
 

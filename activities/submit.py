@@ -18,9 +18,9 @@ from workflows.events import ErrorCode
 from workflows.stages import SignedTransaction, Submission
 
 from .errors import fail
-from .jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
-from .rpc import RpcRateLimited, RpcRefused, SolanaRpc
-from .tpu import TpuClient
+from venue.jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
+from venue.rpc import RpcRateLimited, RpcRefused, SolanaRpc
+from venue.tpu import TpuClient
 
 
 class TpuUndelivered(Exception):

@@ -1,4 +1,4 @@
-"""sendBundle latency: activities.jito.JitoClient against the Python Jito clients on PyPI, on the local cluster.
+"""sendBundle latency: venue.jito.JitoClient against the Python Jito clients on PyPI, on the local cluster.
 
 All start from the same kind of input (serialized, signed, tipped 1-transaction bundles,
 each unique) and send them one at a time to the same in-process block engine. The clients
@@ -47,7 +47,7 @@ from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
-from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient, bundle_id
+from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient, bundle_id
 from localnet.cluster import ClusterConfig, ClusterThread, LocalCluster
 from venue import LAMPORTS_PER_SOL
 

@@ -1,9 +1,9 @@
-"""klend flash-loan instructions and Reserve decoding: activities.klend against anchorpy driven by the klend IDL.
+"""klend flash-loan instructions and Reserve decoding: venue.klend against anchorpy driven by the klend IDL.
 
 anchorpy (0.21) and its fork anchorpy3 (0.4.5) cannot be installed next to the project's pins
 (both need construct-typing<0.6, solana 0.41 needs >=0.8.1; docs/libraries.md), so this runs
 in a venv of its own: anchorpy with whatever solders/solana it brings, and this tree on the path
-(activities/klend.py needs only solders and solana):
+(venue/klend.py needs only solders and solana):
 
     python3 -m venv /tmp/anchorpy && /tmp/anchorpy/bin/pip install anchorpy==0.21.0
     PYTHONPATH=. /tmp/anchorpy/bin/python -m bench.klend_anchorpy_comparison --idl klend.json --json

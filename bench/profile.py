@@ -85,7 +85,7 @@ CATEGORIES: list[tuple[str, re.Pattern]] = [
     (
         "status poller, leader tracker, presence, kill switch",
         re.compile(
-            r"activities/confirm\.py|activities/tpu/|worker/presence\.py|worker/killswitch\.py|activities/wallets\.py"
+            r"activities/confirm\.py|venue/tpu/|worker/presence\.py|worker/killswitch\.py|activities/wallets\.py"
         ),
     ),
     ("bench harness (publisher, result collector)", re.compile(r"bench/command\.py")),
@@ -95,7 +95,7 @@ CATEGORIES: list[tuple[str, re.Pattern]] = [
     ),
     (
         "HTTP clients (JSON-RPC)",
-        re.compile(r"aiohttp/|activities/rpc\.py|activities/chain\.py"),
+        re.compile(r"aiohttp/|venue/rpc\.py|venue/chain\.py"),
     ),
     ("TLS and sockets", re.compile(r"sslproto\.py|\(ssl\.py|selector_events\.py")),
 ]

@@ -24,11 +24,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities import klend
 from activities.build import compile_message, transaction_size
-from activities.chain import BlockhashCache
-from activities.jito import STATIC_TIP_ACCOUNTS, JitoClient
+from venue.chain import BlockhashCache
+from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient
 from activities.keystore import KeyStore
 from activities.policy import PlanPolicy, PolicySettings, PolicyViolation
-from activities.rpc import SolanaRpc
+from venue.rpc import SolanaRpc
 
 from venue import (
     COMPUTE_BUDGET_PROGRAM_ID,

@@ -18,7 +18,7 @@ from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
 from activities.confirm import SignatureWatcher, follow
-from activities.rpc import SolanaRpc
+from venue.rpc import SolanaRpc
 
 
 async def _never(*_):

@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities.dispatch import Dispatch
-from activities.rpc import SolanaRpc
+from venue.rpc import SolanaRpc
 from activities.submit import Submitter
 from activities.wallets import now_ms
 from tests.stack import wait_until

@@ -10,7 +10,7 @@ import pytest
 from solders.signature import Signature
 from temporalio.client import WorkflowExecutionStatus
 
-from activities.jito import STATIC_TIP_ACCOUNTS
+from venue.jito import STATIC_TIP_ACCOUNTS
 from tests.stack import wait_until
 from worker.bridge import workflow_id
 from workflows.events import parse_plan

@@ -1,4 +1,4 @@
-"""activities.jito.JitoClient against the local cluster's block engine: real HTTP, no mocks."""
+"""venue.jito.JitoClient against the local cluster's block engine: real HTTP, no mocks."""
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +18,7 @@ from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
-from activities.jito import (
+from venue.jito import (
     STATIC_TIP_ACCOUNTS,
     BundleStatus,
     InflightStatus,
@@ -220,7 +220,7 @@ async def test_bundle_size_is_checked_before_anything_is_sent(cluster, jito):
 
 
 async def test_tip_accounts_fall_back_to_the_static_list_when_unreachable(caplog):
-    caplog.set_level(logging.WARNING, logger="activities.jito")
+    caplog.set_level(logging.WARNING, logger="venue.jito")
     async with JitoClient(f"http://127.0.0.1:{closed_port()}", timeout_s=0.5, tip_retry_s=0) as jito:
         assert await jito.tip_accounts() == list(STATIC_TIP_ACCOUNTS) == TIP_ACCOUNTS
         assert await jito.random_tip_account() in STATIC_TIP_ACCOUNTS

@@ -1,4 +1,4 @@
-"""klend flash-loan instructions against vectors written out independently of activities/klend.py.
+"""klend flash-loan instructions against vectors written out independently of venue/klend.py.
 
 Discriminators come from hashlib here and from klend-sdk's generated code
 (src/@codegen/klend/instructions/flashBorrowReserveLiquidity.ts / flashRepayReserveLiquidity.ts);

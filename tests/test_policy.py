@@ -47,7 +47,7 @@ from activities.build import (
     route_instructions,
 )
 from activities.dispatch import Dispatch, Dispatcher
-from activities.jito import STATIC_TIP_ACCOUNTS
+from venue.jito import STATIC_TIP_ACCOUNTS
 from activities.policy import (
     DEFAULT_PROGRAMS,
     PlanPolicy,
@@ -431,7 +431,7 @@ def test_policy_file_then_environment(tmp_path):
 
 
 def reserve_data(market: Pubkey, mint: Pubkey, supply: Pubkey, fee_vault: Pubkey, token_program: str = TOKEN) -> bytes:
-    """A klend Reserve account as klend writes it (layout: activities/klend.py, checked in test_klend.py)."""
+    """A klend Reserve account as klend writes it (layout: venue/klend.py, checked in test_klend.py)."""
     data = bytearray(klend.RESERVE_SIZE)
     data[0:8] = klend.RESERVE_DISCRIMINATOR
     struct.pack_into("<Q", data, klend.RESERVE_VERSION, 1)

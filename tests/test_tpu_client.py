@@ -1,4 +1,4 @@
-"""activities.tpu against a real 3-validator local cluster, over real QUIC (no stubs).
+"""venue.tpu against a real 3-validator local cluster, over real QUIC (no stubs).
 
 The cluster runs on its own thread (ClusterThread) with 40 ms slots; each leader holds 4
 slots, so leaders rotate every 160 ms. Tests that need every validator in the send set use
@@ -26,7 +26,7 @@ from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
-from activities.tpu import LeaderTracker, TpuClient, make_client_certificate
+from venue.tpu import LeaderTracker, TpuClient, make_client_certificate
 from localnet.cluster import ClusterConfig, ClusterThread
 
 SOL = 1_000_000_000

@@ -1,12 +1,13 @@
-"""The venue: the Solana chain the executor trades on, and what it fixes.
+"""The venue: the Solana chain the executor trades on, its rules and the clients that speak its wire.
 
 Named as a desk names it: the execution venue is where orders land, for this executor one chain,
-Solana. Whatever is the venue's rule rather than the executor's choice belongs in this package:
-today the protocol's facts (`venue.protocol`: sizes, fees, compute-budget encoding); later the code
-that speaks the venue's wire (RPC, TPU, Jito, the lending program's layouts) can move in beside
-them without another rename. Not `chain`: activities/chain.py (blockhash and lookup-table caches)
-already has that name. It imports nothing of the project, so the product (activities, worker,
-bench) and the local cluster (localnet) both import it without importing each other.
+Solana. This package holds what is the venue's rather than the executor's: the protocol's facts
+(`protocol`: sizes, fees, the compute-budget encoding), the JSON-RPC client (`rpc`), the Jito
+block-engine client (`jito`), TPU over QUIC (`tpu`: leaders, connections, sender), the blockhash
+and lookup-table caches (`chain`), priority fees (`fees`) and the Kamino lending program's
+layouts (`klend`). It imports nothing else of the project, so the product (activities, worker,
+bench) and the local cluster (localnet) both use it without importing each other. The
+transaction builder stays in activities/: it reads the plan's wire model.
 """
 from .protocol import (
     COMPUTE_BUDGET_DATA_LENGTH,

@@ -22,20 +22,20 @@ from temporalio.service import TLSConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.build import BuildSettings, TransactionBuilder
-from activities.chain import BlockhashCache, LookupTableCache
+from venue.chain import BlockhashCache, LookupTableCache
 from activities.confirm import SignatureWatcher
 from activities.dispatch import Dispatcher
 from activities.execution import ExecutionActivities
-from activities.fees import FeePolicy, PriorityFeeEstimator
-from activities.jito import JitoClient
+from venue.fees import FeePolicy, PriorityFeeEstimator
+from venue.jito import JitoClient
 from activities.keystore import KeyStore, KeyStoreError, load_keypair_file
-from activities.klend import ReserveCache
+from venue.klend import ReserveCache
 from activities.policy import PolicySettings, open_policy
 from activities.publish import publish_result
 from activities.records import PlanRecords
-from activities.rpc import SolanaRpc
+from venue.rpc import SolanaRpc
 from activities.submit import Submitter
-from activities.tpu import TpuClient
+from venue.tpu import TpuClient
 from activities.wallets import WalletPool
 from workflows.converter import history_converter
 from workflows.events import ExecutionResultEvent

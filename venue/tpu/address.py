@@ -1,4 +1,4 @@
-"""Leader addresses, the one small type the TPU modules share (lowest module of ``activities.tpu``).
+"""Leader addresses, the one small type the TPU modules share (lowest module of ``venue.tpu``).
 
 A leader's TPU QUIC endpoint is an ``(ip, port)`` pair: ``leaders`` finds them, ``connections``
 keys its cache by them, ``sender`` logs them. Nothing here does I/O.
