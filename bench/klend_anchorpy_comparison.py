@@ -27,7 +27,7 @@ import time
 
 from solders.pubkey import Pubkey
 
-from activities import klend
+from venue import klend
 
 SPL_TOKEN = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
 

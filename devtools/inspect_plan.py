@@ -22,7 +22,7 @@ from solders.instruction import Instruction
 from solders.pubkey import Pubkey
 from temporalio.exceptions import ApplicationError
 
-from activities import klend
+from venue import klend
 from activities.build import compile_message, transaction_size
 from venue.chain import BlockhashCache
 from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient

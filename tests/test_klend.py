@@ -14,7 +14,7 @@ import pytest
 from solders.instruction import AccountMeta
 from solders.pubkey import Pubkey
 
-from activities import klend
+from venue import klend
 
 KLEND = Pubkey.from_string("KLend2g3cP87fffoy8q1mQqGKjrxjC8boSyAYavgmjD")
 IX_SYSVAR = Pubkey.from_string("Sysvar1nstructions1111111111111111111111111")

@@ -40,7 +40,7 @@ from solders.system_program import TransferParams, transfer
 from solders.token.associated import get_associated_token_address
 from temporalio.exceptions import ApplicationError
 
-from activities import klend
+from venue import klend
 from activities.build import (
     TransactionBuilder,
     create_token_account_idempotent,
