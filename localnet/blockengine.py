@@ -17,6 +17,8 @@ from aiohttp import web
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
+from venue.jito import STATIC_TIP_ACCOUNTS
+
 from .faults import Verdict
 from .intake import MAX_BUNDLE_TRANSACTIONS, IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, RESPONSE_HEADERS, HttpStatus, JsonRpcApp, RpcError, param
@@ -24,17 +26,8 @@ from .ledger import Commitment, writable_keys
 from .reads import BLOCK_ENGINE_READ_METHODS, read_fault_gate
 from .view import ClusterView
 
-# The 8 mainnet tip accounts (getTipAccounts on mainnet; docs/architecture.md section 8).
-TIP_ACCOUNTS = [
-    "96gYZGLnJYVFmbjzopPSU6QiEV5fGqZNyN9nmNhvrZU5",
-    "HFqU5x63VTqvQss8hp11i4wVV8bD44PvwucfZ2bU7gRe",
-    "Cw8CFyM9FkoMi7K7Crf6HNQqf4uEMzpKw6QNghXLvLkY",
-    "ADaUMid9yfUytqMBgopwjb2DTLSokTSzL1zt6iGPaS49",
-    "DfXygSm4jCyNCybVYYK6DwvWqjKee8pbDmJGcLWNDXjh",
-    "ADuUkR4vqLUMWXxW9gh6D6L8pMSawimctcNZ5pGwDcEt",
-    "DttWaMuVvTiduZRnguLF7jNxTgiMBZ1hyAumKUiL2KRL",
-    "3AVi9Tg9Uo68tJfuvoKvqKNWKkC5wPdSSdeBnizKZ6jT",
-]
+# The local engine names the 8 mainnet tip accounts, the list the executor falls back on.
+TIP_ACCOUNTS = list(STATIC_TIP_ACCOUNTS)
 TIP_PUBKEYS = [Pubkey.from_string(a) for a in TIP_ACCOUNTS]
 MIN_TIP_LAMPORTS = 1000
 MAX_STATUS_QUERY = 5
