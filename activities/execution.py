@@ -8,11 +8,13 @@ result and publishes it, deduplicated by plan id. Every log line carries plan id
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
-from typing import Callable
+from typing import Awaitable, Callable, TypeVar
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from workflows.events import ExecutionResultEvent
 from workflows.stages import (
@@ -37,6 +39,30 @@ from .settle import settle
 from .wallets import WalletPool
 
 log = logging.getLogger("hft.activities")
+T = TypeVar("T")
+WORKER_STOPPING = "WORKER_STOPPING"
+
+
+async def unless_worker_stops(work: Awaitable[T], plan_id: str, stage: str, grace_s: float) -> T:
+    """Run ``work``; once this worker starts to shut down, give it ``grace_s`` more, then end the
+    attempt with a retryable WORKER_STOPPING. The workflow's retry waits as a durable timer, so
+    the plan's workflow task ends and the next attempt runs on a worker that stays. Without this,
+    a confirm waiting out an outage would hold the shutdown for as long as the outage lasts."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=grace_s)
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        log.warning("plan=%s stage=%s event=handed_over reason=worker_stopping grace_s=%.0f", plan_id, stage, grace_s)
+        raise ApplicationError(f"{stage}: this worker is stopping; the next attempt runs on another worker", type=WORKER_STOPPING)
+    finally:
+        stopping.cancel()
+        task.cancel()
 
 
 class ExecutionActivities:
@@ -56,6 +82,7 @@ class ExecutionActivities:
         on_publish_failure: Callable[[], None] | None = None,
         confirmation_timeout_ms: int = 30_000,
         tpu_rebroadcast_s: float = 0.4,
+        shutdown_grace_s: float = 10.0,
     ) -> None:
         self.dispatcher = dispatcher
         self.submitter = dispatcher.submitter
@@ -71,6 +98,7 @@ class ExecutionActivities:
         self.on_publish_failure = on_publish_failure or (lambda: None)
         self.confirmation_timeout_ms = confirmation_timeout_ms
         self.tpu_rebroadcast_s = tpu_rebroadcast_s
+        self.shutdown_grace_s = shutdown_grace_s
 
     def all(self) -> list:
         return [self.execute, self.resolve_record, self.confirm, self.settle, self.release_wallet, self.publish]
@@ -107,7 +135,7 @@ class ExecutionActivities:
         async def rebroadcast() -> None:
             await self.submitter.send(method, raw)
 
-        outcome = await follow(
+        following = follow(
             request.plan_id,
             request.signed.signature,
             request.signed.last_valid_block_height,
@@ -119,6 +147,7 @@ class ExecutionActivities:
             may_resend=lambda: self.submitter.refusal(None, until_ms) is None,
             heartbeat=(lambda details: None) if activity.info().is_local else activity.heartbeat,
         )
+        outcome = await unless_worker_stops(following, request.plan_id, "confirm", self.shutdown_grace_s)
         log.info(
             "plan=%s stage=confirm landed=%s slot=%s code=%s rebroadcasts=%d",
             request.plan_id, outcome.landed, outcome.slot, outcome.error_code, outcome.rebroadcasts,

@@ -1,4 +1,5 @@
-"""Outages longer than a plan's bookkeeping: the result is late, never lost and never wrong.
+"""Outages longer than a plan's bookkeeping, and a worker stopped during one: the result is
+late, never lost and never wrong.
 
 Its own stack (the servers are killed here) with an in-process worker.
 """
@@ -11,8 +12,11 @@ from datetime import timedelta
 import pytest
 from temporalio.common import RetryPolicy
 
+from activities import confirm
 from tests.stack import stack_with_worker, wait_until
+from worker import main as worker_main
 from worker.bridge import workflow_id
+from worker.main import ExecutorWorker
 from workflows import execute_plan
 
 
@@ -51,3 +55,36 @@ async def test_a_result_outlives_a_nats_outage_longer_than_the_bookkeeping_retri
     told = await stack.temporal.get_workflow_handle(workflow_id(plan["planId"])).result()
     assert told["status"] == "success"
     assert stack.worker.metrics.publish_failures._value.get() > failures_before, "each failed attempt is counted (alert on it)"
+
+
+async def test_a_worker_stopped_during_a_chain_outage_hands_its_plan_over(outage_stack, monkeypatch):
+    """A deploy stops the worker while a plan waits on a chain that answers no status read: the
+    stop ends after the shutdown grace, not when the outage does, and the next worker tells the
+    plan's outcome, once. (Before: the SDK retried the confirm inside the stopping worker, and the
+    stop waited for it for as long as the chain was silent.)"""
+    stack = outage_stack
+    monkeypatch.setattr(confirm, "CHAIN_SILENCE_S", 300.0)  # a confirm attempt waits out the outage itself
+    monkeypatch.setattr(worker_main, "SHUTDOWN_GRACE", timedelta(seconds=2))
+    await stack.worker.stop()
+    stack.worker = ExecutorWorker(stack.config, stack.dev.keys)
+    await stack.worker.start()
+    plan = stack.plan("rpc", wallet=1)
+    await stack.faults({"reads": {"reject": 1.0}})
+    try:
+        await stack.publish(plan)
+        await wait_until(lambda: stack.wire_transactions(plan["planId"]), timeout=10, every=0.01)
+        await asyncio.sleep(0.5)  # confirm is following it, and hears nothing
+        started = time.monotonic()
+        await asyncio.wait_for(stack.worker.stop(), 120)
+        stopped_in = time.monotonic() - started
+    finally:
+        await stack.clear_faults()
+    assert stopped_in < 20, f"the stop took {stopped_in:.1f} s with a 2 s grace"
+    assert plan["planId"] not in stack.results, "the stopping worker said nothing it did not know"
+    stack.worker = ExecutorWorker(stack.config, stack.dev.keys)
+    await stack.worker.start()
+    result = await stack.result(plan["planId"], timeout=60)
+    assert result["status"] == "success", result
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+    await asyncio.sleep(1.0)
+    assert len(stack.publishes[plan["planId"]]) == 1

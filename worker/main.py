@@ -50,6 +50,8 @@ from .streams import ensure_streams
 
 log = logging.getLogger("hft.worker")
 STICKY_SCHEDULE_TO_START = timedelta(seconds=1)
+# How long a stopping worker lets its plans' confirmations finish before handing them over.
+SHUTDOWN_GRACE = timedelta(seconds=10)
 # A server electing a leader or restarting is no reason for a worker to give up at start.
 STARTUP_PATIENCE_S = 120.0
 
@@ -259,13 +261,14 @@ class ExecutorWorker:
             on_publish_failure=self.metrics.publish_failures.inc,
             confirmation_timeout_ms=config.confirmation_timeout_ms,
             tpu_rebroadcast_s=config.tpu_rebroadcast_ms / 1000,
+            shutdown_grace_s=SHUTDOWN_GRACE.total_seconds(),
         )
         self.worker = Worker(
             self.client,
             task_queue=config.temporal_task_queue,
             workflows=[ExecutePlan],
             activities=self.activities.all(),
-            graceful_shutdown_timeout=timedelta(seconds=10),
+            graceful_shutdown_timeout=SHUTDOWN_GRACE,
             # Measured: the sandbox rebuilt per workflow cost more CPU than the whole hot path.
             # Determinism is guarded instead by replaying recorded histories in the tests.
             workflow_runner=UnsandboxedWorkflowRunner(),

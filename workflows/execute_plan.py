@@ -75,6 +75,11 @@ BOOKKEEPING_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=5), maximum_attempts=10
 )
 BOOKKEEPING_TIME = timedelta(seconds=30)
+# After execute, a retry that waits longer than this waits as a durable timer, not inside the
+# worker: the workflow task ends between attempts, so a worker that is shutting down hands the
+# plan over. The SDK core keeps retrying local activities during a shutdown and the shutdown
+# waits for them: with an outage, that was a worker that never stopped.
+RETRY_AS_TIMER = timedelta(milliseconds=500)
 MAX_HALT_REASON = 200
 
 
@@ -180,6 +185,7 @@ class ExecutePlan:
             ResolveRequest(plan.plan_id, stopped.code.value, stopped.message),
             start_to_close_timeout=BOOKKEEPING_ATTEMPT,
             retry_policy=UNTIL_DONE,
+            local_retry_threshold=RETRY_AS_TIMER,
         )
         if signed is not None:
             self.signed = signed
@@ -196,6 +202,7 @@ class ExecutePlan:
             ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, plan.deadline, self.halt_reason),
             start_to_close_timeout=CONFIRM_ATTEMPT,
             retry_policy=UNTIL_DONE,
+            local_retry_threshold=RETRY_AS_TIMER,
             summary=f"confirm {self.signed.signature[:12]}",
         )
 
@@ -207,6 +214,7 @@ class ExecutePlan:
                 SettleRequest(plan, self.signed.wallet, self.signed.signature, self.signed.tip_lamports),
                 schedule_to_close_timeout=BOOKKEEPING_TIME,
                 retry_policy=BOOKKEEPING_RETRY,
+                local_retry_threshold=RETRY_AS_TIMER,
             )
         except FailureError as error:
             # The trade's outcome stands; only its accounting (fees, actual profit) is missing.
@@ -227,6 +235,7 @@ class ExecutePlan:
                 ReleaseRequest(plan.plan_id, wallet, outcome),
                 schedule_to_close_timeout=BOOKKEEPING_TIME,
                 retry_policy=BOOKKEEPING_RETRY,
+                local_retry_threshold=RETRY_AS_TIMER,
             )
         except FailureError as error:
             workflow.logger.warning("plan=%s stage=release unavailable, the lease expires on its own: %s", plan.plan_id, _cause(error))
@@ -240,6 +249,7 @@ class ExecutePlan:
             PublishRequest(result, message_id, keep),
             start_to_close_timeout=BOOKKEEPING_ATTEMPT,
             retry_policy=UNTIL_DONE,
+            local_retry_threshold=RETRY_AS_TIMER,
         )
         workflow.upsert_search_attributes([PLAN_STATUS.value_set(told.status.value)] + ([WALLET.value_set(told.wallet)] if told.wallet else []))
         self.stage = "done"
