@@ -17,6 +17,7 @@ COPY pyproject.toml README.md ./
 COPY localnet/ localnet/
 COPY workflows/ workflows/
 COPY activities/ activities/
+COPY executor/ executor/
 COPY worker/ worker/
 COPY devtools/ devtools/
 COPY bench/ bench/

@@ -1,7 +1,7 @@
 """The ExecutePlan activities, bound to the worker's shared resources.
 
 Each is small and idempotent: `execute` claims the plan's dispatch (lease, transaction,
-send: see dispatch.py); `resolve_record` settles what a failed execute leaves behind;
+send: see executor/dispatch.py); `resolve_record` settles what a failed execute leaves behind;
 `confirm` follows the recorded signature until the chain decides; `settle` reads what it
 cost; `release_wallet` gives the lease back wherever it is; `publish` stores the plan's one
 result and publishes it, deduplicated by plan id. Every log line carries plan id and stage.
@@ -22,6 +22,7 @@ from workflows.stages import (
     ConfirmRequest,
     Executed,
     ExecuteRequest,
+    PlanActivities,
     PublishRequest,
     ReleaseRequest,
     ResolveRequest,
@@ -30,13 +31,13 @@ from workflows.stages import (
     SignedTransaction,
 )
 
-from .confirm import SignatureWatcher, follow
-from .dispatch import Dispatcher
-from .publish import publish_result
-from .records import PlanRecords
+from executor.confirm import SignatureWatcher, follow
+from executor.dispatch import Dispatcher
+from executor.publish import publish_result
+from executor.records import PlanRecords
+from executor.settle import settle
+from executor.wallets import WalletPool
 from venue.rpc import SolanaRpc
-from .settle import settle
-from .wallets import WalletPool
 
 log = logging.getLogger("hft.activities")
 T = TypeVar("T")
@@ -65,7 +66,9 @@ async def unless_worker_stops(work: Awaitable[T], plan_id: str, stage: str, grac
         task.cancel()
 
 
-class ExecutionActivities:
+class ExecutionActivities(PlanActivities):
+    """The activities of `workflows.stages.PlanActivities`, bound to the worker's shared resources."""
+
     def __init__(
         self,
         *,

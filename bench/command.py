@@ -31,8 +31,8 @@ from pathlib import Path
 from nats.js.api import DeliverPolicy
 from solders.keypair import Keypair
 
-from activities.dispatch import Dispatch
-from activities.policy import PolicySettings
+from executor.dispatch import Dispatch
+from executor.policy import PolicySettings
 from worker import event_loop, logs
 from devtools.dev import DevStack, admin_post
 from worker.main import ExecutorWorker

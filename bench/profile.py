@@ -63,7 +63,7 @@ CATEGORIES: list[tuple[str, re.Pattern]] = [
     ("bridge (PLANNED, start, prepare, send ahead)", re.compile(r"worker/bridge\.py")),
     (
         "dispatch: lease, build, policy, sign, send",
-        re.compile(r"activities/(dispatch|build|policy|keystore|submit)\.py"),
+        re.compile(r"executor/(dispatch|build|policy|keystore|submit)\.py"),
     ),
     ("workflow code (ExecutePlan)", re.compile(r"workflows/execute_plan\.py")),
     (
@@ -85,7 +85,7 @@ CATEGORIES: list[tuple[str, re.Pattern]] = [
     (
         "status poller, leader tracker, presence, kill switch",
         re.compile(
-            r"activities/confirm\.py|venue/tpu/|worker/presence\.py|worker/killswitch\.py|activities/wallets\.py"
+            r"executor/confirm\.py|venue/tpu/|worker/presence\.py|worker/killswitch\.py|executor/wallets\.py"
         ),
     ),
     ("bench harness (publisher, result collector)", re.compile(r"bench/command\.py")),

@@ -14,8 +14,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.records import BUCKET as RECORDS_BUCKET
-from activities.wallets import KEY_PREFIX as WALLET_KEY_PREFIX
+from executor.records import BUCKET as RECORDS_BUCKET
+from executor.wallets import KEY_PREFIX as WALLET_KEY_PREFIX
 from worker.bridge import DURABLE, workflow_id
 from workflows.events import ExecutionResultEvent
 from workflows.execute_plan import PLAN_STATUS

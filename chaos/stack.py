@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
-from activities.keystore import KeyStore
+from executor.keystore import KeyStore
 from devtools.demo import DemoPool
 from devtools.dev import (
     DEV_DYNAMIC_CONFIG,

@@ -27,7 +27,7 @@ import aiohttp
 from nats.js.api import DeliverPolicy
 from solders.keypair import Keypair
 
-from activities.keystore import KeyStore
+from executor.keystore import KeyStore
 from venue import LAMPORTS_PER_SOL
 from workflows.codec import HistoryKeys, ensure_key_file
 from workflows.execute_plan import SEARCH_ATTRIBUTES
@@ -247,7 +247,7 @@ async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_
     if show_table:
         print_table(ordered, out)
     statuses = [r["status"] for r in ordered]
-    submit_ms = [sum((r.get("stageTimings") or {}).get(s) or 0 for s in ("selectWallet", "build", "sign", "submit")) for r in ordered]
+    submit_ms = [sum((r.get("stageTimings") or {}).get(s) or 0 for s in ("lease", "build", "sign", "submit")) for r in ordered]
     return {
         "plans": count,
         "results": len(ordered),
@@ -255,7 +255,7 @@ async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_
         "failed": statuses.count("failed"),
         "timeout": statuses.count("timeout"),
         "wallTimeS": round(wall_s, 3),
-        "hotPathMsP50": round(statistics.median(submit_ms), 3) if submit_ms else None,
+        "executeMsP50": round(statistics.median(submit_ms), 3) if submit_ms else None,
         "latencyMsP50": round(statistics.median(r["latency"] for r in ordered), 1) if ordered else None,
         "errorCodes": sorted({r["errorCode"] for r in ordered if r.get("errorCode")}),
         "temporalUi": stack.temporal.ui_url if stack.temporal else None,
@@ -331,7 +331,7 @@ async def _dev(args: argparse.Namespace) -> int:
             else:
                 print(
                     f"\n{summary['success']}/{summary['plans']} succeeded in {summary['wallTimeS']} s "
-                    f"(hot path p50 {summary['hotPathMsP50']} ms). Watch them: {summary['temporalUi']}/namespaces/default/workflows",
+                    f"(execute p50 {summary['executeMsP50']} ms). Watch them: {summary['temporalUi']}/namespaces/default/workflows",
                     flush=True,
                 )
             code = 0 if summary["success"] == args.demo else 1

@@ -23,11 +23,11 @@ from solders.pubkey import Pubkey
 from temporalio.exceptions import ApplicationError
 
 from venue import klend
-from activities.build import compile_message, transaction_size
+from executor.build import compile_message, transaction_size
 from venue.chain import BlockhashCache
 from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient
-from activities.keystore import KeyStore
-from activities.policy import PlanPolicy, PolicySettings, PolicyViolation
+from executor.keystore import KeyStore
+from executor.policy import PlanPolicy, PolicySettings, PolicyViolation
 from venue.rpc import SolanaRpc
 
 from venue import (

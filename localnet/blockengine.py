@@ -17,10 +17,10 @@ from aiohttp import web
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
-from venue.jito import STATIC_TIP_ACCOUNTS
+from venue.jito import MAX_BUNDLE_TRANSACTIONS, STATIC_TIP_ACCOUNTS
 
 from .faults import Verdict
-from .intake import MAX_BUNDLE_TRANSACTIONS, IntakeRefused, decode_transaction
+from .intake import IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, RESPONSE_HEADERS, HttpStatus, JsonRpcApp, RpcError, param
 from .ledger import Commitment, writable_keys
 from .reads import BLOCK_ENGINE_READ_METHODS, read_fault_gate

@@ -26,7 +26,9 @@ from .blockengine import TIP_PUBKEYS, build_block_engine
 from .faults import Verdict
 from .intake import Intake, IntakeRefused, decode_transaction
 from .jsonrpc import JsonRpcApp
-from .ledger import SYSTEM_PROGRAM, Ledger
+from venue.programs import SYSTEM_PROGRAM
+
+from .ledger import Ledger
 from .pubsub import PubSub
 from .rpc import LEADER_SLOTS, SOLANA_CORE_VERSION, FEATURE_SET, build_rpc
 from .tpu import TpuQuicServer

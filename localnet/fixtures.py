@@ -19,7 +19,9 @@ from solders.pubkey import Pubkey
 from solders.token.associated import get_associated_token_address
 from solders.token.state import Mint, TokenAccount, TokenAccountState
 
-from .ledger import TOKEN_PROGRAM, Ledger
+from venue.programs import TOKEN_PROGRAM
+
+from .ledger import Ledger
 
 MINT_LEN = 82
 TOKEN_ACCOUNT_LEN = 165

@@ -23,7 +23,6 @@ from .ledger import Ledger, Submission, error_json
 
 log = logging.getLogger("localnet.intake")
 
-MAX_BUNDLE_TRANSACTIONS = 5  # jito-solana bundle/src/lib.rs MAX_PACKETS_PER_BUNDLE
 MAX_WIRE_RECORDS = 200_000
 
 

@@ -37,6 +37,7 @@ from solders.transaction_status import (
 )
 
 from venue import COMPUTE_BUDGET_PROGRAM_ID, SET_COMPUTE_UNIT_PRICE, parse_compute_budget
+from venue.programs import SYSTEM_PROGRAM, TOKEN_PROGRAMS
 
 log = logging.getLogger("localnet.ledger")
 
@@ -45,10 +46,6 @@ log = logging.getLogger("localnet.ledger")
 # lastValidBlockHeight = block height + 150.
 SLOT_HASHES_ENTRIES = 512  # agave's MAX_ENTRIES for SlotHashes
 BLOCKHASH_VALIDITY_BLOCKS = 150
-SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
-TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
-TOKEN_2022_PROGRAM = Pubkey.from_string("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb")
-TOKEN_PROGRAMS = (TOKEN_PROGRAM, TOKEN_2022_PROGRAM)
 TOKEN_ACCOUNT_LEN = 165
 # The slot and the block height are different numbers on every real cluster (skipped
 # slots); starting them apart here makes a client that confuses them fail in tests.

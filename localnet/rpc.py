@@ -32,7 +32,9 @@ from venue import (
 
 from .intake import IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, HttpStatus, JsonRpcApp, RpcError, config, param
-from .ledger import TOKEN_ACCOUNT_LEN, TOKEN_PROGRAMS, Commitment, error_json, ui_amount_string
+from venue.programs import TOKEN_PROGRAMS
+
+from .ledger import TOKEN_ACCOUNT_LEN, Commitment, error_json, ui_amount_string
 from .reads import RPC_READ_METHODS, read_fault_gate
 from .view import ClusterView
 

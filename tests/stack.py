@@ -29,7 +29,7 @@ from solders.pubkey import Pubkey
 from solders.token.associated import get_associated_token_address
 from temporalio.client import Client
 
-from activities.wallets import WalletState, now_ms
+from executor.wallets import WalletState, now_ms
 from localnet.faults import no_faults
 from devtools.demo import plan_memo
 from devtools.dev import DevStack

@@ -17,7 +17,7 @@ from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
-from activities.confirm import SignatureWatcher, follow
+from executor.confirm import SignatureWatcher, follow
 from venue.rpc import SolanaRpc
 
 
@@ -106,7 +106,7 @@ async def test_a_transaction_that_never_landed_is_called_expired_once_its_blockh
 async def test_no_answer_from_the_chain_is_never_a_verdict(stack):
     """The RPC fails every status read: confirm neither says landed nor expired, it gives up the
     attempt (the workflow retries it) once the chain has been silent for a while."""
-    from activities import confirm
+    from executor import confirm
 
     rpc = SolanaRpc(stack.endpoints["rpc"])
     watcher = SignatureWatcher(rpc, poll_s=0.05)

@@ -134,7 +134,7 @@ async def test_kill_switch_survives_a_worker_restart_and_announces_the_stop(cras
 
 
 async def recorded(stack, plan_id: str):
-    from activities.records import PlanRecords
+    from executor.records import PlanRecords
 
     return (await (await PlanRecords.open(stack.js)).read(plan_id)).signed
 

@@ -12,10 +12,10 @@ from aiohttp import web
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities.dispatch import Dispatch
+from executor.dispatch import Dispatch
 from venue.rpc import SolanaRpc
-from activities.submit import Submitter
-from activities.wallets import now_ms
+from executor.submit import Submitter
+from executor.wallets import now_ms
 from tests.stack import wait_until
 from worker.bridge import DURABLE, workflow_id
 from devtools.demo import validate

@@ -37,7 +37,7 @@ async def test_rpc_plan_lands_once_and_moves_the_tokens(stack):
     assert await stack.landed_for(plan["planId"]) == [result["signature"]]
     assert [row["timesReceived"] for row in await stack.wire_transactions(plan["planId"])] == [1]
     stages = result["stageTimings"]
-    assert all(stages[s] is not None for s in ("selectWallet", "build", "sign", "submit", "confirm"))
+    assert all(stages[s] is not None for s in ("lease", "build", "sign", "submit", "confirm"))
 
 
 async def test_jito_bundle_plan_lands_and_pays_its_tip(stack):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from solders.signature import Signature
 
-from activities.build import BuildSettings, compute_unit_limit
+from executor.build import BuildSettings, compute_unit_limit
 from venue.fees import FeePolicy, choose_fee, congestion_multiplier, percentile
 from devtools.demo import validate
 

@@ -13,7 +13,7 @@ import pytest
 from solders.keypair import Keypair
 from temporalio.api.common.v1 import Payload
 
-from activities.keystore import KeyStore
+from executor.keystore import KeyStore
 from tests.stack import ROOT
 from worker.config import ExecutorConfig
 from worker.main import check_history_encryption

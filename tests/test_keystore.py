@@ -15,7 +15,7 @@ from solders.message import MessageV0, to_bytes_versioned
 from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 
-from activities.keystore import KeyStore, KeyStoreError, load_keypair_file
+from executor.keystore import KeyStore, KeyStoreError, load_keypair_file
 
 
 def write_key_file(path, keypair: Keypair, mode: int = 0o600):

@@ -27,7 +27,7 @@ from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 from solders.transaction_status import TransactionConfirmationStatus
 
-from activities.build import PACKET_DATA_SIZE, route_instructions
+from executor.build import PACKET_DATA_SIZE, route_instructions
 from devtools.demo import validate
 
 SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")

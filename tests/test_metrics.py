@@ -12,7 +12,7 @@ def result(status: ExecutionStatus, method: str, net: float | None, code: ErrorC
     return ExecutionResultEvent(
         execution_id="plan-x", plan_id="x", opportunity_id="o", status=status, expected_profit=1.0, execution_cost=ExecutionCost(),
         net_profit=net, latency=420.0, execution_method=method, error_code=code, timestamp=1,
-        stage_timings=StageTimings(select_wallet=0.3, build=0.5, sign=0.2, submit=1.5, confirm=400.0),
+        stage_timings=StageTimings(lease=0.3, build=0.5, sign=0.2, submit=1.5, confirm=400.0),
     )  # fmt: skip
 
 

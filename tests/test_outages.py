@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from temporalio.common import RetryPolicy
 
-from activities import confirm
+from executor import confirm
 from tests.stack import stack_with_worker, wait_until
 from worker import main as worker_main
 from worker.bridge import workflow_id

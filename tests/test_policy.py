@@ -1,4 +1,4 @@
-"""The plan policy (activities/policy.py): what a built transaction may do with a hot wallet.
+"""The plan policy (executor/policy.py): what a built transaction may do with a hot wallet.
 
 Three layers, each able to fail:
 - the decoder and rules on hand-built compiled messages (no servers): every rule fires where
@@ -41,14 +41,14 @@ from solders.token.associated import get_associated_token_address
 from temporalio.exceptions import ApplicationError
 
 from venue import klend
-from activities.build import (
+from executor.build import (
     TransactionBuilder,
     create_token_account_idempotent,
     route_instructions,
 )
-from activities.dispatch import Dispatch, Dispatcher
+from executor.dispatch import Dispatch, Dispatcher
 from venue.jito import STATIC_TIP_ACCOUNTS
-from activities.policy import (
+from executor.policy import (
     DEFAULT_PROGRAMS,
     PlanPolicy,
     PolicySettings,

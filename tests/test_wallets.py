@@ -14,7 +14,7 @@ import nats
 import pytest
 from solders.keypair import Keypair
 
-from activities.wallets import Lease, NoWalletAvailable, WalletPool
+from executor.wallets import Lease, NoWalletAvailable, WalletPool
 from devtools.services import NatsServer
 
 TTL = 60_000

@@ -5,9 +5,11 @@ Solana. This package holds what is the venue's rather than the executor's: the p
 (`protocol`: sizes, fees, the compute-budget encoding), the JSON-RPC client (`rpc`), the Jito
 block-engine client (`jito`), TPU over QUIC (`tpu`: leaders, connections, sender), the blockhash
 and lookup-table caches (`chain`), priority fees (`fees`) and the Kamino lending program's
-layouts (`klend`). It imports nothing else of the project, so the product (activities, worker,
+layouts (`klend`). It imports nothing else of the project, so the product (executor, worker,
 bench) and the local cluster (localnet) both use it without importing each other. The
-transaction builder stays in activities/: it reads the plan's wire model.
+programs a transaction may touch and the token-account derivation are `programs`. The
+transaction builder is executor/build.py: it turns a plan (the wire model) into
+instructions, and venue knows no plan.
 """
 from .protocol import (
     COMPUTE_BUDGET_DATA_LENGTH,

@@ -2,7 +2,7 @@
 
 It runs inside the worker process so that a workflow start can be eager (the server hands
 the first workflow task straight back to this process: no poll round trip). Beside the
-start it opens the plan's dispatch (record, lease, build, sign: activities/dispatch.py) and,
+start it opens the plan's dispatch (record, lease, build, sign: executor/dispatch.py) and,
 once an eager start is answered, sends it; the workflow's `execute` claims both. A message
 is acked only once the start is accepted; an id already started counts as accepted, and a
 plan id that already has a stored result is never started again (Temporal forgets closed
@@ -27,8 +27,8 @@ from temporalio.client import Client
 from temporalio.common import RawValue, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.dispatch import Dispatch, Dispatcher
-from activities.records import PlanRecords
+from executor.dispatch import Dispatch, Dispatcher
+from executor.records import PlanRecords
 from workflows.events import ExecutionResultEvent, InvalidPlan, parse_plan, rejection
 from workflows.execute_plan import search_attributes
 

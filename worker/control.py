@@ -18,8 +18,8 @@ import nats.errors
 from nats.js.errors import NoStreamResponseError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.keystore import KeyStore
-from activities.wallets import WalletPool
+from executor.keystore import KeyStore
+from executor.wallets import WalletPool
 
 from . import event_loop, logs
 from .bridge import workflow_id

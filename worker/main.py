@@ -21,22 +21,22 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.build import BuildSettings, TransactionBuilder
+from executor.build import BuildSettings, TransactionBuilder
 from venue.chain import BlockhashCache, LookupTableCache
-from activities.confirm import SignatureWatcher
-from activities.dispatch import Dispatcher
+from executor.confirm import SignatureWatcher
+from executor.dispatch import Dispatcher
 from activities.execution import ExecutionActivities
 from venue.fees import FeePolicy, PriorityFeeEstimator
 from venue.jito import JitoClient
-from activities.keystore import KeyStore, KeyStoreError, load_keypair_file
+from executor.keystore import KeyStore, KeyStoreError, load_keypair_file
 from venue.klend import ReserveCache
-from activities.policy import PolicySettings, open_policy
-from activities.publish import publish_result
-from activities.records import PlanRecords
+from executor.policy import PolicySettings, open_policy
+from executor.publish import publish_result
+from executor.records import PlanRecords
 from venue.rpc import SolanaRpc
-from activities.submit import Submitter
+from executor.submit import Submitter
 from venue.tpu import TpuClient
-from activities.wallets import WalletPool
+from executor.wallets import WalletPool
 from workflows.converter import history_converter
 from workflows.events import ExecutionResultEvent
 from workflows.execute_plan import SEARCH_ATTRIBUTES, ExecutePlan
@@ -234,7 +234,7 @@ class ExecutorWorker:
         self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000, commitment=config.confirmation_commitment)
         self.watcher.start()
         builder = transaction_builder(config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts)
-        # Plan policy (activities/policy.py): every built transaction is checked before it is signed.
+        # Plan policy (executor/policy.py): every built transaction is checked before it is signed.
         self.policy = await _patiently(
             "policy", lambda: open_policy(policy_settings, self.js, builder, self.hot_rpc, worker_name=config.executor_name, replicas=config.nats_replicas)
         )

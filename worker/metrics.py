@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from workflows.events import ExecutionResultEvent
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
-STAGES = ("select_wallet", "build", "sign", "submit", "confirm")
+STAGES = ("lease", "build", "sign", "submit", "confirm")
 
 
 class ExecutorMetrics:

@@ -1,7 +1,7 @@
 """`hft-executor results`: the executor's results as a downstream consumer sees them, without the NATS CLI.
 
 Results are on the EXECUTED stream, subject executed.<status>.<opportunityId>, one per plan after
-JetStream's dedupe (activities/publish.py). The command reads them as the operator through a
+JetStream's dedupe (executor/publish.py). The command reads them as the operator through a
 short-lived ordered consumer: ephemeral, in memory, no acks, gone when the command ends, so it
 changes nothing for anyone else's consumers.
 
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from activities.records import BUCKET as RECORDS_BUCKET
-from activities.records import PlanRecords
+from executor.records import BUCKET as RECORDS_BUCKET
+from executor.records import PlanRecords
 
 from .config import ExecutorConfig
 from .control import _nats, _run, environment
@@ -131,7 +131,7 @@ async def _plan_results(js, state, plan_id: str, stopping: asyncio.Event) -> lis
     """A plan's result(s), as on the wire.
 
     A subject filter cannot select a plan: the subject holds the opportunity id, the plan id is only in
-    the body. The plan's stored result (KV plan_records, result.<planId>: activities/records.py) is its
+    the body. The plan's stored result (KV plan_records, result.<planId>: executor/records.py) is its
     one result, the one every publish of it carries, so that is read first: one lookup however long the
     stream is. Only a plan the bridge rejected before it ran (a message that does not parse) has no stored
     result, just its message on the stream; for it, and for an id that has none at all, the stream is

@@ -7,7 +7,7 @@ survive a power cut (deploy/nats/nats.conf): by default it syncs every 2 minutes
 
 How the windows agree:
 - PLANNED keeps a plan 7 days, so it can be redelivered (a consumer recreated, a replay) for 7
-  days. The plan's record and stored result live 8 days (activities/records.py) and the bridge
+  days. The plan's record and stored result live 8 days (executor/records.py) and the bridge
   never starts a plan id that has a result: a plan runs once, ever, for as long as it can come
   back. Temporal's REJECT_DUPLICATE (its retention, 72 h) is a second guard, not the only one.
 - EXECUTED drops a repeated Nats-Msg-Id for an hour. A plan's publish is only repeated by its
@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from activities.records import PLANNED_MAX_AGE_S
+from executor.records import PLANNED_MAX_AGE_S
 
 PLANNED_SUBJECTS = "execution.planned.>"
 EXECUTED_SUBJECTS = "executed.>"

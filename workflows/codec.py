@@ -19,7 +19,7 @@ ExecutionMethod, PlanStatus, Wallet), the workflow id (`plan-<planId>`), workflo
 activity type names, task queue, timestamps, and an ApplicationError's type (the error
 code; its message is encrypted).
 
-Key hygiene, as in activities/keystore.py: errors name the variable, the file or the key
+Key hygiene, as in executor/keystore.py: errors name the variable, the file or the key
 id, never a key; `HistoryKeys` shows only key ids and refuses to be pickled.
 """
 from __future__ import annotations

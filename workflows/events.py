@@ -12,7 +12,7 @@ import re
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from solders.pubkey import Pubkey
 
@@ -41,7 +41,7 @@ class ErrorCode(str, Enum):
     TX_FAILED = "TX_FAILED"
     BLOCKHASH_EXPIRED = "BLOCKHASH_EXPIRED"
     CONFIRMATION_TIMEOUT = "CONFIRMATION_TIMEOUT"
-    POLICY_VIOLATION = "POLICY_VIOLATION"  # the built transaction breaks the plan policy (activities/policy.py); nothing signed
+    POLICY_VIOLATION = "POLICY_VIOLATION"  # the built transaction breaks the plan policy (executor/policy.py); nothing signed
 
 
 class ExecutionMethod(str, Enum):
@@ -187,9 +187,12 @@ class ExecutionPlanEvent(WireModel):
 
 
 class StageTimings(WireModel):
-    """Milliseconds spent in each stage (extension)."""
+    """Milliseconds spent in each stage (extension): the steps of execute (lease, build, sign,
+    submit), then confirm."""
 
-    select_wallet: float | None = None
+    # Named selectWallet before 2026-11-30: still read, so stored results and histories of plans
+    # in flight across the upgrade parse.
+    lease: float | None = Field(default=None, validation_alias=AliasChoices("lease", "selectWallet"))
     build: float | None = None
     sign: float | None = None
     submit: float | None = None

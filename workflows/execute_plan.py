@@ -22,7 +22,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.execution import ExecutionActivities
     from workflows.events import (
         ErrorCode,
         ExecutionCost,
@@ -39,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         ConfirmRequest,
         Executed,
         ExecuteRequest,
+        PlanActivities,
         PublishRequest,
         ReleaseRequest,
         ResolveRequest,
@@ -170,7 +170,7 @@ class ExecutePlan:
         # the clock of the process that sends (the bridge may have sent already, on that clock).
         remaining = timedelta(milliseconds=max(0, plan.deadline - _now_ms()))
         return await workflow.execute_local_activity_method(
-            ExecutionActivities.execute,
+            PlanActivities.execute,
             ExecuteRequest(plan, self.halt_reason),
             schedule_to_close_timeout=remaining + EXECUTE_GRACE,
             retry_policy=HOT_PATH_RETRY,
@@ -181,7 +181,7 @@ class ExecutePlan:
         transaction may be out, and it is followed with the failure as its code if it never lands."""
         self.stage = "record"
         signed = await workflow.execute_local_activity_method(
-            ExecutionActivities.resolve_record,
+            PlanActivities.resolve_record,
             ResolveRequest(plan.plan_id, stopped.code.value, stopped.message),
             start_to_close_timeout=BOOKKEEPING_ATTEMPT,
             retry_policy=UNTIL_DONE,
@@ -198,7 +198,7 @@ class ExecutePlan:
         # dies, the task times out and another worker re-runs confirm.
         self.stage = "confirm"
         return await workflow.execute_local_activity_method(
-            ExecutionActivities.confirm,
+            PlanActivities.confirm,
             ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, plan.deadline, self.halt_reason),
             start_to_close_timeout=CONFIRM_ATTEMPT,
             retry_policy=UNTIL_DONE,
@@ -210,7 +210,7 @@ class ExecutePlan:
         self.stage = "settle"
         try:
             return await workflow.execute_local_activity_method(
-                ExecutionActivities.settle,
+                PlanActivities.settle,
                 SettleRequest(plan, self.signed.wallet, self.signed.signature, self.signed.tip_lamports),
                 schedule_to_close_timeout=BOOKKEEPING_TIME,
                 retry_policy=BOOKKEEPING_RETRY,
@@ -231,7 +231,7 @@ class ExecutePlan:
         wallet = self.signed.wallet if self.signed else (self.lease.wallet if self.lease else None)
         try:
             await workflow.execute_local_activity_method(
-                ExecutionActivities.release_wallet,
+                PlanActivities.release_wallet,
                 ReleaseRequest(plan.plan_id, wallet, outcome),
                 schedule_to_close_timeout=BOOKKEEPING_TIME,
                 retry_policy=BOOKKEEPING_RETRY,
@@ -245,7 +245,7 @@ class ExecutePlan:
         that saw something else publishes and returns the first one."""
         self.stage = "publish"
         told = await workflow.execute_local_activity_method(
-            ExecutionActivities.publish,
+            PlanActivities.publish,
             PublishRequest(result, message_id, keep),
             start_to_close_timeout=BOOKKEEPING_ATTEMPT,
             retry_policy=UNTIL_DONE,
@@ -292,7 +292,7 @@ class ExecutePlan:
         timings = StageTimings()
         if executed is not None:
             timings = StageTimings(
-                select_wallet=executed.lease.elapsed_ms,
+                lease=executed.lease.elapsed_ms,
                 build=executed.build_ms,
                 sign=executed.signed.elapsed_ms,
                 submit=executed.submission.elapsed_ms,

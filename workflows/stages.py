@@ -1,11 +1,16 @@
-"""What the ExecutePlan workflow passes to and gets from its activities: plain data, no secrets.
+"""What the ExecutePlan workflow asks of its activities: each one's name and types
+(`PlanActivities`), and the plain data passed to and from them. No secrets: only public keys
+and signed transactions appear here; private keys stay in the worker's key store.
 
-Only public keys and signed transactions appear here; private keys stay in the worker's
-key store.
+The workflow calls the activities through `PlanActivities`, by typed reference, and
+`activities.execution.ExecutionActivities` implements them: so the workflow imports nothing
+of the side that does the work, and the imports point one way.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from temporalio import activity
 
 from workflows.events import ExecutionPlanEvent, ExecutionResultEvent
 
@@ -24,21 +29,6 @@ class ExecuteRequest:
 
     plan: ExecutionPlanEvent
     halt_reason: str | None  # a halt signal the workflow has seen: refuse to send unless already sent
-
-
-@dataclass(frozen=True)
-class BuiltTransaction:
-    """An unsigned v0 message and what the workflow needs to know about it."""
-
-    message: str  # base64 of the serialized v0 message
-    blockhash: str
-    last_valid_block_height: int
-    size: int  # serialized size of the signed transaction, bytes
-    compute_unit_limit: int
-    compute_unit_price: int  # micro-lamports per CU
-    tip_lamports: int
-    tip_account: str | None
-    elapsed_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,3 +128,37 @@ class PublishRequest:
     result: ExecutionResultEvent
     message_id: str  # Nats-Msg-Id: JetStream drops a repeat within its dedupe window
     keep: bool = True  # store it as the plan's one result (a rejected input has no plan to keep it for)
+
+
+class PlanActivities:
+    """The activities of one plan, as the workflow calls them (each a local activity)."""
+
+    @activity.defn(name="execute")
+    async def execute(self, request: ExecuteRequest) -> Executed:
+        """Lease, build, policy, sign, record, the send gate, the send."""
+        raise NotImplementedError
+
+    @activity.defn(name="resolve_record")
+    async def resolve_record(self, request: ResolveRequest) -> SignedTransaction | None:
+        """After a failed execute: None if the plan's record is void, else the recorded transaction."""
+        raise NotImplementedError
+
+    @activity.defn(name="confirm")
+    async def confirm(self, request: ConfirmRequest) -> Confirmation:
+        """Follow the recorded signature until the chain decides."""
+        raise NotImplementedError
+
+    @activity.defn(name="settle")
+    async def settle(self, request: SettleRequest) -> Settlement:
+        """What the landed transaction cost and earned."""
+        raise NotImplementedError
+
+    @activity.defn(name="release_wallet")
+    async def release_wallet(self, request: ReleaseRequest) -> None:
+        """Give the plan's lease back, wherever it is."""
+        raise NotImplementedError
+
+    @activity.defn(name="publish")
+    async def publish(self, request: PublishRequest) -> ExecutionResultEvent:
+        """Store the plan's one result and publish it on EXECUTED."""
+        raise NotImplementedError

@@ -60,25 +60,27 @@ from venue import (
     parse_compute_budget,
 )
 from workflows.events import ErrorCode, ExecutionPlanEvent
-from workflows.stages import BuiltTransaction
 
 from venue import klend
-from .build import _associated_token_address
+from .build import BuiltTransaction
 from .errors import fail
 from venue.jito import STATIC_TIP_ACCOUNTS
+from venue.programs import (
+    ATA_PROGRAM,
+    LOOKUP_TABLE_PROGRAM,
+    MEMO_PROGRAM,
+    MEMO_V1_PROGRAM,
+    NATIVE_MINT,
+    SYSTEM_PROGRAM,
+    TOKEN_2022_PROGRAM,
+    TOKEN_PROGRAM,
+    associated_token_address,
+)
 
 log = logging.getLogger("hft.policy")
 
 
-SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
 COMPUTE_BUDGET_PROGRAM = Pubkey.from_string(COMPUTE_BUDGET_PROGRAM_ID)
-TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
-TOKEN_2022_PROGRAM = Pubkey.from_string("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb")
-ATA_PROGRAM = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
-MEMO_PROGRAM = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
-MEMO_V1_PROGRAM = Pubkey.from_string("Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo")
-LOOKUP_TABLE_PROGRAM = Pubkey.from_string("AddressLookupTab1e1111111111111111111111111")
-NATIVE_MINT = Pubkey.from_string("So11111111111111111111111111111111111111112")
 TOKEN_PROGRAMS = frozenset({TOKEN_PROGRAM, TOKEN_2022_PROGRAM})
 
 DEFAULT_PROGRAMS = frozenset(
@@ -817,7 +819,7 @@ class PlanPolicy:
         key = (wallet, mint, program)
         account = self._token_accounts.get(key)
         if account is None:
-            account = self._token_accounts[key] = _associated_token_address(wallet, mint, program)
+            account = self._token_accounts[key] = associated_token_address(wallet, mint, program)
         return account
 
     def market_authority(self, market: Pubkey) -> Pubkey:

@@ -20,26 +20,36 @@ from solders.message import MessageV0, to_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.address_lookup_table_account import AddressLookupTableAccount
-from solders.token.associated import get_associated_token_address
 
 from workflows.events import PLACEHOLDER_WALLET, PLACEHOLDER_WALLET_ATA, ErrorCode, ExecutionMethod, ExecutionPlanEvent, FlashLoan
 from venue import LAMPORTS_PER_SOL, MAX_COMPUTE_UNITS, PACKET_DATA_SIZE
-from workflows.stages import BuiltTransaction
 
 from venue.chain import BlockhashCache, LookupTableCache, LookupTableMissing
 from venue import klend
 from .errors import fail
 from venue.fees import PriorityFeeEstimator
+from venue.programs import TOKEN_PROGRAM, associated_token_address, create_token_account_idempotent
 from venue.klend import ReserveCache
 
-TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
 MIN_JITO_TIP = 1000  # lamports (Jito's minimum)
 
 
 FLASH_LOAN_COMPUTE_UNITS = 600_000  # the seed's budget for flash-loan plans without a gasEstimate
-ATA_PROGRAM = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
-SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
-CREATE_IDEMPOTENT = bytes([1])  # spl-associated-token-account instruction 1
+
+
+@dataclass(frozen=True)
+class BuiltTransaction:
+    """An unsigned v0 message and what the policy and the record need to know about it."""
+
+    message: str  # base64 of the serialized v0 message
+    blockhash: str
+    last_valid_block_height: int
+    size: int  # serialized size of the signed transaction, bytes
+    compute_unit_limit: int
+    compute_unit_price: int  # micro-lamports per CU
+    tip_lamports: int
+    tip_account: str | None
+    elapsed_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -59,30 +69,8 @@ def resolve_account(key: str, wallet: Pubkey) -> Pubkey:
     if key.startswith(PLACEHOLDER_WALLET_ATA):
         mint, _, program = key[len(PLACEHOLDER_WALLET_ATA) :].partition(":")
         token_program = Pubkey.from_string(program) if program else TOKEN_PROGRAM
-        return _associated_token_address(wallet, Pubkey.from_string(mint), token_program)
+        return associated_token_address(wallet, Pubkey.from_string(mint), token_program)
     return Pubkey.from_string(key)
-
-
-def _associated_token_address(wallet: Pubkey, mint: Pubkey, token_program: Pubkey) -> Pubkey:
-    if token_program == TOKEN_PROGRAM:
-        return get_associated_token_address(wallet, mint)
-    return Pubkey.find_program_address([bytes(wallet), bytes(token_program), bytes(mint)], ATA_PROGRAM)[0]
-
-
-def create_token_account_idempotent(payer: Pubkey, owner: Pubkey, mint: Pubkey, token_program: Pubkey) -> Instruction:
-    """spl-associated-token-account CreateIdempotent: a no-op when the account exists."""
-    return Instruction(
-        ATA_PROGRAM,
-        CREATE_IDEMPOTENT,
-        [
-            AccountMeta(payer, is_signer=True, is_writable=True),
-            AccountMeta(_associated_token_address(owner, mint, token_program), is_signer=False, is_writable=True),
-            AccountMeta(owner, is_signer=False, is_writable=False),
-            AccountMeta(mint, is_signer=False, is_writable=False),
-            AccountMeta(SYSTEM_PROGRAM, is_signer=False, is_writable=False),
-            AccountMeta(token_program, is_signer=False, is_writable=False),
-        ],
-    )
 
 
 def compute_unit_limit(plan: ExecutionPlanEvent, settings: BuildSettings) -> int:
@@ -154,7 +142,7 @@ class TransactionBuilder:
         borrow_index = None
         if plan.flash_loan is not None:
             reserve = await self._reserve(plan.flash_loan)
-            user_account = _associated_token_address(wallet, reserve.liquidity_mint, reserve.token_program)
+            user_account = associated_token_address(wallet, reserve.liquidity_mint, reserve.token_program)
             if plan.flash_loan.create_token_account:
                 instructions.append(create_token_account_idempotent(wallet, wallet, reserve.liquidity_mint, reserve.token_program))
             borrow_index = len(instructions)  # absolute: compute budget and account creation come first

@@ -35,9 +35,9 @@ from solders.message import from_bytes_versioned
 from temporalio.exceptions import ApplicationError
 
 from workflows.events import ErrorCode, ExecutionPlanEvent
-from workflows.stages import BuiltTransaction, Executed, SignedTransaction, Submission, WalletLeaseInfo
+from workflows.stages import Executed, SignedTransaction, Submission, WalletLeaseInfo
 
-from .build import TransactionBuilder
+from .build import BuiltTransaction, TransactionBuilder
 from .errors import fail
 from .keystore import KeyStore
 from .policy import PlanPolicy, PolicySettings
@@ -304,14 +304,14 @@ class Dispatcher:
         except NoWalletAvailable as error:
             # Busy or low wallets may recover before the deadline; a wallet we hold no key for never will.
             fail(ErrorCode.NO_WALLET, str(error), final=plan.wallet is not None and plan.wallet not in self.keys)
-        log.info("plan=%s stage=select_wallet wallet=%s", plan.plan_id, lease.wallet)
+        log.info("plan=%s stage=lease wallet=%s", plan.plan_id, lease.wallet)
         return WalletLeaseInfo(lease.lease_id, lease.wallet, lease.expires_at_ms, _ms_since(started))
 
     async def adopt(self, plan: ExecutionPlanEvent, wallet: str) -> WalletLeaseInfo:
         """The lease on the wallet that signed the recorded transaction, whatever its health."""
         started = time.perf_counter()
         lease = await self.wallets.adopt(plan.plan_id, wallet, ttl_ms=lease_ttl_for(plan))
-        log.info("plan=%s stage=select_wallet wallet=%s adopted=true", plan.plan_id, wallet)
+        log.info("plan=%s stage=lease wallet=%s adopted=true", plan.plan_id, wallet)
         return WalletLeaseInfo(lease.lease_id, lease.wallet, lease.expires_at_ms, _ms_since(started))
 
     def sign(self, plan_id: str, wallet: str, built: BuiltTransaction) -> SignedTransaction:
