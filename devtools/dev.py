@@ -336,11 +336,7 @@ async def _dev(args: argparse.Namespace) -> int:
                 )
             code = 0 if summary["success"] == args.demo else 1
         if not (args.demo and args.exit):
-            waiter = asyncio.create_task(stop.wait())
-            crashed = asyncio.create_task(worker.wait())
-            await asyncio.wait({waiter, crashed}, return_when=asyncio.FIRST_COMPLETED)
-            if crashed.done():
-                crashed.result()
+            await worker.run_until(stop)
     finally:
         if worker is not None and hasattr(worker, "bridge"):
             await worker.stop()

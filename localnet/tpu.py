@@ -19,7 +19,6 @@ where it has to (see ``_MandatoryClientAuthTls`` and ``_TpuQuicConnection``).
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import ssl
 import time
@@ -52,17 +51,16 @@ from aioquic.quic.packet import (
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import NameOID
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from venue import PACKET_DATA_SIZE
+from venue.tpu.connections import node_certificate
 
-__all__ = ["TpuQuicServer", "make_ed25519_certificate"]
+__all__ = ["TpuQuicServer", "node_certificate"]
 
 logger = logging.getLogger("localnet.tpu")
 
@@ -105,36 +103,6 @@ _INVALID_STREAM = (CONNECTION_CLOSE_CODE_INVALID_STREAM, CONNECTION_CLOSE_REASON
 _RATE_WINDOW = 60.0
 
 TransactionCallback = Callable[[bytes, str], None]
-
-
-def make_ed25519_certificate(
-    identity: Keypair,
-) -> tuple[x509.Certificate, Ed25519PrivateKey]:
-    """Build the self-signed certificate a Solana node presents in QUIC's TLS handshake.
-
-    Mirrors agave's ``new_dummy_x509_certificate`` (solana-tls-utils): issuer CN
-    "Solana node", empty subject, validity 1970-01-01 to 4096-01-01, critical SAN dNSName
-    "localhost", critical basicConstraints CA=false. Only the Ed25519 public key matters
-    to peers: it *is* the node identity, and possession of the key is proven by the TLS
-    CertificateVerify, not by the chain. Agave leaves the certificate's own signature
-    invalid; here it is validly self-signed, which costs nothing and is accepted either way.
-    Used for the server's certificate and, later, the project's TPU client's certificate.
-    """
-    private_key = Ed25519PrivateKey.from_private_bytes(bytes(identity)[:32])
-    utc = datetime.timezone.utc
-    certificate = (
-        x509.CertificateBuilder()
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Solana node")]))
-        .subject_name(x509.Name([]))
-        .public_key(private_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime.datetime(1970, 1, 1, tzinfo=utc))
-        .not_valid_after(datetime.datetime(4096, 1, 1, tzinfo=utc))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=True)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(private_key, algorithm=None)
-    )
-    return certificate, private_key
 
 
 def _pubkey_of(certificate: x509.Certificate) -> str | None:
@@ -424,7 +392,7 @@ class TpuQuicServer:
         self._open_per_ip: dict[str, int] = {}
         self._recent_per_ip: dict[str, deque[float]] = {}
         self._endpoint: _TpuEndpoint | None = None
-        certificate, private_key = make_ed25519_certificate(identity)
+        certificate, private_key = node_certificate(identity)
         self._configuration = QuicConfiguration(
             alpn_protocols=[ALPN_TPU_PROTOCOL_ID],
             is_client=False,

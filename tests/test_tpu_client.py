@@ -26,7 +26,7 @@ from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
-from venue.tpu import LeaderTracker, TpuClient, make_client_certificate
+from venue.tpu import LeaderTracker, TpuClient, node_certificate
 from localnet.cluster import ClusterConfig, ClusterThread
 
 SOL = 1_000_000_000
@@ -240,7 +240,7 @@ async def test_dead_leader_is_skipped_without_stalling(cluster, rpc, admin, paye
 
 async def test_client_certificate_carries_the_identity_key(cluster):
     identity, wallet = Keypair(), Keypair()
-    certificate, private_key = make_client_certificate(identity)
+    certificate, private_key = node_certificate(identity)
     public_key = certificate.public_key()
     assert isinstance(public_key, Ed25519PublicKey)
     raw_key = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)

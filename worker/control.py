@@ -98,11 +98,7 @@ async def _worker() -> int:
         loop.add_signal_handler(sig, stop.set)
     await worker.start()
     try:
-        waiter = asyncio.create_task(stop.wait())
-        crashed = asyncio.create_task(worker.wait())
-        await asyncio.wait({waiter, crashed}, return_when=asyncio.FIRST_COMPLETED)
-        if crashed.done():
-            crashed.result()
+        await worker.run_until(stop)
     finally:
         await worker.stop()
     return 0

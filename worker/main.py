@@ -356,6 +356,16 @@ class ExecutorWorker:
         for task in done:
             task.result()
 
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set (SIGINT, SIGTERM) or a part stops on its own (its exception is raised)."""
+        stopping = asyncio.create_task(stop.wait())
+        crashed = asyncio.create_task(self.wait())
+        await asyncio.wait({stopping, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if crashed.done():
+            crashed.result()
+        crashed.cancel()
+
     async def stop(self) -> None:
         """Drain: stop taking plans, let running activities finish (up to the grace time), close clients."""
         await self.bridge.stop()

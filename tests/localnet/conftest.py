@@ -22,7 +22,7 @@ from solders.transaction import VersionedTransaction
 
 from localnet.cluster import ClusterConfig, ClusterThread
 from localnet.faults import no_faults
-from localnet.tpu import make_ed25519_certificate
+from localnet.tpu import node_certificate
 
 SOL = 1_000_000_000
 SLOT_MS = 40
@@ -97,7 +97,7 @@ async def quic_send(address: str, *raws: bytes, identity: Keypair | None = None,
     With `expect_close`, wait for the server to close the connection instead of pinging.
     """
     host, port = address.rsplit(":", 1)
-    certificate, key = make_ed25519_certificate(identity or Keypair())
+    certificate, key = node_certificate(identity or Keypair())
     configuration = QuicConfiguration(is_client=True, alpn_protocols=["solana-tpu"], verify_mode=ssl.CERT_NONE)
     configuration.certificate, configuration.private_key = certificate, key
     async with connect(host, int(port), configuration=configuration) as client:

@@ -30,7 +30,7 @@ from cryptography.x509 import DNSName, SubjectAlternativeName
 from cryptography.x509.oid import NameOID
 from solders.keypair import Keypair
 
-from localnet.tpu import PACKET_DATA_SIZE, TpuQuicServer, make_ed25519_certificate
+from localnet.tpu import PACKET_DATA_SIZE, TpuQuicServer, node_certificate
 
 HOST = "127.0.0.1"
 TIMEOUT = 3.0  # seconds; every wait in these tests is bounded by this
@@ -84,7 +84,7 @@ async def tpu_client(
         idle_timeout=5.0,
     )
     if certificate:
-        configuration.certificate, configuration.private_key = make_ed25519_certificate(
+        configuration.certificate, configuration.private_key = node_certificate(
             keypair or Keypair()
         )
     if configure is not None:
@@ -166,7 +166,7 @@ async def harness() -> AsyncIterator[Harness]:
 
 def test_certificate_carries_node_identity() -> None:
     keypair = Keypair()
-    cert, key = make_ed25519_certificate(keypair)
+    cert, key = node_certificate(keypair)
     public = cert.public_key()
     assert isinstance(public, Ed25519PublicKey)
     assert public.public_bytes(Encoding.Raw, PublicFormat.Raw) == bytes(keypair.pubkey())
@@ -257,7 +257,7 @@ async def test_stream_credit_is_replenished_beyond_max_uni_streams() -> None:
 
 async def test_client_must_hold_its_certificate_key(harness: Harness) -> None:
     def sign_with_another_key(configuration: QuicConfiguration) -> None:
-        _, configuration.private_key = make_ed25519_certificate(Keypair())
+        _, configuration.private_key = node_certificate(Keypair())
 
     closed = await refusal(harness.server, configure=sign_with_another_key)
     # aioquic checks the CertificateVerify signature against the certificate's key.

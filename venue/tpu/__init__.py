@@ -12,7 +12,7 @@ The package splits that job in three modules, imports pointing one way
 * ``leaders``: ``LeaderTracker``: current slot (websocket ``slotSubscribe``, ``getSlot``
   polling as a fallback), the leader schedule (``getSlotLeaders`` in batches) and the
   leaders' QUIC addresses (``getClusterNodes`` ``tpuQuic``).
-* ``connections``: ``make_client_certificate`` (the self-signed Ed25519 certificate every TPU
+* ``connections``: ``node_certificate`` (the self-signed Ed25519 certificate every TPU
   client must present; its key is the client's node identity) and ``ConnectionCache``
   (long-lived aioquic connections to upcoming leaders, opened ahead of need, reused, kept
   alive, LRU-bounded, with exponential backoff for dead leaders; validators allow only 8
@@ -24,7 +24,7 @@ The package splits that job in three modules, imports pointing one way
 
 No transaction bytes, keys or seeds are ever logged; identities are public keys.
 """
-from .connections import ConnectFailed, ConnectionCache, LeaderBackoff, make_client_certificate
+from .connections import ConnectFailed, ConnectionCache, LeaderBackoff, node_certificate
 from .leaders import LeaderTracker
 from .sender import TpuClient, TpuSendReport
 
@@ -35,5 +35,5 @@ __all__ = [
     "LeaderTracker",
     "TpuClient",
     "TpuSendReport",
-    "make_client_certificate",
+    "node_certificate",
 ]

@@ -1,6 +1,6 @@
 """The QUIC connection cache: long-lived aioquic connections to leaders' TPU addresses.
 
-* ``make_client_certificate``: the self-signed Ed25519 certificate every TPU client must
+* ``node_certificate``: the self-signed Ed25519 certificate every TPU client must
   present (the server's client-auth is mandatory); its key is the client's node identity.
 * ``ConnectionCache``: long-lived aioquic connections to upcoming leaders, opened ahead of
   need, reused, kept alive, LRU-bounded, with exponential backoff for dead leaders.
@@ -82,22 +82,24 @@ RETIRE_AFTER_S = IDLE_TIMEOUT_S
 _BACKOFF_CLOSE_CODES = frozenset({2, 3, 4})
 
 
-# --- client certificate -------------------------------------------------------------------
+# --- node certificate ---------------------------------------------------------------------
 
 
-def make_client_certificate(identity: Keypair) -> tuple[x509.Certificate, Ed25519PrivateKey]:
-    """Self-signed X.509 certificate carrying ``identity``'s Ed25519 key, for the QUIC TLS handshake.
+def node_certificate(identity: Keypair) -> tuple[x509.Certificate, Ed25519PrivateKey]:
+    """The self-signed X.509 certificate a Solana node presents in QUIC's TLS handshake, as a
+    client (the executor's TPU sender) or a server (the local cluster's TPU), carrying
+    ``identity``'s Ed25519 key.
 
     Mirrors agave tls-utils ``new_dummy_x509_certificate``: version 3, serial
     0x0101010101010101, issuer CN "Solana node", empty subject, validity 1970-01-01 to
     4096-01-01, critical SAN dNSName "localhost", critical basicConstraints (not a CA).
     Peers read only the public key (``get_pubkey_from_tls_certificate``): it is the
-    sender's node identity, proven by the TLS CertificateVerify signature, and a staked
+    node identity, proven by the TLS CertificateVerify signature, and a staked
     identity gets more streams. Agave leaves the certificate's own signature invalid
     (0xff bytes); here it is validly self-signed, which peers accept just the same.
 
-    Pass the sender's *node identity* keypair, never a wallet: this key signs TLS
-    handshakes on every connection, so it must not be one that holds funds.
+    Pass a *node identity* keypair, never a wallet: this key signs TLS handshakes on
+    every connection, so it must not be one that holds funds.
     """
     private_key = Ed25519PrivateKey.from_private_bytes(identity.secret())
     utc = datetime.timezone.utc
@@ -270,7 +272,7 @@ class ConnectionCache:
         self._connecting: dict[Address, asyncio.Task[_TpuConnection]] = {}
         self._backoff: dict[Address, _Backoff] = {}
         self._keepalive_task: asyncio.Task[None] | None = None
-        certificate, private_key = make_client_certificate(identity)
+        certificate, private_key = node_certificate(identity)
         self._configuration = dict(certificate=certificate, private_key=private_key, idle_timeout=idle_timeout_s)
 
     def _new_quic(self, addr: Address) -> QuicConnection:
