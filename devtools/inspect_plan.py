@@ -15,8 +15,6 @@ import base64
 import json
 import sys
 
-from solana.rpc.async_api import AsyncClient
-from solana.rpc.commitment import Confirmed
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.pubkey import Pubkey
@@ -138,7 +136,7 @@ async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys:
     if wallet is None:
         raise SystemExit("inspect-plan: no wallet: give --wallet PUBKEY (or configure WALLET_1 / WALLET_KEYS_DIR)")
     Pubkey.from_string(wallet)
-    rpc = AsyncClient(config.rpc_endpoint, commitment=Confirmed, timeout=5)
+    rpc = SolanaRpc(config.rpc_endpoint, timeout_s=5.0, transport_retries=1)
     hot = SolanaRpc(config.rpc_endpoint)
     jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid, tip_retry_s=0)
     try:

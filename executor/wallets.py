@@ -33,10 +33,10 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from solana.rpc.async_api import AsyncClient
 from solders.pubkey import Pubkey
 
 from venue import LAMPORTS_PER_SOL
+from venue.rpc import SolanaRpc
 
 log = logging.getLogger("hft.wallets")
 
@@ -319,18 +319,18 @@ class WalletPool:
             low = lamports < self.min_balance_lamports
             (log.warning if low else log.info)("event=balance wallet=%s lamports=%d sol=%s low=%s", wallet, lamports, _sol(lamports), low)
 
-    async def refresh_balances(self, rpc: AsyncClient) -> dict[str, int]:
+    async def refresh_balances(self, rpc: SolanaRpc) -> dict[str, int]:
         """Read every wallet's balance (getMultipleAccounts, 100 a request) and store it; returns lamports by wallet."""
         balances: dict[str, int] = {}
         for start in range(0, len(self.wallets), ACCOUNTS_PER_REQUEST):
             chunk = self.wallets[start : start + ACCOUNTS_PER_REQUEST]
-            answer = await rpc.get_multiple_accounts([Pubkey.from_string(wallet) for wallet in chunk])
-            for wallet, account in zip(chunk, answer.value, strict=True):
+            answer = await rpc.multiple_accounts([Pubkey.from_string(wallet) for wallet in chunk], "confirmed")
+            for wallet, account in zip(chunk, answer, strict=True):
                 balances[wallet] = account.lamports if account is not None else 0  # no account: never funded
         await asyncio.gather(*(self.set_balance(wallet, lamports) for wallet, lamports in balances.items()))
         return balances
 
-    async def run_balance_refresh(self, rpc: AsyncClient, interval_s: float = 30.0) -> None:
+    async def run_balance_refresh(self, rpc: SolanaRpc, interval_s: float = 30.0) -> None:
         """Refresh balances forever, every ``interval_s``; a failed round is logged and the next one tried."""
         while True:
             try:

@@ -228,10 +228,10 @@ class FakeRpc:
         self.accounts = accounts
         self.calls = 0
 
-    async def get_account_info(self, address, commitment=None, encoding="base64"):
+    async def account_info(self, address, commitment):
         self.calls += 1
-        assert encoding == "base64"
-        return SimpleNamespace(value=self.accounts.get(address))
+        assert commitment == "confirmed"
+        return self.accounts.get(address)
 
 
 async def test_reserve_cache():

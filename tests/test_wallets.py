@@ -241,19 +241,19 @@ async def test_two_workers_racing_never_exceed_the_cap(connect, bucket):
 
 
 class FakeRpc:
-    """Stands in for solana's AsyncClient: only get_multiple_accounts, which refresh_balances calls."""
+    """Stands in for venue.rpc.SolanaRpc: only multiple_accounts, which refresh_balances calls."""
 
     def __init__(self, lamports: dict[str, int | None], failures: int = 0) -> None:
         self.lamports = lamports
         self.failures = failures
         self.calls = 0
 
-    async def get_multiple_accounts(self, pubkeys):
+    async def multiple_accounts(self, pubkeys, commitment):
+        assert commitment == "confirmed"
         self.calls += 1
         if self.calls <= self.failures:
             raise ConnectionError("rpc down")
-        accounts = [None if self.lamports[str(p)] is None else SimpleNamespace(lamports=self.lamports[str(p)]) for p in pubkeys]
-        return SimpleNamespace(value=accounts)
+        return [None if self.lamports[str(p)] is None else SimpleNamespace(lamports=self.lamports[str(p)]) for p in pubkeys]
 
 
 async def test_refresh_balances(connect, bucket):

@@ -2,7 +2,7 @@
 
 Named as a desk names it: the execution venue is where orders land, for this executor one chain,
 Solana. This package holds what is the venue's rather than the executor's: the protocol's facts
-(`protocol`: sizes, fees, the compute-budget encoding), the JSON-RPC client (`rpc`), the Jito
+(`protocol`: sizes, fees, the compute-budget encoding), the product's one JSON-RPC client (`rpc`), the Jito
 block-engine client (`jito`), TPU over QUIC (`tpu`: leaders, connections, sender), the blockhash
 and lookup-table caches (`chain`), priority fees (`fees`) and the Kamino lending program's
 layouts (`klend`). It imports nothing else of the project, so the product (executor, worker,

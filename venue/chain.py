@@ -10,11 +10,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from solana.rpc.async_api import AsyncClient
-from solana.rpc.commitment import Confirmed
 from solders.address_lookup_table_account import AddressLookupTable, AddressLookupTableAccount
 from solders.hash import Hash
 from solders.pubkey import Pubkey
+
+from .rpc import SolanaRpc
 
 log = logging.getLogger("hft.chain")
 
@@ -29,15 +29,15 @@ class RecentBlockhash:
 class BlockhashCache:
     """The latest confirmed blockhash, refreshed every `every_s` (a slot or so)."""
 
-    def __init__(self, rpc: AsyncClient, every_s: float = 0.2) -> None:
+    def __init__(self, rpc: SolanaRpc, every_s: float = 0.2) -> None:
         self.rpc = rpc
         self.every_s = every_s
         self.current: RecentBlockhash | None = None
         self._task: asyncio.Task | None = None
 
     async def refresh(self) -> RecentBlockhash:
-        answer = (await self.rpc.get_latest_blockhash(Confirmed)).value
-        self.current = RecentBlockhash(answer.blockhash, answer.last_valid_block_height, time.monotonic())
+        blockhash, last_valid_block_height = await self.rpc.latest_blockhash("confirmed")
+        self.current = RecentBlockhash(blockhash, last_valid_block_height, time.monotonic())
         return self.current
 
     async def get(self) -> RecentBlockhash:
@@ -71,7 +71,7 @@ class BlockhashCache:
 class LookupTableCache:
     """Address lookup tables by address, fetched once (getMultipleAccounts) and re-read after `ttl_s`."""
 
-    def __init__(self, rpc: AsyncClient, ttl_s: float = 60.0) -> None:
+    def __init__(self, rpc: SolanaRpc, ttl_s: float = 60.0) -> None:
         self.rpc = rpc
         self.ttl_s = ttl_s
         self.tables: dict[Pubkey, tuple[AddressLookupTableAccount, float]] = {}
@@ -83,7 +83,7 @@ class LookupTableCache:
         missing = [a for a in dict.fromkeys(addresses) if a not in self.tables or now - self.tables[a][1] > limit]
         for start in range(0, len(missing), 100):
             chunk = missing[start : start + 100]
-            accounts = (await self.rpc.get_multiple_accounts(chunk, Confirmed)).value
+            accounts = await self.rpc.multiple_accounts(chunk, "confirmed")
             for address, account in zip(chunk, accounts):
                 if account is None:
                     raise LookupTableMissing(f"address lookup table {address} does not exist")

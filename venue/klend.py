@@ -40,11 +40,11 @@ import struct
 import time
 from dataclasses import dataclass
 
-from solana.rpc.async_api import AsyncClient
-from solana.rpc.commitment import Confirmed
 from solders.instruction import AccountMeta, Instruction
 from solders.pubkey import Pubkey
 from solders.sysvar import INSTRUCTIONS
+
+from .rpc import SolanaRpc
 
 # programs/klend/src/lib.rs declare_id! (mainnet)
 KLEND_PROGRAM_ID: Pubkey = Pubkey.from_string("KLend2g3cP87fffoy8q1mQqGKjrxjC8boSyAYavgmjD")
@@ -272,7 +272,7 @@ def decode_instruction(ix: Instruction) -> dict | None:
 class ReserveCache:
     """Reserves by address, read with getAccountInfo (base64) and re-read after `ttl_s`."""
 
-    def __init__(self, rpc: AsyncClient, ttl_s: float = 60.0) -> None:
+    def __init__(self, rpc: SolanaRpc, ttl_s: float = 60.0) -> None:
         self.rpc = rpc
         self.ttl_s = ttl_s
         self.reserves: dict[Pubkey, tuple[ReserveInfo, float]] = {}
@@ -293,7 +293,7 @@ class ReserveCache:
             cached = self._fresh(address)
             if cached is not None:
                 return cached
-            account = (await self.rpc.get_account_info(address, Confirmed, encoding="base64")).value
+            account = await self.rpc.account_info(address, "confirmed")
             if account is None:
                 raise ReserveInvalid(f"reserve {address} does not exist")
             reserve = decode_reserve(address, account.owner, bytes(account.data))

@@ -1,10 +1,13 @@
-"""The Solana JSON-RPC calls on the hot path and in the status poller, over one kept-alive
-aiohttp connection pool.
+"""The product's one Solana JSON-RPC client: every call the executor makes to a node, over one
+kept-alive aiohttp connection pool per instance.
 
-solana-py's AsyncClient (httpx) stays for everything else (balances, lookup tables,
-getTransaction for settle). Measured on this machine: httpx tops out near 500 requests/s
-(about 2 ms of CPU each), aiohttp above 3,000; at 20 plans/s the poller alone makes 40
-requests/s, so the difference is CPU the workflows need.
+Why not solana-py's AsyncClient (httpx): measured on this machine, httpx tops out near 500
+requests/s (about 2 ms of CPU each), aiohttp above 3,000; at 20 plans/s the status poller alone
+makes 40 requests/s, so the difference is CPU the workflows need (docs/architecture.md section 14).
+solana-py stays for the tests, which drive the local cluster with it as a user would.
+
+Methods answer solders types or plain data. Every failure is an RpcError, in three kinds a
+caller may need to tell apart (a sender does: a timeout may have delivered, a 429 did not).
 """
 from __future__ import annotations
 
@@ -14,13 +17,20 @@ import json
 from dataclasses import dataclass
 
 import aiohttp
+from solders.account import Account
+from solders.hash import Hash
+from solders.pubkey import Pubkey
 
 
-class RpcRateLimited(Exception):
+class RpcError(Exception):
+    """A JSON-RPC call failed, one of the three ways below."""
+
+
+class RpcRateLimited(RpcError):
     """HTTP 429: nothing was accepted; retry later."""
 
 
-class RpcRefused(Exception):
+class RpcRefused(RpcError):
     """The node answered with a JSON-RPC error: a definite refusal."""
 
     def __init__(self, code: int | None, message: str) -> None:
@@ -28,7 +38,7 @@ class RpcRefused(Exception):
         self.code = code
 
 
-class RpcUnavailable(Exception):
+class RpcUnavailable(RpcError):
     """No answer (connection, timeout, 5xx): it may or may not have arrived."""
 
 
@@ -46,11 +56,41 @@ def _status(item: dict) -> SignatureStatus:
     return SignatureStatus(item["slot"], level, item.get("err"))
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """One getClusterNodes entry, the fields the TPU client reads ("ip:port" strings, as sent)."""
+
+    pubkey: str | None
+    tpu: str | None
+    tpu_quic: str | None
+
+
+def _account(item: dict | None) -> Account | None:
+    """A base64-encoded account of getAccountInfo / getMultipleAccounts; None where there is none."""
+    if item is None:
+        return None
+    data, encoding = item["data"]
+    if encoding != "base64":
+        raise RpcUnavailable(f"account data in {encoding}, asked for base64")
+    return Account(
+        lamports=int(item["lamports"]),
+        data=base64.b64decode(data),
+        owner=Pubkey.from_string(item["owner"]),
+        executable=bool(item["executable"]),
+        rent_epoch=int(item.get("rentEpoch", 0)),
+    )
+
+
 class SolanaRpc:
-    def __init__(self, url: str, *, timeout_s: float = 2.0, max_connections: int = 32) -> None:
+    """`transport_retries`: how often a request that got no answer at all (connection or timeout)
+    is sent again. 0 for anything that sends: a send that may have arrived is followed on chain,
+    never repeated blindly. Background reads use 1, as solana-py's client did."""
+
+    def __init__(self, url: str, *, timeout_s: float = 2.0, max_connections: int = 32, transport_retries: int = 0) -> None:
         self.url = url
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
+        self._transport_retries = transport_retries
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
 
@@ -90,15 +130,23 @@ class SolanaRpc:
         return [_result(by_id[first + i]) for i in range(len(calls))]
 
     async def _post(self, method: str, body: object) -> object:
-        try:
-            async with self._get_session().post(self.url, data=json.dumps(body)) as response:
-                if response.status == 429:
-                    raise RpcRateLimited(f"{method}: HTTP 429 from {self.url}")
-                if response.status >= 500:
-                    raise RpcUnavailable(f"{method}: HTTP {response.status} from {self.url}")
-                return await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:  # ValueError: not JSON
-            raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
+        data = json.dumps(body)
+        retries = self._transport_retries
+        while True:
+            try:
+                async with self._get_session().post(self.url, data=data) as response:
+                    if response.status == 429:
+                        raise RpcRateLimited(f"{method}: HTTP 429 from {self.url}")
+                    if response.status >= 500:
+                        raise RpcUnavailable(f"{method}: HTTP {response.status} from {self.url}")
+                    return await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                if retries > 0:  # no answer at all, and the caller allows another try
+                    retries -= 1
+                    continue
+                raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
+            except ValueError as error:  # not JSON
+                raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
 
     async def send_transaction(self, raw: bytes) -> str:
         """sendTransaction, base64, skipPreflight (the planner simulated), maxRetries 0 (we rebroadcast)."""
@@ -125,6 +173,34 @@ class SolanaRpc:
         )
         item = statuses["value"][0]
         return int(height), None if item is None else _status(item)
+
+    # Reads off the hot path (blockhash refresher, lookup tables, reserves, balances, leader
+    # tracking). No default commitment: each caller names the one it has always read at.
+
+    async def latest_blockhash(self, commitment: str) -> tuple[Hash, int]:
+        """The latest blockhash and its lastValidBlockHeight."""
+        value = (await self.call("getLatestBlockhash", [{"commitment": commitment}]))["value"]
+        return Hash.from_string(value["blockhash"]), int(value["lastValidBlockHeight"])
+
+    async def account_info(self, address: Pubkey, commitment: str) -> Account | None:
+        """One account, base64; None if it does not exist."""
+        answer = await self.call("getAccountInfo", [str(address), {"encoding": "base64", "commitment": commitment}])
+        return _account(answer["value"])
+
+    async def multiple_accounts(self, addresses: list[Pubkey], commitment: str) -> list[Account | None]:
+        """Up to 100 accounts (the node's limit) in one request, base64, in the order asked; None where none exists."""
+        answer = await self.call("getMultipleAccounts", [[str(a) for a in addresses], {"encoding": "base64", "commitment": commitment}])
+        return [_account(item) for item in answer["value"]]
+
+    async def slot(self, commitment: str) -> int:
+        return int(await self.call("getSlot", [{"commitment": commitment}]))
+
+    async def slot_leaders(self, start: int, limit: int) -> list[str]:
+        """The leaders of slots start .. start + limit - 1 (limit at most 5000), as base58 identities."""
+        return list(await self.call("getSlotLeaders", [start, limit]))
+
+    async def cluster_nodes(self) -> list[ClusterNode]:
+        return [ClusterNode(node.get("pubkey"), node.get("tpu"), node.get("tpuQuic")) for node in await self.call("getClusterNodes", [])]
 
 
 def _result(payload: dict) -> object:

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from solana.rpc.async_api import AsyncClient
-from solana.rpc.commitment import Confirmed
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
@@ -137,7 +135,7 @@ def check_history_encryption(config: ExecutorConfig, keys: KeyStore) -> None:
         raise SystemExit("a history key is the secret key of one of the worker's wallets: history keys must be their own random keys")
 
 
-def transaction_builder(config: ExecutorConfig, rpc: AsyncClient, hot_rpc: SolanaRpc, blockhashes: BlockhashCache, tip_accounts) -> TransactionBuilder:
+def transaction_builder(config: ExecutorConfig, rpc: SolanaRpc, hot_rpc: SolanaRpc, blockhashes: BlockhashCache, tip_accounts) -> TransactionBuilder:
     """The build activity's builder as configured (also what `inspect-plan` shows)."""
     settings = BuildSettings(
         compute_unit_limit=config.compute_unit_limit,
@@ -216,7 +214,9 @@ class ExecutorWorker:
             self.wallets = await WalletPool.open(self.js, self.keys.public_keys(), replicas=config.nats_replicas)
 
         await _patiently("nats", bus)
-        self.rpc = AsyncClient(config.rpc_endpoint, commitment=Confirmed, timeout=10)
+        # Two pools to the same node: the background reads (blockhash, lookup tables, reserves,
+        # balances) never queue the hot path's sends and status polls behind them.
+        self.rpc = SolanaRpc(config.rpc_endpoint, timeout_s=10.0, transport_retries=1)
         self.hot_rpc = SolanaRpc(config.rpc_endpoint)
         self.backups = [SolanaRpc(url) for url in config.rpc_backups]
         self.blockhashes = BlockhashCache(self.rpc)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import aiohttp
 
-from ..rpc import RpcRateLimited, RpcRefused, RpcUnavailable, SolanaRpc
+from ..rpc import RpcError, SolanaRpc
 from .address import Address
 
 log = logging.getLogger("hft.tpu")
@@ -60,10 +59,6 @@ def _parse_addr(value: str | None) -> Address | None:
 # --- leader tracking ----------------------------------------------------------------------
 
 
-class RpcError(Exception):
-    """A JSON-RPC call failed (transport error or an error object in the answer)."""
-
-
 class LeaderTracker:
     """Knows the current slot and the upcoming leaders' QUIC addresses, without a call per send.
 
@@ -90,7 +85,7 @@ class LeaderTracker:
         self.ws_url = ws_url
         self.fanout_slots = fanout_slots
         self.refresh_nodes_s = refresh_nodes_s
-        self._session = session  # for the websocket
+        self._session = session  # for the websocket (slotSubscribe); the HTTP calls go through _json_rpc
         self._own_session = session is None
         self._json_rpc = SolanaRpc(rpc_url, timeout_s=5.0, max_connections=8)
         self._slot = 0
@@ -111,7 +106,7 @@ class LeaderTracker:
                 connector=aiohttp.TCPConnector(limit=8, keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(total=5),
             )
-        self._set_slot(int(await self._rpc("getSlot", [{"commitment": "processed"}])))
+        self._set_slot(await self._json_rpc.slot("processed"))
         await asyncio.gather(self._refresh_leaders(), self._refresh_nodes())
         self._tasks = [
             asyncio.create_task(self._slot_loop(), name="tpu-slot"),
@@ -166,12 +161,6 @@ class LeaderTracker:
 
     # internals
 
-    async def _rpc(self, method: str, params: list[Any]) -> Any:
-        try:
-            return await self._json_rpc.call(method, params)
-        except (RpcRateLimited, RpcRefused, RpcUnavailable) as error:
-            raise RpcError(str(error)) from None
-
     def _set_slot(self, slot: int) -> None:
         if slot > self._slot:
             self._slot = slot
@@ -194,20 +183,20 @@ class LeaderTracker:
 
     async def _refresh_leaders(self) -> None:
         start = self._slot
-        leaders = await self._rpc("getSlotLeaders", [start, LEADER_BATCH_SLOTS])
+        leaders = await self._json_rpc.slot_leaders(start, LEADER_BATCH_SLOTS)
         for offset, leader in enumerate(leaders):
             self._leaders[start + offset] = leader
         self._leaders_end = max(self._leaders_end, start + len(leaders))
 
     async def _refresh_nodes(self) -> None:
         nodes: dict[str, Address] = {}
-        for node in await self._rpc("getClusterNodes", []):
-            addr = _parse_addr(node.get("tpuQuic"))
+        for node in await self._json_rpc.cluster_nodes():
+            addr = _parse_addr(node.tpu_quic)
             if addr is None:  # legacy nodes: QUIC listens on the UDP tpu port + 6
-                legacy = _parse_addr(node.get("tpu"))
+                legacy = _parse_addr(node.tpu)
                 addr = (legacy[0], legacy[1] + QUIC_PORT_OFFSET) if legacy else None
-            if addr is not None and node.get("pubkey"):
-                nodes[node["pubkey"]] = addr
+            if addr is not None and node.pubkey:
+                nodes[node.pubkey] = addr
         self._nodes = nodes
 
     async def _nodes_loop(self) -> None:
@@ -250,7 +239,7 @@ class LeaderTracker:
         until = loop.time() + duration_s
         while loop.time() < until:
             try:
-                self._set_slot(int(await self._rpc("getSlot", [{"commitment": "processed"}])))
+                self._set_slot(await self._json_rpc.slot("processed"))
             except RpcError as error:
                 log.warning("event=tpu_slot_poll_failed error=%s", error)
             await asyncio.sleep(SLOT_POLL_S)
