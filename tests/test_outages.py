@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import RetryPolicy
 
 from executor import confirm
@@ -88,3 +89,43 @@ async def test_a_worker_stopped_during_a_chain_outage_hands_its_plan_over(outage
     assert await stack.landed_for(plan["planId"]) == [result["signature"]]
     await asyncio.sleep(1.0)
     assert len(stack.publishes[plan["planId"]]) == 1
+
+
+async def test_a_confirm_that_waits_long_continues_as_new_and_tells_the_chains_outcome_once(outage_stack, monkeypatch):
+    """The chain answers no status read for long enough that the plan's history grows past its
+    bound (shortened here; Temporal would end the workflow at 51,200 events, about 6 hours of a
+    running confirm): the plan continues as new, follows the same transaction, and tells what
+    the chain says once it answers, once, with the latency of the whole wait."""
+    stack = outage_stack
+    monkeypatch.setattr(confirm, "CHAIN_SILENCE_S", 1.0)  # each confirm attempt gives up after 1 s of silence
+    monkeypatch.setattr(execute_plan, "FOLLOW_ON_AFTER_EVENTS", 30)
+    plan = stack.plan("rpc", wallet=2)
+    handle = stack.temporal.get_workflow_handle(workflow_id(plan["planId"]))
+    await stack.faults({"reads": {"reject": 1.0}})
+    try:
+        await stack.publish(plan)
+        first_run = (await wait_until(lambda: _described(handle), timeout=10)).run_id
+        await wait_until(lambda: _continued(stack, handle, first_run), timeout=90, every=0.5)
+        await asyncio.sleep(2.0)  # the continued run is following too
+    finally:
+        await stack.clear_faults()
+    result = await stack.result(plan["planId"], timeout=60)
+    assert result["status"] == "success", result
+    assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+    assert result["latency"] > 5_000, "latency counts from the first run's start"
+    told = await handle.result()  # follows the runs to the last one
+    assert told["status"] == "success" and told["signature"] == result["signature"]
+    await asyncio.sleep(1.0)
+    assert len(stack.publishes[plan["planId"]]) == 1
+
+
+async def _described(handle):
+    try:
+        return await handle.describe()
+    except Exception:  # not started yet
+        return None
+
+
+async def _continued(stack, handle, first_run) -> bool:
+    first = await stack.temporal.get_workflow_handle(handle.id, run_id=first_run).describe()
+    return first.status == WorkflowExecutionStatus.CONTINUED_AS_NEW

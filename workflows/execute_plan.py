@@ -13,8 +13,11 @@ RPC are away. A plan is never failed by a timeout of its own bookkeeping.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
+
+from pydantic import TypeAdapter
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
@@ -38,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ConfirmRequest,
         Executed,
         ExecuteRequest,
+        Following,
         PlanActivities,
         PublishRequest,
         ReleaseRequest,
@@ -63,10 +67,18 @@ HOT_PATH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=20), backof
 # execute may run past the deadline only to finish a send already under way (each send has its own
 # timeouts, a few seconds at most): it is never cut mid-send in practice, and if it is, the record decides.
 EXECUTE_GRACE = timedelta(seconds=20)
-# What must happen before the result can be told (the record, confirm, the publish) retries for as
+# What must happen before the result can be told (the record, the publish) retries for as
 # long as anything is down; the interval caps how late after a recovery the result comes.
 UNTIL_DONE = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30))
 CONFIRM_ATTEMPT = timedelta(minutes=5)  # longer than any blockhash lives; confirm ends an attempt itself when the chain is silent
+# confirm waits for the chain however long it takes. The workflow retries it itself (one attempt
+# per call), so between attempts it can see its history: Temporal ends a workflow at 51,200
+# events and a running confirm adds about 150 a minute (it heartbeats the workflow task every
+# 1.2 s), so past FOLLOW_ON_AFTER_EVENTS the plan continues as new, following the same transaction.
+ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+CONFIRM_WAIT_FIRST = timedelta(seconds=1)
+CONFIRM_WAIT_MAX = timedelta(seconds=30)
+FOLLOW_ON_AFTER_EVENTS = 10_000
 BOOKKEEPING_ATTEMPT = timedelta(seconds=10)
 # Accounting that may be given up: the plan's result stands without it (a lease expires on its own).
 # Bounded by attempts (about 20 s of trying): measured with SDK 1.35, a local activity's
@@ -135,7 +147,8 @@ class ExecutePlan:
         """`submitted`: whatever the workflow was started with; a plan is checked here as the bridge
         checks it, since a client can start this workflow without the bridge."""
         started_ms = _now_ms()
-        data = json.dumps(submitted[0]).encode() if len(submitted) == 1 else b""
+        following = _following(submitted)
+        data = json.dumps(submitted[0]).encode() if len(submitted) == 1 or following is not None else b""
         try:
             plan = parse_plan(data)
         except InvalidPlan as invalid:
@@ -145,15 +158,21 @@ class ExecutePlan:
         confirmation: Confirmation | None = None
         settlement: Settlement | None = None
         stopped: PlanStopped | None = None
-        try:
-            self.stage = "execute"
-            executed = await self._execute(plan)
-            self.lease, self.signed, self.submission = executed.lease, executed.signed, executed.submission
-        except FailureError as error:
-            stopped = _stopped_by(error, self.stage)
-            await self._resolve_record(plan, stopped)
+        if following is not None:  # a long confirm continued as new: follow the same transaction
+            started_ms, executed, stopped = self._follow_on(following)
+        else:
+            try:
+                self.stage = "execute"
+                executed = await self._execute(plan)
+                self.lease, self.signed, self.submission = executed.lease, executed.signed, executed.submission
+            except FailureError as error:
+                stopped = _stopped_by(error, self.stage)
+                await self._resolve_record(plan, stopped)
         if self.signed is not None:
-            confirmation = await self._confirm(plan)
+            confirmation = await self._confirm(plan, Following(
+                started_ms, self.signed, self.submission, self.lease, executed,
+                stopped.code.value if stopped else None, stopped.message if stopped else None, self.halt_reason,
+            ), submitted[0])  # fmt: skip
             if confirmation.landed:
                 stopped = None  # whatever this run went through, the chain says the trade happened
                 settlement = await self._settle(plan)
@@ -192,19 +211,41 @@ class ExecutePlan:
             withheld = f"{stopped.message}; its recorded transaction was followed and did not land"
             self.submission = Submission(signed.signature, None, _now_ms(), withheld_code=stopped.code.value, withheld=withheld)
 
-    async def _confirm(self, plan: ExecutionPlanEvent) -> Confirmation:
+    async def _confirm(self, plan: ExecutionPlanEvent, following: Following, submitted: object) -> Confirmation:
+        """Until the chain decides, however long that takes: a silent chain is asked again after a
+        durable timer (1 s doubling to 30 s), and a history grown long continues as new."""
         # A local activity too (measured: Temporal server CPU per plan 24.5 -> 13.6 ms, history
         # 16 -> 11 events). While it waits, the SDK heartbeats the workflow task; if this worker
         # dies, the task times out and another worker re-runs confirm.
         self.stage = "confirm"
-        return await workflow.execute_local_activity_method(
-            PlanActivities.confirm,
-            ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, plan.deadline, self.halt_reason),
-            start_to_close_timeout=CONFIRM_ATTEMPT,
-            retry_policy=UNTIL_DONE,
-            local_retry_threshold=RETRY_AS_TIMER,
-            summary=f"confirm {self.signed.signature[:12]}",
-        )
+        wait = CONFIRM_WAIT_FIRST
+        while True:
+            try:
+                return await workflow.execute_local_activity_method(
+                    PlanActivities.confirm,
+                    ConfirmRequest(plan.plan_id, plan.execution_method.value, self.signed, self.submission, plan.deadline, self.halt_reason),
+                    start_to_close_timeout=CONFIRM_ATTEMPT,
+                    retry_policy=ONE_ATTEMPT,
+                    summary=f"confirm {self.signed.signature[:12]}",
+                )
+            except FailureError as error:
+                workflow.logger.warning("plan=%s stage=confirm event=retry in_s=%.0f error=%s", plan.plan_id, wait.total_seconds(), _cause(error))
+            events = workflow.info().get_current_history_length()
+            if events > FOLLOW_ON_AFTER_EVENTS:
+                workflow.logger.info("plan=%s stage=confirm event=continue_as_new events=%d", plan.plan_id, events)
+                workflow.continue_as_new(args=[submitted, dataclasses.replace(following, halt_reason=self.halt_reason)])
+            await workflow.sleep(wait)
+            wait = min(wait * 2, CONFIRM_WAIT_MAX)
+
+    def _follow_on(self, following: Following) -> tuple[int, Executed | None, PlanStopped | None]:
+        """A run continued by `_confirm`: take over what the previous run was following."""
+        self.lease, self.signed, self.submission = following.lease, following.signed, following.submission
+        self.halt_reason = self.halt_reason or following.halt_reason  # a halt may have reached this run already
+        stopped = None
+        if following.stopped_code is not None:
+            code = ErrorCode(following.stopped_code)
+            stopped = PlanStopped(_status_for(code), code, following.stopped_message or code.value)
+        return following.started_ms, following.executed, stopped
 
     async def _settle(self, plan: ExecutionPlanEvent) -> Settlement | None:
         self.stage = "settle"
@@ -323,6 +364,17 @@ class ExecutePlan:
             tip_lamports=self.signed.tip_lamports if sent else None,
             stage_timings=timings,
         )
+
+
+_FOLLOWING = TypeAdapter(Following)
+
+
+def _following(submitted: tuple) -> Following | None:
+    """What a run continued by `_confirm` carries. Only such a run has it: a client cannot start a
+    workflow as continued, so a second input from outside is refused like any input that is not a plan."""
+    if len(submitted) != 2 or workflow.info().continued_run_id is None:
+        return None
+    return _FOLLOWING.validate_json(json.dumps(submitted[1]))
 
 
 def _now_ms() -> int:

@@ -100,6 +100,21 @@ class Confirmation:
 
 
 @dataclass(frozen=True)
+class Following:
+    """A plan whose confirm continues as new (a long wait on a silent chain): what the next run
+    needs to follow the same transaction and tell the same story."""
+
+    started_ms: int
+    signed: SignedTransaction
+    submission: Submission
+    lease: WalletLeaseInfo | None
+    executed: Executed | None
+    stopped_code: str | None  # why execute stopped, when it did (the record then decided to follow)
+    stopped_message: str | None
+    halt_reason: str | None
+
+
+@dataclass(frozen=True)
 class SettleRequest:
     plan: ExecutionPlanEvent
     wallet: str
