@@ -169,10 +169,13 @@ async def follow(
                 except Exception as error:  # the next rebroadcast may get through
                     log.info("plan=%s stage=confirm event=rebroadcast_failed error=%s", plan_id, error)
             heartbeat({"rebroadcasts": rebroadcasts, "blockHeight": watcher.block_height})
+            # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives as the
+            # event is set (gh-86296), and a confirm handed over at a worker's stop would run on.
+            updated = asyncio.ensure_future(watcher.updated.wait())
             try:
-                await asyncio.wait_for(watcher.updated.wait(), timeout=max(0.05, watcher.poll_s * 2))
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait({updated}, timeout=max(0.05, watcher.poll_s * 2))
+            finally:
+                updated.cancel()
     finally:
         watcher.unwatch(signature)
 

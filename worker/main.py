@@ -51,8 +51,7 @@ STICKY_SCHEDULE_TO_START = timedelta(seconds=1)
 # How long a stopping worker lets its plans' confirmations finish before handing them over.
 SHUTDOWN_GRACE = timedelta(seconds=10)
 # How much longer a stop waits for the SDK's worker shutdown before it gives up and closes the
-# rest: a watchdog, as the Go SDK's WorkerStopTimeout is. The shutdown has hung here with no plan
-# in flight (seen once in the suite, cause not found); giving up is a crash's takeover for
+# rest: a watchdog, as the Go SDK's WorkerStopTimeout is. Giving up is a crash's takeover for
 # whatever the worker still held, which the tests cover.
 SHUTDOWN_WATCHDOG_S = 20.0
 # A server electing a leader or restarting is no reason for a worker to give up at start.

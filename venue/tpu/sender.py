@@ -206,9 +206,12 @@ class TpuClient:
     async def _maintain_loop(self) -> None:
         """Keep connections matched to the moving leader window, once per slot update (at most every 50 ms)."""
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives as the
+            # event is set (gh-86296), and this loop then outlived stop(), which waited on it forever.
+            updated = asyncio.ensure_future(self.tracker.slot_updated.wait())
             try:
-                await asyncio.wait_for(self.tracker.slot_updated.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait({updated}, timeout=0.5)
+            finally:
+                updated.cancel()
             self._refresh_connections()
             await asyncio.sleep(0.05)
