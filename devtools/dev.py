@@ -36,7 +36,7 @@ from worker import event_loop, logs
 from worker.codec_server import DEFAULT_PORT as CODEC_PORT
 from worker.codec_server import CodecServer, ensure_token_file, token_from_environment
 from worker.config import ExecutorConfig
-from worker.main import ExecutorWorker
+from worker.main import EXIT_CONNECTION_LOST, ConnectionLost, ExecutorWorker
 from worker.nats_connection import NatsAuth, connect as nats_connect
 from worker.nats_security import NatsSecurity, Permissions
 from worker.results import print_table
@@ -337,6 +337,10 @@ async def _dev(args: argparse.Namespace) -> int:
             code = 0 if summary["success"] == args.demo else 1
         if not (args.demo and args.exit):
             await worker.run_until(stop)
+    except ConnectionLost as lost:
+        # dev is the worker's only supervisor and holds the servers in the same process: it stops whole, saying why.
+        print(f"hft-executor dev: the worker lost {lost}; stopping (start it again with the same command)", file=sys.stderr, flush=True)
+        code = EXIT_CONNECTION_LOST
     finally:
         if worker is not None and hasattr(worker, "bridge"):
             await worker.stop()

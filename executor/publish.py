@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from workflows.events import SUBJECT_TOKENS_PATTERN, ExecutionResultEvent
+from workflows.events import ExecutionResultEvent
+from workflows.limits import header_value, is_subject_tokens
 
 RESULT_SUBJECT = "executed.{status}.{opportunity}"
 
 
 def result_subject(result: ExecutionResultEvent) -> str:
-    # A plan's opportunity id is validated as subject tokens; a rejected message's may be anything.
-    opportunity = result.opportunity_id if SUBJECT_TOKENS_PATTERN.match(result.opportunity_id) else "unknown"
+    # A plan's opportunity id is validated as bounded subject tokens (workflows/limits.py); checked
+    # again here, since a subject past nats-server's control line closes the whole connection.
+    opportunity = result.opportunity_id if is_subject_tokens(result.opportunity_id) else "unknown"
     return RESULT_SUBJECT.format(status=result.status.value, opportunity=opportunity)
 
 
 async def publish_result(js: JetStreamContext, result: ExecutionResultEvent, message_id: str | None = None) -> None:
-    await js.publish(result_subject(result), result.to_wire(), headers={"Nats-Msg-Id": message_id or result.plan_id})
+    await js.publish(result_subject(result), result.to_wire(), headers={"Nats-Msg-Id": header_value(message_id or result.plan_id)})

@@ -10,10 +10,16 @@ workflows after its retention; PLANNED can redeliver a plan for longer), which i
 makes a redelivered or re-published plan harmless. A plan that does not parse gets its
 failed result here and its message is terminated, never redelivered. While the kill switch
 is on the bridge takes nothing: plans wait in the stream.
+
+No message holds a slot of the consumer for ever (issue 19): parsing is total (any exception of
+the parser is the plan's invalidity, answered), a rejection is always publishable (bounded ids,
+subject and body: workflows/limits.py) so only NATS being away can hold it, and every retry of a
+message that cannot go on yet is a nak with a growing delay, never a silent redelivery loop.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -26,10 +32,11 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.common import RawValue, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from executor.dispatch import Dispatch, Dispatcher
 from executor.records import PlanRecords
-from workflows.events import ExecutionResultEvent, InvalidPlan, parse_plan, rejection
+from workflows.events import ErrorCode, ExecutionResultEvent, InvalidPlan, parse_plan, rejection
 from workflows.execute_plan import search_attributes
 
 from .streams import PLANNED_SUBJECTS
@@ -37,6 +44,9 @@ from .streams import PLANNED_SUBJECTS
 log = logging.getLogger("hft.bridge")
 DURABLE = "executor-bridge"
 START_RETRY_S = 1.0
+# A message that cannot go on yet (its rejection's publish failed: NATS away) comes back after
+# 1, 2, 4 ... s, at most this: a long outage costs a retry every half minute, not a spin.
+MAX_RETRY_S = 30.0
 # How long a plan taken by a bridge that died stays invisible before another worker gets it
 # (JetStream's ack wait): a bridge still busy with a start says so (in progress) every half of it.
 ACK_WAIT_S = 1.0
@@ -57,6 +67,18 @@ JSON_PLAIN = {"encoding": b"json/plain"}
 
 def workflow_id(plan_id: str) -> str:
     return f"plan-{plan_id}"
+
+
+def _delivered(message: Msg) -> int:
+    """How many times JetStream has delivered this message, this time included."""
+    try:
+        return max(1, int(message.metadata.num_delivered))
+    except Exception:  # not a JetStream message (no metadata): the first delivery
+        return 1
+
+
+def _retry_delay(delivered: int) -> float:
+    return min(START_RETRY_S * 2 ** (delivered - 1), MAX_RETRY_S)
 
 
 class PlanBridge:
@@ -85,6 +107,7 @@ class PlanBridge:
         self.started = 0
         self.sent_ahead = 0  # starts whose send followed at once, in this process (eager)
         self.rejected = 0
+        self.take_failures = 0  # messages whose handling raised (a bug): each is retried after a pause
         self._starting = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
@@ -128,9 +151,22 @@ class PlanBridge:
 
     async def take(self, message: Msg) -> None:
         try:
-            plan = parse_plan(message.data)
+            await self._take(message)
+        except Exception as error:  # the last resort: logged, counted, and back in the stream after a pause
+            delivered = _delivered(message)
+            self.take_failures += 1
+            log.error("stage=bridge event=take_failed delivery=%d error=%s: %s", delivered, type(error).__name__, str(error)[:300])
+            with contextlib.suppress(Exception):
+                await message.nak(delay=_retry_delay(delivered))
+
+    async def _take(self, message: Msg) -> None:
+        try:
+            plan = parse_plan(message.data, now_ms=int(time.time() * 1000))
         except InvalidPlan as invalid:
             await self.reject(message, invalid)
+            return
+        except Exception as error:  # a validator raising what it should not: still this input's fault, still answered
+            await self.reject(message, InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: could not be read ({type(error).__name__})"))
             return
         if self.halted() is not None:
             await message.nak(delay=1.0)  # halted while this one was in hand: it waits in the stream
@@ -152,7 +188,14 @@ class PlanBridge:
             ahead = self.dispatcher.open_ahead(plan)
         self._starting += 1
         try:
-            if told is not None and await told is not None:
+            try:
+                already_told = told is not None and await told is not None
+            except Exception as error:  # the records are away (NATS): the start waits for them
+                self._abandon(ahead)
+                log.warning("plan=%s stage=bridge event=records_unavailable error=%s; redelivering", plan.plan_id, error)
+                await message.nak(delay=START_RETRY_S)
+                return
+            if already_told:
                 self._abandon(ahead)
                 log.info("plan=%s stage=bridge event=duplicate_plan already has a result", plan.plan_id)
                 await message.ack()
@@ -177,6 +220,15 @@ class PlanBridge:
         except WorkflowAlreadyStartedError:
             self._abandon(ahead)
             log.info("plan=%s stage=bridge event=duplicate_plan already started", plan.plan_id)
+        except RPCError as error:
+            self._abandon(ahead)
+            if error.status == RPCStatusCode.INVALID_ARGUMENT:
+                # Temporal refuses this start for what it holds, and would again: the plan is answered, not retried.
+                await self.reject(message, InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: Temporal refused its workflow: {error.message[:300]}"))
+                return
+            log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
+            await message.nak(delay=START_RETRY_S)
+            return
         except Exception as error:
             self._abandon(ahead)
             log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
@@ -202,7 +254,8 @@ class PlanBridge:
 
     async def reject(self, message: Msg, invalid: InvalidPlan) -> None:
         seq = message.metadata.sequence.stream if message.metadata else 0
-        tail = message.subject.removeprefix("execution.planned.") or "unknown"
+        delivered = _delivered(message)
+        tail = message.subject.removeprefix("execution.planned.")  # rejection() keeps it only if it is a bounded id
         result = rejection(
             message.data, invalid, fallback_plan_id=f"invalid-PLANNED-{seq}", fallback_opportunity=tail, execution_id=None, now_ms=int(time.time() * 1000)
         )
@@ -210,8 +263,9 @@ class PlanBridge:
             # Keyed by the message, not the plan id it claims: a valid plan with that id must still be told.
             await self.publish_result(result, f"rejected-PLANNED-{seq}")
         except Exception as error:
-            log.warning("plan=%s stage=bridge event=reject_publish_failed error=%s", result.plan_id, error)
-            await message.nak(delay=START_RETRY_S)
+            delay = _retry_delay(delivered)
+            log.warning("plan=%s stage=bridge event=reject_publish_failed delivery=%d error=%s; again in %.0f s", result.plan_id, delivered, error, delay)
+            await message.nak(delay=delay)
             return
         await message.term()
         self.rejected += 1

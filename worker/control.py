@@ -25,7 +25,7 @@ from . import event_loop, logs
 from .bridge import workflow_id
 from .config import ExecutorConfig
 from .killswitch import RUNNING_PLANS, KILLSWITCH_SUBJECT, RESUME_SUBJECT, default_sender, halt_message, last_state, parse_message
-from .main import ExecutorWorker, connect_temporal
+from .main import EXIT_CONNECTION_LOST, ConnectionLost, ExecutorWorker, connect_temporal
 from .nats_connection import connect as nats_connect, redact_url
 from .presence import SILENCE_S, WorkerTable
 from .streams import ensure_streams
@@ -99,9 +99,16 @@ async def _worker() -> int:
     await worker.start()
     try:
         await worker.run_until(stop)
+    except ConnectionLost as lost:  # logged where it was seen; the supervisor starts a clean process
+        return _exit_code(lost)
     finally:
         await worker.stop()
     return 0
+
+
+def _exit_code(lost: ConnectionLost) -> int:
+    print(f"hft-executor worker: {lost}; exiting with {EXIT_CONNECTION_LOST} so that the supervisor starts it anew", file=sys.stderr, flush=True)
+    return EXIT_CONNECTION_LOST
 
 
 # --- history-key --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import nats.errors
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
@@ -56,6 +57,37 @@ SHUTDOWN_GRACE = timedelta(seconds=10)
 SHUTDOWN_WATCHDOG_S = 20.0
 # A server electing a leader or restarting is no reason for a worker to give up at start.
 STARTUP_PATIENCE_S = 120.0
+# How long a worker whose connection is gone for good waits for the SDK's shutdown before it
+# exits: its bus is dead, so nothing it still holds can finish here; a survivor (or its own
+# restart) takes the plans over as after a crash, which the chaos campaign covers.
+CONNECTION_LOST_PATIENCE_S = 2.0
+# A server that refuses the worker's credentials at reconnect (a user removed or its permissions
+# changed at a config reload, an expired credential) refuses them again on every attempt: nats-py
+# keeps trying for ever, a bus as dead as a closed one. Past this without a connection, it is lost.
+AUTHORIZATION_REFUSED_GRACE_S = 5.0
+REFUSED_CREDENTIALS = ("authorization violation", "authentication expired", "authentication revoked", "account authentication expired")
+
+
+class ConnectionLost(Exception):
+    """A connection the worker cannot work without is gone for good: the process must be replaced.
+
+    nats-py does not reconnect after the server closes a connection with an error (a protocol
+    error such as "maximum control line exceeded", an authorization violation after a permissions
+    change, an expired credential): the client is closed for good, and a worker left running with
+    it takes no plan, tells no result and shows as not live (issue 19). The same holds for a
+    Temporal worker whose polling has failed. The choice (docs/operations.md, "A worker that loses
+    its bus"): the worker exits with EXIT_CONNECTION_LOST, and its supervisor (compose's restart
+    policy, systemd's Restart=on-failure, Kubernetes) starts a clean process, which connects anew.
+    """
+
+    def __init__(self, service: str, reason: str) -> None:
+        super().__init__(f"{service}: {reason}")
+        self.service = service
+        self.reason = reason
+
+
+# EX_TEMPFAIL (sysexits.h): a temporary failure, try again: what a supervisor restarts.
+EXIT_CONNECTION_LOST = 75
 
 
 async def _patiently(step_name: str, step, *, undo=None):
@@ -194,6 +226,9 @@ class ExecutorWorker:
 
     async def start(self) -> None:
         config = self.config
+        self._stopping = False
+        self._refused: asyncio.Task | None = None
+        self._lost: asyncio.Future[ConnectionLost] = asyncio.get_running_loop().create_future()
         policy_settings = self.policy_settings or PolicySettings.from_environment()  # a bad value stops the worker before it connects
         check_history_encryption(config, self.keys)
         self.nc = await nats_connect(
@@ -209,6 +244,7 @@ class ExecutorWorker:
             reconnected_cb=self._nats_reconnected,
             disconnected_cb=self._nats_disconnected,
             error_cb=self._nats_error,
+            closed_cb=self._nats_closed,
         )
         self.js = self.nc.jetstream()
 
@@ -293,7 +329,8 @@ class ExecutorWorker:
         if config.metrics_port:
             self.metrics.serve(config.metrics_port, config.metrics_host)
         self._tasks = [
-            asyncio.create_task(self.worker.run(), name="temporal-worker"),
+            asyncio.create_task(self._lost_connection(), name="connections"),
+            asyncio.create_task(self._run_temporal_worker(), name="temporal-worker"),
             asyncio.create_task(self.bridge.run(), name="bridge"),
             asyncio.create_task(self.wallets.run_balance_refresh(self.rpc, config.balance_refresh_s), name="balance-refresh"),
             asyncio.create_task(self.wallets.follow(), name="wallet-leases"),
@@ -337,12 +374,56 @@ class ExecutorWorker:
         log.info("stage=worker event=tpu_ready identity=%s fanoutSlots=%d", tpu.identity_pubkey, config.tpu_fanout_slots)
         return tpu
 
+    async def _nats_closed(self) -> None:
+        """nats-py closed the connection for good (it does not reconnect after a server's -ERR)."""
+        if self._stopping:
+            return  # our own close
+        error = self.nc.last_error
+        self.connection_lost("nats", f"{type(error).__name__}: {error}" if error else "closed by the server")
+
+    def connection_lost(self, service: str, reason: str) -> None:
+        if self._lost.done():
+            return
+        log.error("stage=%s event=connection_lost reason=%s action=exit code=%d", service, reason[:300], EXIT_CONNECTION_LOST)
+        self.metrics.connections_lost.labels(service).inc()
+        self._lost.set_result(ConnectionLost(service, reason))
+
+    async def _lost_connection(self) -> None:
+        """Raises ConnectionLost once a connection is gone for good: wait() and run_until() end with it."""
+        raise await self._lost
+
+    async def _run_temporal_worker(self) -> None:
+        try:
+            await self.worker.run()
+        except Exception as error:
+            if not self._stopping:
+                self.connection_lost("temporal", f"the worker failed: {type(error).__name__}: {error}")
+            raise
+        if not self._stopping:
+            self.connection_lost("temporal", "the worker stopped polling")
+
     async def _nats_disconnected(self) -> None:
         log.warning("stage=nats event=disconnected name=%s", self.config.executor_name)
 
     async def _nats_error(self, error: Exception) -> None:
         # One line per event, not a traceback per reconnect attempt.
         log.warning("stage=nats event=error error=%s: %s", type(error).__name__, str(error)[:200])
+        text = f"{type(error).__name__} {error}".lower()
+        refused = isinstance(error, nats.errors.AuthorizationError) or any(phrase in text for phrase in REFUSED_CREDENTIALS)
+        if refused and not self._stopping and self._refused is None:
+            self._refused = asyncio.create_task(self._credentials_refused(str(error)[:200] or type(error).__name__))
+
+    async def _credentials_refused(self, reason: str) -> None:
+        try:
+            deadline = time.monotonic() + AUTHORIZATION_REFUSED_GRACE_S
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+                if self.nc.is_connected:
+                    return  # accepted again (a passing refusal)
+            if not self._stopping:
+                self.connection_lost("nats", f"the server refuses this worker's credentials ({reason}) for {AUTHORIZATION_REFUSED_GRACE_S:.0f} s")
+        finally:
+            self._refused = None
 
     async def _sends_drained(self) -> None:
         dispatcher = getattr(self, "dispatcher", None)  # none yet while the kill switch starts: nothing sent
@@ -371,13 +452,19 @@ class ExecutorWorker:
         crashed.cancel()
 
     async def stop(self) -> None:
-        """Drain: stop taking plans, let running activities finish (up to the grace time), close clients."""
+        """Drain: stop taking plans, let running activities finish (up to the grace time), close clients.
+        After a lost connection, only briefly: nothing held here can finish without it."""
+        self._stopping = True
         await self.bridge.stop()
-        waited = SHUTDOWN_GRACE.total_seconds() + SHUTDOWN_WATCHDOG_S
+        lost = self._lost.done()
+        waited = CONNECTION_LOST_PATIENCE_S if lost else SHUTDOWN_GRACE.total_seconds() + SHUTDOWN_WATCHDOG_S
         try:
             await asyncio.wait_for(self.worker.shutdown(), waited)
         except TimeoutError:
-            log.error("stage=worker event=shutdown_incomplete waited_s=%.0f: closing anyway; what this worker held runs again elsewhere", waited)
+            log.log(
+                logging.WARNING if lost else logging.ERROR,
+                "stage=worker event=shutdown_incomplete waited_s=%.0f: closing anyway; what this worker held runs again elsewhere", waited,
+            )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

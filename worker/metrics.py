@@ -5,7 +5,7 @@ TEMPORAL_METRICS_PORT, a separate listener because the SDK's exporter is in Rust
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
 from workflows.events import ExecutionResultEvent
 
@@ -26,6 +26,11 @@ class ExecutorMetrics:
         self.plans_rejected = Counter("executor_plans_rejected", "Plans refused by the bridge (invalid)", ["code"], registry=self.registry)
         # Alert on any rise: a result is waiting for NATS (it is retried until it is out, never dropped).
         self.publish_failures = Counter("executor_result_publish_failures", "Failed attempts to store or publish a result", registry=self.registry)
+        # A connection gone for good ends the process (worker/main.py ConnectionLost): counted for the
+        # scrape that may still see it; after the restart, process_start_time_seconds moves, which
+        # `changes(process_start_time_seconds[1h])` counts whatever the scrape saw.
+        self.connections_lost = Counter("executor_connections_lost", "Connections gone for good (the worker exits to be restarted), by service", ["service"], registry=self.registry)
+        ProcessCollector(registry=self.registry)
 
     def serve(self, port: int, host: str = "127.0.0.1"):
         """On loopback unless METRICS_HOST says otherwise: wallet addresses and flow are not for the network."""

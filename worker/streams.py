@@ -16,11 +16,16 @@ How the windows agree:
 """
 from __future__ import annotations
 
+import logging
+
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from executor.records import PLANNED_MAX_AGE_S
+from workflows.limits import MAX_PLAN_BYTES
+
+log = logging.getLogger("hft.streams")
 
 PLANNED_SUBJECTS = "execution.planned.>"
 EXECUTED_SUBJECTS = "executed.>"
@@ -41,6 +46,8 @@ def stream_configs(replicas: int = 1) -> tuple[StreamConfig, ...]:
             duplicate_window=PLAN_DEDUPE_S,  # a planner that sets Nats-Msg-Id gets its retries dropped here already
             max_age=PLANNED_MAX_AGE_S,
             discard=DiscardPolicy.OLD,
+            # A plan past this is refused at publish, to the planner (workflows/limits.py says why this size).
+            max_msg_size=MAX_PLAN_BYTES,
             num_replicas=replicas,
         ),
         StreamConfig(
@@ -61,11 +68,17 @@ def stream_configs(replicas: int = 1) -> tuple[StreamConfig, ...]:
     )
 
 
-
-
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     for config in stream_configs(replicas):
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
             await js.add_stream(config)
+            continue
+        if config.max_msg_size and (info.config.max_msg_size or -1) < 0:
+            # Made before the limit existed. Workers may not reconfigure PLANNED (worker/nats_security.py); the
+            # bridge refuses a larger plan unread all the same, but the stream still stores it.
+            log.warning(
+                "stage=worker event=stream_unbounded stream=%s: no max_msg_size; set it: nats stream edit %s --max-msg-size %d",
+                config.name, config.name, config.max_msg_size,
+            )  # fmt: skip

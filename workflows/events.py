@@ -7,16 +7,29 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import re
 from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import from_json
 from solders.pubkey import Pubkey
 
 from venue import MAX_COMPUTE_UNITS
+
+from .limits import (
+    MAX_DEADLINE_AHEAD_MS,
+    MAX_ERROR_CHARS,
+    MAX_ID_CHARS,
+    MAX_LATENCY_MS,
+    MAX_PLAN_BYTES,
+    PLAN_ID_CHARS,
+    SUBJECT_TOKENS,
+    digest_token,
+    finite_number,
+    is_plan_id,
+    is_subject_tokens,
+)
 
 MAX_BUNDLE_TRANSACTIONS = 5
 U64_MAX = 2**64 - 1
@@ -86,10 +99,10 @@ def _account_key(value: str) -> str:
 
 PubkeyStr = Annotated[str, AfterValidator(_pubkey)]
 AccountKey = Annotated[str, AfterValidator(_account_key)]
-Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
-# The opportunity id becomes tokens of NATS subjects (execution.planned.<id>, executed.<status>.<id>):
-# a leading, trailing or doubled dot would make an empty token, a subject no stream takes.
-SubjectTokens = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")]
+# Both ids become subjects, headers, workflow ids and KV keys: their bounds and why are in workflows/limits.py.
+# (pydantic's Rust regex: `$` is the end of the text, not "before a final newline" as in Python's `re`.)
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=f"^{PLAN_ID_CHARS}$")]
+SubjectTokens = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=f"^{SUBJECT_TOKENS}$")]
 # Epoch milliseconds, up to the year 2286: a deadline in micro- or nanoseconds is refused, not
 # turned into a wait of centuries.
 EpochMs = Annotated[int, Field(gt=0, lt=10**13)]
@@ -103,13 +116,19 @@ class WireModel(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-class AccountMetaSpec(WireModel):
+class PlanModel(WireModel):
+    """Input from the planner: numbers must be finite (JSON's 1e400 parses as infinity, NaN as NaN)."""
+
+    model_config = ConfigDict(WireModel.model_config, allow_inf_nan=False)
+
+
+class AccountMetaSpec(PlanModel):
     pubkey: AccountKey
     is_signer: bool
     is_writable: bool
 
 
-class InstructionSpec(WireModel):
+class InstructionSpec(PlanModel):
     program_id: PubkeyStr
     accounts: list[AccountMetaSpec] = Field(max_length=64)
     data: str  # base64
@@ -124,7 +143,7 @@ class InstructionSpec(WireModel):
         return value
 
 
-class SwapRoute(WireModel):
+class SwapRoute(PlanModel):
     dex: Annotated[str, Field(min_length=1, max_length=64)]
     pool: PubkeyStr | None = None
     input_mint: PubkeyStr
@@ -135,7 +154,7 @@ class SwapRoute(WireModel):
     address_lookup_table_addresses: list[PubkeyStr] = Field(default_factory=list, max_length=16)
 
 
-class FlashLoan(WireModel):
+class FlashLoan(PlanModel):
     provider: Literal["kamino"]
     amount: Annotated[int, Field(gt=0, le=U64_MAX)]
     reserve: PubkeyStr
@@ -148,7 +167,7 @@ class FlashLoan(WireModel):
     create_token_account: bool = False  # may the transaction create the wallet's token account (idempotent)?
 
 
-class ExecutionPlanEvent(WireModel):
+class ExecutionPlanEvent(PlanModel):
     plan_id: Identifier
     opportunity_id: SubjectTokens
     strategy: Strategy
@@ -162,7 +181,7 @@ class ExecutionPlanEvent(WireModel):
     gas_estimate: Annotated[int, Field(gt=0, le=MAX_COMPUTE_UNITS)] | None = None
     priority_fee: U64 | None = None  # micro-lamports per compute unit
     slippage: Annotated[int, Field(ge=0, le=10_000)]  # bps
-    max_latency: Annotated[int, Field(gt=0, le=600_000)]  # ms from start to confirmation
+    max_latency: Annotated[int, Field(gt=0, le=MAX_LATENCY_MS)]  # ms from start to confirmation
     deadline: EpochMs  # epoch ms after which nothing may be sent
     timestamp: EpochMs
     flash_loan: FlashLoan | None = None
@@ -234,56 +253,67 @@ class ExecutionCost(WireModel):
 
 ExecutionResultEvent.model_rebuild()
 
-PLAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-SUBJECT_TOKENS_PATTERN = re.compile(r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
-
-
 class InvalidPlan(Exception):
     def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
         self.code = code
 
 
-def parse_plan(data: bytes) -> ExecutionPlanEvent:
+def parse_plan(data: bytes, *, now_ms: int | None = None) -> ExecutionPlanEvent:
     """Validate at the edge: the bridge, and the workflow itself (a workflow can be started without
-    the bridge). Pure and deterministic. The error text names the fields, so a planner can fix its output."""
+    the bridge). Pure and deterministic: the time is the caller's (the bridge's clock, the workflow's
+    own time), and with it the deadline is held to the horizon of workflows/limits.py. The error
+    text names the fields, so a planner can fix its output."""
+    if len(data) > MAX_PLAN_BYTES:
+        raise InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: {len(data)} bytes, over the {MAX_PLAN_BYTES}-byte limit (not read)")
     try:
         plan = ExecutionPlanEvent.model_validate_json(data)
     except ValidationError as error:
         problems = [f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}" for e in error.errors()[:5]]
         more = f" (+{error.error_count() - 5} more)" if error.error_count() > 5 else ""
         raise InvalidPlan(ErrorCode.INVALID_PLAN, "invalid plan: " + "; ".join(problems) + more) from None
+    if now_ms is not None and plan.deadline > now_ms + MAX_DEADLINE_AHEAD_MS:
+        raise InvalidPlan(
+            ErrorCode.INVALID_PLAN,
+            f"invalid plan: deadline: {(plan.deadline - now_ms) / 1000:.0f} s ahead, more than the {MAX_DEADLINE_AHEAD_MS // 1000} s a plan may live",
+        )
     if not plan.simulation_success:
         raise InvalidPlan(ErrorCode.PLAN_NOT_SIMULATED, "simulationSuccess is false: the planner did not validate this plan")
     return plan
 
 
 def rejection(data: bytes, invalid: InvalidPlan, *, fallback_plan_id: str, fallback_opportunity: str, execution_id: str | None, now_ms: int) -> ExecutionResultEvent:
-    """The failed result of a plan that never ran, named by its own ids where they are usable."""
-    try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raw = None
+    """The failed result of a plan that never ran, named by its own ids where they are usable.
+
+    Whatever ``data`` holds, the result is small and every id in it is publishable (workflows/limits.py):
+    a value that is not a valid id gives way to the fallback, and an unusable fallback to a digest or
+    ``unknown``. Never raises for any input (the bridge's fuzz test holds it to that)."""
+    raw: object = None
+    if len(data) <= MAX_PLAN_BYTES:
+        try:
+            raw = from_json(data)  # pydantic's parser: bounded recursion, where json.loads raises RecursionError
+        except ValueError:
+            raw = None
     raw = raw if isinstance(raw, dict) else {}
-
-    def identifier(name: str, pattern: re.Pattern, fallback: str) -> str:
-        value = raw.get(name)
-        return value if isinstance(value, str) and pattern.match(value) else fallback
-
-    plan_id = identifier("planId", PLAN_ID_PATTERN, fallback_plan_id)
-    profit = raw.get("expectedProfit")
+    plan_id = raw.get("planId")
+    if not is_plan_id(plan_id):
+        plan_id = fallback_plan_id if is_plan_id(fallback_plan_id) else digest_token(fallback_plan_id, "invalid-")
+    opportunity = raw.get("opportunityId")
+    if not is_subject_tokens(opportunity):
+        opportunity = fallback_opportunity if is_subject_tokens(fallback_opportunity) else "unknown"
     method = raw.get("executionMethod")
-    finite = isinstance(profit, (int, float)) and not isinstance(profit, bool) and abs(profit) != float("inf") and profit == profit
+    profit = finite_number(raw.get("expectedProfit"))
     return ExecutionResultEvent(
         execution_id=execution_id or f"plan-{plan_id}",
         plan_id=plan_id,
-        opportunity_id=identifier("opportunityId", SUBJECT_TOKENS_PATTERN, fallback_opportunity),
+        opportunity_id=opportunity,
         status=ExecutionStatus.failed,
-        expected_profit=float(profit) if finite else 0.0,
+        expected_profit=profit if profit is not None else 0.0,
         execution_cost=ExecutionCost(),
         latency=0.0,
-        execution_method=method if isinstance(method, str) and len(method) <= 32 else "unknown",
-        error=str(invalid)[:1000],
+        # A metric label downstream: a planner's free text would make a new series per value.
+        execution_method=method if method in ExecutionMethod.__members__ else "unknown",
+        error=str(invalid)[:MAX_ERROR_CHARS],
         error_code=invalid.code,
         timestamp=now_ms,
     )

@@ -150,7 +150,7 @@ class ExecutePlan:
         following = _following(submitted)
         data = json.dumps(submitted[0]).encode() if len(submitted) == 1 or following is not None else b""
         try:
-            plan = parse_plan(data)
+            plan = parse_plan(data, now_ms=started_ms)
         except InvalidPlan as invalid:
             return await self._reject(data, invalid)
 
@@ -300,7 +300,7 @@ class ExecutePlan:
         """Not a plan: a failed result keyed by this execution, never stored as a plan's result (a
         valid plan with the same id must still be able to run and be told)."""
         info = workflow.info()
-        fallback = info.workflow_id.removeprefix("plan-")
+        fallback = info.workflow_id.removeprefix("plan-")  # not a plan id (any text a client chose): rejection() digests it
         result = rejection(data, invalid, fallback_plan_id=fallback, fallback_opportunity="unknown", execution_id=info.workflow_id, now_ms=_now_ms())
         workflow.logger.warning("plan=%s stage=validate event=rejected code=%s error=%s", result.plan_id, invalid.code.value, str(invalid)[:300])
         return await self._publish(result, message_id=f"rejected-{info.workflow_id}-{info.run_id}", keep=False)
