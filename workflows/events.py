@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from enum import Enum
 from typing import Annotated, Literal
 
@@ -272,6 +273,9 @@ def parse_plan(data: bytes, *, now_ms: int | None = None) -> ExecutionPlanEvent:
         problems = [f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}" for e in error.errors()[:5]]
         more = f" (+{error.error_count() - 5} more)" if error.error_count() > 5 else ""
         raise InvalidPlan(ErrorCode.INVALID_PLAN, "invalid plan: " + "; ".join(problems) + more) from None
+    duplicate = _duplicate_key(data)
+    if duplicate is not None:
+        raise InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: the key {duplicate[:64]!r} appears twice in one object (which one counts depends on the parser)")
     if now_ms is not None and plan.deadline > now_ms + MAX_DEADLINE_AHEAD_MS:
         raise InvalidPlan(
             ErrorCode.INVALID_PLAN,
@@ -280,6 +284,31 @@ def parse_plan(data: bytes, *, now_ms: int | None = None) -> ExecutionPlanEvent:
     if not plan.simulation_success:
         raise InvalidPlan(ErrorCode.PLAN_NOT_SIMULATED, "simulationSuccess is false: the planner did not validate this plan")
     return plan
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _duplicate_key(data: bytes) -> str | None:
+    """The first key repeated within one JSON object, if any. pydantic's parser keeps the last of
+    them and another planner-side parser may keep the first: an ambiguous plan is not signed.
+    Run on plans that already validated, so the nesting is the model's (json.loads would raise
+    RecursionError on the deep nesting pydantic refuses)."""
+    try:
+        json.loads(data, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as duplicate:
+        return str(duplicate.args[0])
+    return None
 
 
 def rejection(data: bytes, invalid: InvalidPlan, *, fallback_plan_id: str, fallback_opportunity: str, execution_id: str | None, now_ms: int) -> ExecutionResultEvent:
