@@ -47,6 +47,10 @@ START_RETRY_S = 1.0
 # A message that cannot go on yet (its rejection's publish failed: NATS away) comes back after
 # 1, 2, 4 ... s, at most this: a long outage costs a retry every half minute, not a spin.
 MAX_RETRY_S = 30.0
+# A message whose handling raised (a bug, not NATS being away: that fails the publish, not the
+# handling) this many times is told by its sequence alone and terminated, unless it is a valid
+# plan: a plan's workflow may have started, and the workflow tells its result.
+GIVE_UP_AFTER = 5
 # How long a plan taken by a bridge that died stays invisible before another worker gets it
 # (JetStream's ack wait): a bridge still busy with a start says so (in progress) every half of it.
 ACK_WAIT_S = 1.0
@@ -75,6 +79,14 @@ def _delivered(message: Msg) -> int:
         return max(1, int(message.metadata.num_delivered))
     except Exception:  # not a JetStream message (no metadata): the first delivery
         return 1
+
+
+def _is_plan(data: bytes) -> bool:
+    try:
+        parse_plan(data)
+    except Exception:
+        return False
+    return True
 
 
 def _retry_delay(delivered: int) -> float:
@@ -156,6 +168,11 @@ class PlanBridge:
             delivered = _delivered(message)
             self.take_failures += 1
             log.error("stage=bridge event=take_failed delivery=%d error=%s: %s", delivered, type(error).__name__, str(error)[:300])
+            if delivered >= GIVE_UP_AFTER and not _is_plan(message.data):
+                # Not a plan, and this bridge cannot even reject it: told by its sequence alone, and terminated.
+                with contextlib.suppress(Exception):
+                    await self.reject(message, InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: could not be handled ({type(error).__name__})"), echo=False)
+                    return
             with contextlib.suppress(Exception):
                 await message.nak(delay=_retry_delay(delivered))
 
@@ -252,13 +269,16 @@ class PlanBridge:
             except Exception:  # NATS away: the plan is redelivered, and REJECT_DUPLICATE keeps it one workflow
                 pass
 
-    async def reject(self, message: Msg, invalid: InvalidPlan) -> None:
+    async def reject(self, message: Msg, invalid: InvalidPlan, *, echo: bool = True) -> None:
+        """The failed result of a message that is not a plan, keyed by its sequence; ``echo=False`` names it
+        by the sequence and subject alone (nothing of its content)."""
         seq = message.metadata.sequence.stream if message.metadata else 0
         delivered = _delivered(message)
         tail = message.subject.removeprefix("execution.planned.")  # rejection() keeps it only if it is a bounded id
         result = rejection(
-            message.data, invalid, fallback_plan_id=f"invalid-PLANNED-{seq}", fallback_opportunity=tail, execution_id=None, now_ms=int(time.time() * 1000)
-        )
+            message.data if echo else b"", invalid, fallback_plan_id=f"invalid-PLANNED-{seq}", fallback_opportunity=tail, execution_id=None,
+            now_ms=int(time.time() * 1000),
+        )  # fmt: skip
         try:
             # Keyed by the message, not the plan id it claims: a valid plan with that id must still be told.
             await self.publish_result(result, f"rejected-PLANNED-{seq}")

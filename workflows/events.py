@@ -341,7 +341,7 @@ def rejection(data: bytes, invalid: InvalidPlan, *, fallback_plan_id: str, fallb
         execution_cost=ExecutionCost(),
         latency=0.0,
         # A metric label downstream: a planner's free text would make a new series per value.
-        execution_method=method if method in ExecutionMethod.__members__ else "unknown",
+        execution_method=method if isinstance(method, str) and method in ExecutionMethod.__members__ else "unknown",
         error=str(invalid)[:MAX_ERROR_CHARS],
         error_code=invalid.code,
         timestamp=now_ms,
