@@ -56,6 +56,7 @@ class Settings:
     temporal_kills: int = 1
     halts: int = 1
     results_timeout_s: float = 120.0
+    hostile: int = 0  # hostile messages (chaos/hostile.py) published among the plans
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Campaign:
         self.outages: list[dict] = []
         self.halts: list[dict] = []
         self.plans: dict[str, dict] = {}  # planId -> the plan as published
+        self.hostile: list[dict] = []  # {"planId", "kind", "seq", "refused"}: what became of each hostile message at publish
         self.specs: dict[str, PlanSpec] = {}
         self.published_ns: dict[str, int] = {}
         self.publishes: list[dict] = []
@@ -168,7 +170,8 @@ class Campaign:
         try:
             publisher = asyncio.create_task(self._publish_all(specs, start))
             injector = asyncio.create_task(self._inject(schedule, start))
-            await asyncio.gather(publisher, injector)
+            hostile = asyncio.create_task(self._publish_hostile(start))
+            await asyncio.gather(publisher, injector, hostile)
             self.note("last_fault", fault=False)
             await self._set_cluster_faults(None, clear=True)
             await self._all_workers_up()
@@ -214,6 +217,42 @@ class Campaign:
                 return
             except Exception:  # noqa: BLE001 - NATS down or reconnecting
                 await asyncio.sleep(PUBLISH_RETRY_S)
+
+    async def _publish_hostile(self, start: float) -> None:
+        """`--hostile N`: N hostile messages spread over the same window as the plans, with the planner's credentials."""
+        count = self.settings.hostile
+        if not count:
+            return
+        from .hostile import generate
+
+        wallet = self.stack.keys.public_keys()[0]
+        made = await asyncio.to_thread(generate, lambda plan_id: self.stack.pool.plan(plan_id, wallet, "rpc"), count, self.settings.seed)
+        self.say(f"chaos event=hostile_generated count={len(made)} seed={self.settings.seed}")
+        loop = asyncio.get_running_loop()
+        window = self.settings.plans / self.settings.rate
+        for index, hostile in enumerate(made):
+            delay = start + index * window / count - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.hostile.append(await self._publish_one_hostile(hostile))
+        self.note("last_hostile_published", fault=False, published=len(self.hostile), refused=sum(h["refused"] for h in self.hostile))
+
+    async def _publish_one_hostile(self, hostile) -> dict:
+        entry = {"planId": hostile.plan_id, "kind": hostile.kind, "seq": None, "refused": False}
+        while True:
+            try:
+                ack = await self.planner_js.publish(
+                    f"execution.planned.{hostile.subject_tail}", hostile.data, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": hostile.plan_id}
+                )
+                return entry | {"seq": ack.seq}
+            except Exception as error:  # noqa: BLE001
+                if "maximum" in str(error).lower():  # past max_msg_size or NATS's max payload: told to the planner, final
+                    return entry | {"refused": True}
+                await asyncio.sleep(PUBLISH_RETRY_S)  # NATS down or reconnecting
+
+    def _hostile_unanswered(self) -> list[str]:
+        stored = self.stored_plans
+        return [h["planId"] for h in self.hostile if not h["refused"] and h["planId"] not in stored and f"invalid-PLANNED-{h['seq']}" not in stored]
 
     # --- results, as they come ---------------------------------------------------------------------
 
@@ -472,7 +511,7 @@ class Campaign:
         bound = self.settings.results_timeout_s
         consumer = None
         while time.monotonic() - started < bound:
-            missing = len(self.plans.keys() - self.stored_plans)
+            missing = len(self.plans.keys() - self.stored_plans) + len(self._hostile_unanswered())
             try:
                 consumer = await evidence.planned_consumer(self.js)
             except Exception:  # noqa: BLE001
@@ -541,6 +580,7 @@ class Campaign:
             "faults": self.faults,
             "events": self.events,
             "workers": [entry | {"slot": slot.index} for slot in self.stack.slots for entry in slot.history],
+            "hostile": self.hostile,
         }
         return found, histories
 

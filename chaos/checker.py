@@ -20,6 +20,7 @@ shown to fail on a made-up violation. Its shape:
       "outages": [{"kind", "from_ns", "to_ns"}],                              # servers down, the halt, for takeover
       "halts": [{"acknowledged_ns": int | None, "resumed_ns": int | None, ...}],
       "faults": [{"kind", "at_ns", ...}],
+      "hostile": [{"planId", "kind", "seq": int | None, "refused": bool}],   # `--hostile N` (chaos/hostile.py)
     }
 """
 from __future__ import annotations
@@ -62,6 +63,7 @@ INVARIANTS = (
     "leases_left",
     "running_left",
     "pending_left",
+    "hostile_not_answered_once",
 )
 
 
@@ -230,6 +232,20 @@ def check(evidence: dict) -> Verdict:
         if pending_left or consumer.get("num_redelivered"):
             flag("pending_left", None, "plans still pending on PLANNED", **consumer)
 
+    hostile = evidence.get("hostile", [])
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for message in evidence.get("stored", []):
+        by_id[message.get("planId")].append(message)
+    for sent in hostile:
+        if sent.get("refused"):
+            continue  # refused at publish (past max_msg_size or NATS's max payload): the planner was told, PLANNED has nothing
+        # Its result is under its own id, or, with no usable id, under its message's sequence.
+        results = by_id.get(sent["planId"], []) + by_id.get(f"invalid-PLANNED-{sent['seq']}", [])
+        if len(results) != 1:
+            flag("hostile_not_answered_once", sent["planId"], f"hostile message {sent['seq']} ({sent['kind']}) has {len(results)} results")
+        elif results[0].get("status") == SUCCESS or not results[0].get("errorCode"):
+            flag("hostile_not_answered_once", sent["planId"], f"hostile message {sent['seq']} ({sent['kind']}) was told {results[0].get('status')} without a code")
+
     samples = takeover_samples(evidence)
     measured = [s["takeover_ms"] for s in samples if s["takeover_ms"] is not None]
 
@@ -251,6 +267,10 @@ def check(evidence: dict) -> Verdict:
         "leases_left": len(violations["leases_left"]),
         "running_left": len(violations["running_left"]),
         "pending_left": pending_left,
+        "hostile": {
+            "published": len(hostile), "refused_at_publish": sum(1 for h in hostile if h.get("refused")),
+            "not_answered_once": len(violations["hostile_not_answered_once"]),
+        },
         "takeover_ms": percentiles(measured),
         "success": sum(1 for r in first_results if r["status"] == SUCCESS),
         "kills": {"worker": kills["worker"], "nats": kills["nats"], "temporal": kills["temporal"]},

@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temporal-kills", type=int, default=1, help="Temporal dev server kill -9s (default 1)")
     parser.add_argument("--halts", type=int, default=1, help="halts issued while one worker is cut off from NATS, then resumed (default 1)")
     parser.add_argument("--results-timeout", type=float, default=120.0, help="seconds to wait for every result after the last fault (default 120)")
+    parser.add_argument("--hostile", type=int, default=0, metavar="N", help="also publish N hostile messages (chaos/hostile.py); each must get one failed result with a code (default 0)")
     parser.add_argument("--json", action="store_true", help="print the verdict as one JSON line, last on stdout")
     parser.add_argument("--data-dir", type=Path, default=Path(".data"), help="runs go under <data-dir>/chaos/ (default .data)")
     parser.add_argument("--keep-data", action="store_true", help="keep the run's servers' data and logs even when ok")
@@ -65,6 +66,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         temporal_kills=args.temporal_kills,
         halts=args.halts,
         results_timeout_s=args.results_timeout,
+        hostile=args.hostile,
     )
 
 

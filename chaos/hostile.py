@@ -27,7 +27,7 @@ import json
 import struct
 from dataclasses import dataclass
 
-from workflows.limits import MAX_ID_CHARS, MAX_PLAN_BYTES
+from workflows.limits import MAX_ID_CHARS, MAX_PLAN_BYTES, is_plan_id
 
 SYSTEM_PROGRAM = "11111111111111111111111111111111"
 OUTSIDE_ACCOUNT = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"  # a key no wallet of the executor holds
@@ -47,7 +47,8 @@ class HostilePlan:
     data: bytes
     subject_tail: str
     kind: str
-    plan_id: str  # the id the base plan had: unique per message, whether or not the message still carries it
+    plan_id: str  # the id the base plan had: unique per message. Its result is under this id, or under
+    # invalid-PLANNED-<seq> when the message carries no usable id (a usable id is never another's)
 
 
 def hostile_plans(base_plan, seed: int | None = None):
@@ -106,6 +107,8 @@ def hostile_plans(base_plan, seed: int | None = None):
         changes = draw(mutations)
         text_tokens: list[tuple[str, str]] = []
         for op, name, value in changes:
+            if op in ("set", "extra") and name == "planId" and is_plan_id(value):
+                value = plan_id  # a usable id stays this message's own, so that its one result can be found
             if op == "set":
                 plan[name] = value
             elif op == "drop":

@@ -18,7 +18,7 @@ T0 = 1_700_000_000_000 * MS  # the campaign's start, ns
 SUMMARY_KEYS = {
     "plans", "results", "lost", "duplicate_publishes", "contradicting_publishes", "temporal_mismatch",
     "double_landed", "multiple_signatures", "disagree_with_chain", "sent_after_halt", "leases_left",
-    "running_left", "pending_left", "takeover_ms", "success", "kills", "faults", "error_codes", "seed", "ok",
+    "running_left", "pending_left", "hostile", "takeover_ms", "success", "kills", "faults", "error_codes", "seed", "ok",
 }  # fmt: skip
 DEAD = "1001@host"
 SURVIVOR = "1002@host"
@@ -247,9 +247,31 @@ def test_plans_left_pending_on_planned(consumer, left):
     assert check(evidence).summary["pending_left"] == left
 
 
+def test_hostile_messages_are_each_answered_once_with_a_code():
+    evidence = clean()
+    evidence["hostile"] = [
+        {"planId": "h-1", "kind": "set:deadline", "seq": 10, "refused": False},  # told under its own id
+        {"planId": "h-2", "kind": "raw:not_utf8", "seq": 11, "refused": False},  # told under its sequence
+        {"planId": "h-3", "kind": "raw:oversize", "seq": None, "refused": True},  # refused at publish: nothing to tell
+    ]
+    evidence["stored"] += [result("h-1", "failed", None, "INVALID_PLAN", 10), result("invalid-PLANNED-11", "failed", None, "INVALID_PLAN", 11)]
+    assert check(evidence).ok
+    assert check(evidence).summary["hostile"] == {"published": 3, "refused_at_publish": 1, "not_answered_once": 0}
+
+    unanswered = copy.deepcopy(evidence)
+    unanswered["stored"] = [r for r in unanswered["stored"] if r["planId"] != "invalid-PLANNED-11"]
+    assert [v["planId"] for v in violations(unanswered, "hostile_not_answered_once")] == ["h-2"]
+    twice = copy.deepcopy(evidence)
+    twice["stored"].append(result("h-1", "failed", None, "INVALID_PLAN", 12))
+    assert [v["planId"] for v in violations(twice, "hostile_not_answered_once")] == ["h-1"]
+    succeeded = copy.deepcopy(evidence)
+    succeeded["stored"][-2] = result("h-1", "success", "Sig", None, 10)
+    assert [v["planId"] for v in violations(succeeded, "hostile_not_answered_once")] == ["h-1"]
+
+
 def test_every_invariant_has_a_failing_test_here():
     tested = {"lost", "duplicate_results", "contradicting_publishes", "temporal_mismatch", "disagree_with_chain", "multiple_signatures",
-              "double_landed", "sent_after_halt", "leases_left", "running_left", "pending_left"}  # fmt: skip
+              "double_landed", "sent_after_halt", "leases_left", "running_left", "pending_left", "hostile_not_answered_once"}  # fmt: skip
     assert tested == set(INVARIANTS)
 
 
