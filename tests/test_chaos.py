@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {
     "plans", "results", "lost", "duplicate_publishes", "contradicting_publishes", "temporal_mismatch",
     "double_landed", "multiple_signatures", "disagree_with_chain", "sent_after_halt", "leases_left",
-    "running_left", "pending_left", "takeover_ms", "success", "kills", "faults", "error_codes", "seed", "ok",
+    "running_left", "pending_left", "hostile", "takeover_ms", "success", "kills", "faults", "error_codes", "seed", "ok",
 }  # fmt: skip
 
 
@@ -147,7 +147,7 @@ def test_no_cluster_faults_means_none():
 SHORT_CAMPAIGN = [
     "--plans", "40", "--rate", "3", "--workers", "2", "--seed", "4242",
     "--worker-kills", "3", "--nats-kills", "1", "--temporal-kills", "0", "--halts", "1",
-    "--results-timeout", "45", "--json",
+    "--results-timeout", "45", "--hostile", "60", "--json",
 ]  # fmt: skip
 
 
@@ -165,6 +165,7 @@ def test_a_short_campaign_keeps_every_promise():
     assert set(summary["takeover_ms"]) == {"p50", "p99", "max"}
     assert summary["plans"] == 40 and summary["seed"] == 4242
     assert summary["kills"] == {"worker": 3, "nats": 1, "temporal": 0}
+    assert summary["hostile"]["published"] == 60 and summary["hostile"]["refused_at_publish"] < 60
     assert any(f["kind"] == "nats_kill" and f["down_s"] > 8.0 for f in summary["faults"])
     kinds = [f["kind"] for f in summary["faults"]]
     assert kinds.index("cut") < kinds.index("halt_issued") < kinds.index("cut_restored") < kinds.index("resume")
@@ -172,6 +173,6 @@ def test_a_short_campaign_keeps_every_promise():
     report = next((line for line in run.stderr.splitlines() if "event=report" in line), "no report line")
     invariants = ("lost", "contradicting_publishes", "temporal_mismatch", "double_landed", "multiple_signatures",
                   "disagree_with_chain", "sent_after_halt", "leases_left", "running_left", "pending_left")  # fmt: skip
-    broken = {key: summary[key] for key in invariants if summary[key]} | ({"results": summary["results"]} if summary["results"] != 40 else {})
+    broken = {key: summary[key] for key in invariants if summary[key]} | ({"hostile": summary["hostile"]} if summary["hostile"]["not_answered_once"] else {}) | ({"results": summary["results"]} if summary["results"] != 40 else {})
     assert summary["ok"], f"invariants broken: {broken}; {report}"  # the data stays for the story
     shutil.rmtree(data_dir, ignore_errors=True)
