@@ -71,3 +71,4 @@ async def test_a_rejection_that_cannot_be_published_waits_with_backoff():
         message = Message(b"not json", delivered)
         await bridge.take(message)
         assert message.answers == [("nak", expected)]
+

@@ -393,12 +393,15 @@ class ExecutorWorker:
         raise await self._lost
 
     async def _run_temporal_worker(self) -> None:
+        """The SDK worker, whose end outside a stop is a Temporal connection lost for good. The client itself
+        reconnects, and sdk-core retries its polls, even against a namespace deleted under it (measured:
+        it logs NotFound and goes on): a Temporal outage is waited out, and only the worker failing ends here."""
         try:
             await self.worker.run()
-        except Exception as error:
+        except Exception as error:  # told by connection_lost: wait() raises ConnectionLost, not this
             if not self._stopping:
                 self.connection_lost("temporal", f"the worker failed: {type(error).__name__}: {error}")
-            raise
+            return
         if not self._stopping:
             self.connection_lost("temporal", "the worker stopped polling")
 
