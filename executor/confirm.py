@@ -110,6 +110,11 @@ class SignatureWatcher:
             for signature, status in zip(chunk, await self.rpc.signature_statuses(chunk)):
                 if status is not None:
                     self.note(signature, status)
+                else:
+                    # Replaced on every poll: a status seen once and gone now was on a fork that was
+                    # dropped, and the transaction is back to unknown (rebroadcast and the expiry check
+                    # resume). One found in the node's history (landed_or_expired) is noted again there.
+                    self.statuses.pop(signature, None)
         self.block_height = height
         self.polls_done = number
         self.answered_at = time.monotonic()

@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
@@ -22,6 +23,7 @@ from venue.jito import (
     STATIC_TIP_ACCOUNTS,
     BundleStatus,
     InflightStatus,
+    JitoAnswerUnclear,
     JitoClient,
     JitoError,
     JitoInvalidRequest,
@@ -29,6 +31,7 @@ from venue.jito import (
     JitoUnavailable,
     bundle_id,
 )
+from executor.submit import Submitter
 from localnet.blockengine import TIP_ACCOUNTS
 from localnet.cluster import ClusterConfig, ClusterThread
 from localnet.intake import derive_bundle_id
@@ -247,12 +250,50 @@ async def test_a_slow_engine_raises_jito_unavailable(cluster, faults):
         assert time.monotonic() - started < 0.4
 
 
-async def test_a_non_jito_answer_is_a_jito_error(cluster):
-    # The Solana RPC server has no /api/v1 paths: a 404 with a non-JSON body.
+async def test_a_non_jito_answer_is_unclear_not_a_refusal(cluster):
+    # The Solana RPC server has no /api/v1 paths: a 404 with a non-JSON body. Not the engine's own
+    # JSON-RPC error, so not a definite refusal: whatever was sent may be in flight (issue 20).
     async with JitoClient(cluster.endpoints()["rpc"]) as jito:
-        with pytest.raises(JitoError, match="HTTP 404") as raised:
+        with pytest.raises(JitoAnswerUnclear, match="HTTP 404") as raised:
             await jito.inflight_statuses([hashlib.sha256(b"x").hexdigest()])
-        assert raised.value.http_status == 404 and not isinstance(raised.value, JitoUnavailable)
+        assert raised.value.http_status == 404 and isinstance(raised.value, JitoUnavailable)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(lambda request_id, bundle: {"jsonrpc": "2.0", "id": request_id + 1, "result": bundle}, id="another id"),
+        pytest.param(lambda request_id, bundle: {"jsonrpc": "2.0", "id": request_id, "result": "f" * 64}, id="another bundle id"),
+        pytest.param(lambda request_id, bundle: "<html>ok</html>", id="a 200 that is not JSON"),
+    ],
+)
+async def test_an_unclear_answer_to_send_bundle_leaves_the_bundle_in_flight(answer):
+    """Before issue 20 each of these raised a plain JitoError, which the submitter turned into
+    SUBMIT_REJECTED ("nothing sent", the record voided) while the bundle could land."""
+    tx = tipped(Keypair(), Hash.new_unique())
+
+    async def engine(request: web.Request) -> web.Response:
+        body = await request.json()
+        made = answer(body["id"], bundle_id([tx]))
+        return web.json_response(made) if isinstance(made, dict) else web.Response(text=made)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/bundles", engine)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with JitoClient(f"http://127.0.0.1:{port}") as jito:
+            with pytest.raises(JitoAnswerUnclear) as raised:
+                await jito.send_bundle([bytes(tx)])
+            assert isinstance(raised.value, JitoUnavailable)
+            submitter = Submitter(rpc=None, jito=jito, halted=lambda: None)
+            with pytest.raises(JitoUnavailable):  # not an ApplicationError: dispatch follows the signature on chain
+                await submitter.send("jito_bundle", bytes(tx))
+    finally:
+        await runner.cleanup()
 
 
 async def test_uuid_is_sent_in_x_jito_auth_on_a_callers_session(cluster):

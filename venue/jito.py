@@ -84,6 +84,12 @@ class JitoUnavailable(JitoError):
     """Timeout, connection failure or a gateway error: nothing is known about delivery."""
 
 
+class JitoAnswerUnclear(JitoUnavailable):
+    """An answer that is not a definite refusal and not a clear acceptance: a 200 that is not JSON-RPC,
+    an id that is not the request's, a bundle id or signature that is not the one sent, an HTTP error
+    without a JSON-RPC error. The bundle may be in flight: its fate is unknown until the chain says."""
+
+
 class JitoInvalidRequest(JitoError, ValueError):
     """Refused client-side, nothing sent: no engine would accept it (6 transactions, unsigned, oversized, bad id)."""
 
@@ -288,14 +294,15 @@ class JitoClient:
         if status >= 500:
             # A gateway's 502/503/504 says nothing certain about whether the engine got it.
             raise JitoUnavailable(f"{method}: HTTP {status}: {message or payload[:200].decode(errors='replace')}", code, http_status=status)
-        if isinstance(error, dict):
+        if isinstance(error, dict):  # the engine's own JSON-RPC error: the one definite refusal
             raise JitoError(f"{method}: {message or 'error without a message'}", code, http_status=status, data=error.get("data"))
+        # Everything else that is not a clear acceptance is unclear: the bundle may be in flight (issue 20).
         if status != 200:
-            raise JitoError(f"{method}: HTTP {status}: {payload[:200].decode(errors='replace')}", http_status=status)
+            raise JitoAnswerUnclear(f"{method}: HTTP {status}: {payload[:200].decode(errors='replace')}", http_status=status)
         if not isinstance(answer, dict) or "result" not in answer:
-            raise JitoError(f"{method}: not a JSON-RPC answer: {payload[:200].decode(errors='replace')}", http_status=status)
+            raise JitoAnswerUnclear(f"{method}: not a JSON-RPC answer: {payload[:200].decode(errors='replace')}", http_status=status)
         if answer.get("id") != request_id:
-            raise JitoError(f"{method}: answer id {answer.get('id')!r} does not match request id {request_id}", http_status=status)
+            raise JitoAnswerUnclear(f"{method}: answer id {answer.get('id')!r} does not match request id {request_id}", http_status=status)
         return answer["result"]
 
     # --- sending --------------------------------------------------------------------
@@ -318,7 +325,7 @@ class JitoClient:
         started = time.perf_counter()
         result, _ = await self._call(PATH_BUNDLES, "sendBundle", [encoded, {"encoding": "base64"}])
         if result != expected:
-            raise JitoError(f"sendBundle: the engine answered bundle id {result!r}, expected {expected}; the bundle may be in flight under {expected}")
+            raise JitoAnswerUnclear(f"sendBundle: the engine answered bundle id {result!r}, expected {expected}; the bundle may be in flight under {expected}")
         log.debug("sendBundle %s accepted (%d txs) in %.2f ms", expected, len(raws), (time.perf_counter() - started) * 1000)
         return expected
 
@@ -332,12 +339,12 @@ class JitoClient:
         query = {"bundleOnly": "true"} if bundle_only else None
         result, headers = await self._call(PATH_TRANSACTIONS, "sendTransaction", [base64.b64encode(raw).decode("ascii"), {"encoding": "base64"}], query=query)
         if result != signature:
-            raise JitoError(f"sendTransaction: the engine answered signature {result!r}, expected {signature}")
+            raise JitoAnswerUnclear(f"sendTransaction: the engine answered signature {result!r}, expected {signature}")
         header_id = headers.get("x-bundle-id")
         if header_id is not None:
             expected = _derive([signature])
             if header_id != expected:
-                raise JitoError(f"sendTransaction: x-bundle-id {header_id!r} is not the bundle id {expected}; the bundle may be in flight under {expected}")
+                raise JitoAnswerUnclear(f"sendTransaction: x-bundle-id {header_id!r} is not the bundle id {expected}; the bundle may be in flight under {expected}")
         log.debug("sendTransaction %s accepted (bundle %s)", signature, header_id)
         return signature, header_id
 
