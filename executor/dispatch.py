@@ -71,6 +71,9 @@ class Dispatch:
         self.durable = durable
         self.state = "preparing"
         self.lease: WalletLeaseInfo | None = None
+        # This dispatch created the lease (not the plan's running dispatch elsewhere, whose lease a
+        # duplicate delivery finds under the same id): only then may it give the lease back.
+        self.lease_taken = False
         self.built: BuiltTransaction | None = None
         self.signed: SignedTransaction | None = None
         self.record: Record | None = None
@@ -92,13 +95,13 @@ class Dispatch:
         record = await d.records.read(plan.plan_id) if self.durable else None
         if record is not None:
             self._take_record(record)
-            self.lease = await d.adopt(plan, record.signed.wallet)
+            self.lease, self.lease_taken = await d.adopt(plan, record.signed.wallet)
             self.state = "prepared"
             return
         if time.time() * 1000 > plan.deadline:
             # Retries of a failing build must end at the deadline, whatever the retry policy does.
             fail(ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent")
-        self.lease = await d.lease(plan)
+        self.lease, self.lease_taken = await d.lease(plan)
         try:
             started = time.perf_counter()
             built = await d.builder.build(plan, self.lease.wallet)
@@ -116,11 +119,13 @@ class Dispatch:
                 self._take_record(record)
                 self.signed = replace(self.signed, elapsed_ms=round(candidate.elapsed_ms + _ms_since(started), 3))
                 if self.signed.wallet != self.lease.wallet:  # another run recorded the plan with another wallet
-                    await d.wallets.release(plan.plan_id, self.lease.wallet, "none")
-                    self.lease = await d.adopt(plan, self.signed.wallet)
+                    if self.lease_taken:
+                        await d.wallets.release(plan.plan_id, self.lease.wallet, "none")
+                    self.lease, self.lease_taken = await d.adopt(plan, self.signed.wallet)
             log.info("plan=%s stage=sign signature=%s reused=%s", plan.plan_id, self.signed.signature, self.signed.reused)
         except BaseException:
-            d.release_soon(plan.plan_id, self.lease.wallet)  # this dispatch took it; nothing was recorded
+            if self.lease_taken:
+                d.release_soon(plan.plan_id, self.lease.wallet)  # this dispatch took it; nothing was recorded
             raise
         self.state = "prepared"
 
@@ -290,29 +295,30 @@ class Dispatcher:
         dispatch.state = "abandoned"
 
         def release(done: asyncio.Task) -> None:
-            if dispatch.lease is not None:
+            if dispatch.lease is not None and dispatch.lease_taken:  # a lease found held is the running plan's
                 self.release_soon(dispatch.plan_id, dispatch.lease.wallet)
 
         dispatch.prepared.add_done_callback(release)
 
     # --- what dispatches share ---------------------------------------------------------------
 
-    async def lease(self, plan: ExecutionPlanEvent) -> WalletLeaseInfo:
+    async def lease(self, plan: ExecutionPlanEvent) -> tuple[WalletLeaseInfo, bool]:
+        """The plan's lease, and whether this call took it (False: the plan id held it already)."""
         started = time.perf_counter()
         try:
             lease = await self.wallets.acquire(plan.plan_id, plan.wallet, ttl_ms=lease_ttl_for(plan))
         except NoWalletAvailable as error:
             # Busy or low wallets may recover before the deadline; a wallet we hold no key for never will.
             fail(ErrorCode.NO_WALLET, str(error), final=plan.wallet is not None and plan.wallet not in self.keys)
-        log.info("plan=%s stage=lease wallet=%s", plan.plan_id, lease.wallet)
-        return WalletLeaseInfo(lease.lease_id, lease.wallet, lease.expires_at_ms, _ms_since(started))
+        log.info("plan=%s stage=lease wallet=%s taken=%s", plan.plan_id, lease.wallet, lease.taken)
+        return WalletLeaseInfo(lease.lease_id, lease.wallet, lease.expires_at_ms, _ms_since(started)), lease.taken
 
-    async def adopt(self, plan: ExecutionPlanEvent, wallet: str) -> WalletLeaseInfo:
-        """The lease on the wallet that signed the recorded transaction, whatever its health."""
+    async def adopt(self, plan: ExecutionPlanEvent, wallet: str) -> tuple[WalletLeaseInfo, bool]:
+        """The lease on the wallet that signed the recorded transaction, whatever its health, and whether this call took it."""
         started = time.perf_counter()
         lease = await self.wallets.adopt(plan.plan_id, wallet, ttl_ms=lease_ttl_for(plan))
-        log.info("plan=%s stage=lease wallet=%s adopted=true", plan.plan_id, wallet)
-        return WalletLeaseInfo(lease.lease_id, lease.wallet, lease.expires_at_ms, _ms_since(started))
+        log.info("plan=%s stage=lease wallet=%s adopted=true taken=%s", plan.plan_id, wallet, lease.taken)
+        return WalletLeaseInfo(lease.lease_id, lease.wallet, lease.expires_at_ms, _ms_since(started)), lease.taken
 
     def sign(self, plan_id: str, wallet: str, built: BuiltTransaction) -> SignedTransaction:
         """Sign in memory (~50 us). Only the record makes it the plan's transaction."""

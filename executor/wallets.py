@@ -54,6 +54,10 @@ class Lease:
     lease_id: str
     wallet: str
     expires_at_ms: int
+    # False when this id already held the lease (the plan's running dispatch, elsewhere): whoever
+    # gets it that way did not take it, and must not give it back (a duplicate delivery would
+    # release a running plan's wallet).
+    taken: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -197,18 +201,21 @@ class WalletPool:
         transaction is already signed by ``wallet`` is in flight on it, so it counts there."""
         held = self._held(lease_id)
         if held is not None and held.wallet == wallet:
-            return held
+            return held  # taken=False
         expires_at_ms = now_ms() + ttl_ms
+        taken = True
 
         def change(state: WalletState) -> WalletState | None:
-            if lease_id in state.leases:
+            nonlocal taken
+            taken = lease_id not in state.leases
+            if not taken:
                 return None
             return replace(state, leases={**state.leases, lease_id: expires_at_ms})
 
         if wallet not in self.wallets and wallet not in self._cache and await self._read_existing(wallet) is None:
-            return Lease(lease_id, wallet, expires_at_ms)  # a wallet no worker pools: nothing to count
+            return Lease(lease_id, wallet, expires_at_ms, taken=False)  # a wallet no worker pools: nothing to count, nothing to give back
         state = await self._mutate(wallet, change)
-        return Lease(lease_id, wallet, state.leases.get(lease_id, expires_at_ms))
+        return Lease(lease_id, wallet, state.leases.get(lease_id, expires_at_ms), taken=taken)
 
     async def release(self, lease_id: str, wallet: str | None, outcome: str) -> None:
         """Give the lease back. "success" resets the wallet's error count, "failure" adds one, "none" neither.
@@ -286,7 +293,7 @@ class WalletPool:
             cached = self._cache.get(wallet)
             expiry = cached.state.leases.get(lease_id) if cached else None
             if expiry is not None and expiry > now:
-                return Lease(lease_id, wallet, expiry)
+                return Lease(lease_id, wallet, expiry, taken=False)
         return None
 
     async def _take(self, wallet: str, lease_id: str, ttl_ms: int) -> Lease | str:
@@ -297,7 +304,7 @@ class WalletPool:
             state = cached.state.pruned(now)
             expiry = state.leases.get(lease_id)
             if expiry is not None:  # a fresh read shows this id already holds this wallet
-                return Lease(lease_id, wallet, expiry)
+                return Lease(lease_id, wallet, expiry, taken=False)
             reason = self.unhealthy_reason(state)
             if reason is not None:
                 return reason

@@ -93,6 +93,27 @@ async def test_a_preparation_no_workflow_claims_gives_its_wallet_back(stack):
     assert await stack.wire_transactions(soon.plan_id) == [] and await stack.wire_transactions(later.plan_id) == []
 
 
+async def test_a_duplicate_delivery_does_not_give_back_the_running_plans_lease(stack):
+    """The lease id is the plan id, so a duplicate delivery's dispatch finds the running plan's
+    lease. Before issue 20 the bridge then abandoned that dispatch (WorkflowAlreadyStarted) and
+    released the lease while the plan was still sending or confirming: its wallet looked free."""
+    dispatcher = stack.worker.dispatcher
+    plan = stack.plan("rpc", wallet=1)
+    event = validate(plan)
+    executed = await dispatcher.claim(event, None)  # the running plan: leased, recorded, sent; its workflow would now confirm
+    try:
+        assert await stack.lease_holders(plan["planId"]) == [executed.lease.wallet]
+        duplicate = dispatcher.open_ahead(event)  # the same plan delivered again, as the bridge takes it
+        assert duplicate is not None
+        await asyncio.gather(duplicate.prepared, return_exceptions=True)
+        dispatcher.abandon(duplicate)  # as the bridge does on WorkflowAlreadyStarted
+        await asyncio.sleep(0.5)
+        assert await stack.lease_holders(plan["planId"]) == [executed.lease.wallet], "the running plan keeps its wallet"
+        assert duplicate.lease_taken is False
+    finally:
+        await stack.worker.wallets.release(plan["planId"], executed.lease.wallet, "none")
+
+
 async def _released(stack, lease_id: str) -> bool:
     return not await stack.lease_holders(lease_id)
 

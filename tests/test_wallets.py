@@ -106,11 +106,13 @@ async def test_acquire_is_idempotent_per_lease_id(connect, bucket):
     first = await pool.acquire("plan-A:attempt", None, TTL)
     again = await pool.acquire("plan-A:attempt", None, TTL)
     assert again == first
+    assert first.taken and not again.taken, "only the call that created the lease may give it back"
     assert by_wallet(await pool.snapshot())[first.wallet]["inFlight"] == 1
 
     # another worker (its own cache) re-running the same local activity after reading the entry
     other = await open_pool(connect, bucket, w)
-    assert await other.acquire("plan-A:attempt", None, TTL) == first
+    found = await other.acquire("plan-A:attempt", None, TTL)
+    assert found == first and not found.taken
     assert sum(row["inFlight"] for row in await other.snapshot()) == 1
 
 
