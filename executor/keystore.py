@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
@@ -53,8 +54,12 @@ class KeyStore:
 
         Once loaded, the ``WALLET_n`` variables are removed from this process's environment: a key
         left there is read by every child process, crash reporter and ``/proc/<pid>/environ``
-        reader of the worker's user."""
+        reader of the worker's user. Removing them from ``os.environ`` does not change what
+        ``/proc/<pid>/environ`` shows (the kernel keeps the environment the process was started
+        with): the worker command re-executes itself first (``reexec_without_wallet_variables``),
+        and the keys reach the new image through a memory file, read here."""
         env = os.environ if env is None else env
+        env = _with_handed_over_keys(env)
         store = cls()
         index = 1
         while value := env.get(f"WALLET_{index}", "").strip():
@@ -107,6 +112,49 @@ class KeyStore:
 
     def __getstate__(self):
         raise TypeError("KeyStore holds private keys and cannot be pickled or copied")
+
+
+#: The descriptor of the memory file holding the WALLET_n values across the re-exec (its number only).
+HANDOVER_FD = "HFT_WALLET_KEYS_FD"
+
+
+def wallet_variables(env: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in env.items() if name.startswith("WALLET_") and name[7:].isdigit()}
+
+
+def reexec_without_wallet_variables() -> None:
+    """Replace this process by itself without the ``WALLET_n`` variables in its environment (never returns
+    when there are any). The kernel shows a process's start-up environment in ``/proc/<pid>/environ`` for
+    its whole life, whatever ``os.environ`` says later; only a new image gets a new one. The values go
+    across in an anonymous memory file (memfd: no path, no name in the environment, gone when closed),
+    whose descriptor alone is in the environment. Call before any thread or event loop exists."""
+    keys = wallet_variables(os.environ)
+    if not keys or not hasattr(os, "memfd_create"):
+        return  # nothing to hide, or not Linux (where /proc/<pid>/environ does not exist either)
+    fd = os.memfd_create("hft-wallet-keys", 0)  # inheritable is set below; CLOEXEC is not asked for
+    os.write(fd, json.dumps(keys).encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    env = {name: value for name, value in os.environ.items() if name not in keys}
+    env[HANDOVER_FD] = str(fd)
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
+def _with_handed_over_keys(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with the WALLET_n values the re-exec handed over, read once from their memory file, which is closed."""
+    text = env.get(HANDOVER_FD) or os.environ.get(HANDOVER_FD)
+    if not text:
+        return env
+    os.environ.pop(HANDOVER_FD, None)
+    fd = int(text)
+    try:
+        with os.fdopen(fd, "rb") as file:
+            keys = json.loads(file.read())
+    except (OSError, ValueError) as error:
+        raise KeyStoreError(f"{HANDOVER_FD}: the wallet keys handed over at start cannot be read ({type(error).__name__})") from None
+    merged = {name: value for name, value in env.items() if name != HANDOVER_FD}
+    merged.update(keys)
+    return merged
 
 
 def forget_wallet_variables(env: Mapping[str, str]) -> None:

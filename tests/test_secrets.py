@@ -107,3 +107,22 @@ async def test_no_history_key_or_codec_token_in_logs_results_history_or_kv(stack
     }
     assert any("stage=codec event=refused status=401" in line for line in worker_log.lines)
     assert {place: leaked(text, forms) for place, text in places.items() if leaked(text, forms)} == {}
+
+
+async def test_wallet_variables_are_gone_from_the_worker_processes_environ(stack, tmp_path):
+    """`WALLET_n` removed from os.environ is still in /proc/<pid>/environ (the kernel keeps the start-up
+    environment): the worker re-executes itself without them and takes the keys through a memory file."""
+    import base58
+
+    from tests.stack import stop_worker
+
+    files = sorted((stack.dev.data_dir / "wallets").glob("*.json"))
+    keys = {f"WALLET_{i}": base58.b58encode(bytes(json.loads(path.read_text()))).decode() for i, path in enumerate(files, 1)}
+    process, log_path = await stack.start_worker(tmp_path, "env-keys", WALLET_KEYS_DIR="", **keys)
+    try:
+        environ = open(f"/proc/{process.pid}/environ", "rb").read().decode(errors="replace")
+        assert "WALLET_1=" not in environ
+        assert leaked(environ, secret_forms(stack.dev.data_dir / "wallets")) == []
+        assert f"wallets={len(files)}" in log_path.read_text(), "every key reached the new image"
+    finally:
+        await stop_worker(process)

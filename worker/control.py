@@ -18,7 +18,7 @@ import nats.errors
 from nats.js.errors import NoStreamResponseError
 from temporalio.service import RPCError, RPCStatusCode
 
-from executor.keystore import KeyStore
+from executor.keystore import KeyStore, reexec_without_wallet_variables
 from executor.wallets import WalletPool
 
 from . import event_loop, logs
@@ -78,6 +78,9 @@ def _run(command) -> object:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    # WALLET_n in the start-up environment stay readable in /proc/<pid>/environ for the process's life:
+    # start again without them first (executor/keystore.py says how the keys cross).
+    reexec_without_wallet_variables()
     logs.configure(args.log_level)
     return event_loop.run(_worker())
 
