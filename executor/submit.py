@@ -130,4 +130,4 @@ async def _copy_to(backup: SolanaRpc, raw: bytes) -> None:
     try:
         await backup.send_transaction(raw)
     except Exception as error:  # a backup's trouble never fails the plan
-        log.debug("backup RPC %s refused a copy: %s", backup.url, error)
+        log.debug("backup RPC %s refused a copy: %s", backup.shown, error)

@@ -34,6 +34,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
 from venue import PACKET_DATA_SIZE
+from venue.urls import redacted
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class JitoClient:
         except TimeoutError:
             raise JitoUnavailable(f"{method}: no answer from the block engine within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as error:
-            raise JitoUnavailable(f"{method}: {type(error).__name__}: {error}") from None
+            raise JitoUnavailable(f"{method}: {type(error).__name__}: {redacted(str(error), self.base_url)}") from None
         return self._parse(method, request_id, status, headers, payload), headers
 
     def _parse(self, method: str, request_id: int, status: int, headers: Mapping[str, str], payload: bytes) -> Any:

@@ -21,6 +21,8 @@ from solders.account import Account
 from solders.hash import Hash
 from solders.pubkey import Pubkey
 
+from .urls import redacted, shown_url
+
 
 class RpcError(Exception):
     """A JSON-RPC call failed, one of the three ways below."""
@@ -87,7 +89,8 @@ class SolanaRpc:
     never repeated blindly. Background reads use 1, as solana-py's client did."""
 
     def __init__(self, url: str, *, timeout_s: float = 2.0, max_connections: int = 32, transport_retries: int = 0) -> None:
-        self.url = url
+        self.url = url  # may carry an API key: shown only as `self.shown` (venue/urls.py)
+        self.shown = shown_url(url)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
         self._transport_retries = transport_retries
@@ -136,17 +139,17 @@ class SolanaRpc:
             try:
                 async with self._get_session().post(self.url, data=data) as response:
                     if response.status == 429:
-                        raise RpcRateLimited(f"{method}: HTTP 429 from {self.url}")
+                        raise RpcRateLimited(f"{method}: HTTP 429 from {self.shown}")
                     if response.status >= 500:
-                        raise RpcUnavailable(f"{method}: HTTP {response.status} from {self.url}")
+                        raise RpcUnavailable(f"{method}: HTTP {response.status} from {self.shown}")
                     return await response.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError) as error:
                 if retries > 0:  # no answer at all, and the caller allows another try
                     retries -= 1
                     continue
-                raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
+                raise RpcUnavailable(f"{method}: {type(error).__name__}: {redacted(str(error), self.url)}") from None
             except ValueError as error:  # not JSON
-                raise RpcUnavailable(f"{method}: {type(error).__name__}: {error}") from None
+                raise RpcUnavailable(f"{method}: {type(error).__name__}: {redacted(str(error), self.url)}") from None
 
     async def send_transaction(self, raw: bytes) -> str:
         """sendTransaction, base64, skipPreflight (the planner simulated), maxRetries 0 (we rebroadcast)."""

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .nats_connection import NatsAuth, nats_servers, redact_url  # noqa: F401 - nats_servers: its old home
 from workflows.codec import HistoryKeyError, HistoryKeys
+from venue.urls import shown_url
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -163,4 +164,9 @@ class ExecutorConfig:
         """For logs and `status`: everything but secrets."""
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
         shown.update(nats_url=redact_url(self.nats_url), nats_auth=self.nats_auth.describe())
+        # RPC and block-engine URLs often carry the provider's API key (venue/urls.py).
+        shown.update(rpc_endpoint=shown_url(self.rpc_endpoint), rpc_backups=tuple(shown_url(u) for u in self.rpc_backups),
+                     jito_block_engine_url=shown_url(self.jito_block_engine_url))  # fmt: skip
+        if self.rpc_ws_endpoint:
+            shown["rpc_ws_endpoint"] = shown_url(self.rpc_ws_endpoint)
         return shown

@@ -16,6 +16,7 @@ import logging
 import aiohttp
 
 from ..rpc import RpcError, SolanaRpc
+from ..urls import redacted, shown_url
 from .address import Address
 
 log = logging.getLogger("hft.tpu")
@@ -214,7 +215,7 @@ class LeaderTracker:
                 try:
                     await self._follow_ws()
                 except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ValueError, KeyError, TypeError) as error:
-                    log.warning("event=tpu_slot_ws_failed fallback=poll error=%s", f"{type(error).__name__}: {error}")
+                    log.warning("event=tpu_slot_ws_failed fallback=poll error=%s", redacted(f"{type(error).__name__}: {error}", self.ws_url))
             await self._poll_slots(WS_RETRY_S if self.ws_url else float("inf"))
 
     async def _follow_ws(self) -> None:
@@ -222,7 +223,7 @@ class LeaderTracker:
         async with self._session.ws_connect(self.ws_url, heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as ws:
             await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "slotSubscribe"})
             self.slot_source = "ws"
-            log.info("event=tpu_slot_ws_subscribed url=%s", self.ws_url)
+            log.info("event=tpu_slot_ws_subscribed url=%s", shown_url(self.ws_url))
             while True:
                 message = await ws.receive(timeout=WS_STALE_S)
                 if message.type is not aiohttp.WSMsgType.TEXT:
