@@ -234,6 +234,25 @@ async def test_nobody_purges_or_deletes_the_plan_records(secured):
     await worker.close()
 
 
+async def test_nobody_deletes_the_bridge_consumer_or_the_presence_and_spend_buckets(secured):
+    """Issue 20: the operator could delete `executor-bridge` (no plan taken until a restart) and the
+    presence bucket (then `halt --wait` found no live worker and exited 0 as if all had acknowledged)."""
+    server, security = secured
+    for role in ("operator", "worker"):
+        nc = await client(server.url, security.auth(role))
+        for subject, request in (
+            ("$JS.API.CONSUMER.DELETE.PLANNED.executor-bridge", {}),
+            ("$JS.API.STREAM.DELETE.KV_executor_workers", {}),
+            ("$JS.API.STREAM.PURGE.KV_executor_workers", {}),
+            ("$JS.API.STREAM.DELETE.KV_wallet_spend", {}),
+            ("$JS.API.STREAM.PURGE.KV_wallet_spend", {}),
+        ):
+            with pytest.raises(nats.errors.TimeoutError):
+                await nc.request(subject, json.dumps(request).encode(), timeout=0.5)
+            await until_refused(nc, subject)
+        await nc.close()
+
+
 # --- the other ways to authenticate --------------------------------------------------------------------------
 
 

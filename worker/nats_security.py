@@ -28,8 +28,12 @@ from .nats_connection import NatsAuth
 
 # Streams whose loss or rewrite would let a plan be signed twice or a halt be forgotten: no user may delete,
 # purge or reconfigure them, nor delete single messages from them (an admin does that with a system account).
-PROTECTED_STREAMS = ("PLANNED", "EXECUTED", "SYSTEM", "KV_plan_records", "KV_wallet_leases")
-NO_DESTRUCTION = tuple(f"$JS.API.STREAM.{op}.{stream}" for op in ("DELETE", "PURGE", "UPDATE", "MSG.DELETE") for stream in PROTECTED_STREAMS)
+# The presence and spend buckets too: with the workers' presence gone, `halt --wait` finds no live worker
+# and exits 0 as if every one had acknowledged; with the spend totals gone, the per-minute cap starts over.
+PROTECTED_STREAMS = ("PLANNED", "EXECUTED", "SYSTEM", "KV_plan_records", "KV_wallet_leases", "KV_executor_workers", "KV_wallet_spend")
+# And the bridge's durable consumer on PLANNED: deleted, no plan would be taken until a worker restarts.
+PROTECTED_CONSUMERS = ("$JS.API.CONSUMER.DELETE.PLANNED.>",)
+NO_DESTRUCTION = tuple(f"$JS.API.STREAM.{op}.{stream}" for op in ("DELETE", "PURGE", "UPDATE", "MSG.DELETE") for stream in PROTECTED_STREAMS) + PROTECTED_CONSUMERS
 
 
 def inbox_prefix(role: str) -> str:
