@@ -144,6 +144,16 @@ def test_nats_runs_jetstream_syncing_every_write_to_a_store_on_a_volume(compose:
     assert mounted.get(store) in (compose.get("volumes") or {}), f"the JetStream store {store} is not on a named volume"
 
 
+def test_temporal_and_its_ui_are_published_on_loopback_only(services: dict) -> None:
+    """Issue 20: with no TLS and no authorizer, whoever reaches Temporal's port or its UI can start, cancel
+    or terminate plans, without NATS credentials. Both are the host's loopback only."""
+    for name in ("temporal", "temporal-ui"):
+        ports = services[name].get("ports", [])
+        assert ports, name
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
 def test_every_depends_on_names_an_existing_service(services: dict) -> None:
     for name, service in services.items():
         for dependency in depends_on(service):
