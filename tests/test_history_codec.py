@@ -22,6 +22,7 @@ from workflows.codec import (
     KEY_ID_METADATA,
     HistoryCodec,
     HistoryKeyError,
+    PLAIN_MARK,
     HistoryKeys,
     ensure_key_file,
     new_key_line,
@@ -45,7 +46,12 @@ async def test_encrypts_with_the_first_key_keeps_the_encoding_inside_and_reads_b
     assert again.data[:12] != sealed.data[:12], "a fresh nonce per payload"
     assert (await codec.decode([sealed])) == [PLAIN]
     assert (await codec.encode([sealed])) == [sealed], "ciphertext is never wrapped twice"
-    assert (await codec.decode([PLAIN])) == [PLAIN], "plain payloads (written before encryption) pass through"
+    [marked] = await codec.decode([PLAIN])  # issue 20: a client without the keys, while encryption is on
+    assert marked.metadata[PLAIN_MARK] == b"1" and marked.data == PLAIN.data
+    reader = HistoryCodec(codec.keys, encrypt=False)
+    assert (await reader.decode([PLAIN])) == [PLAIN], "encryption off: plain payloads (written before it was on) pass through"
+    shown = HistoryCodec(codec.keys, mark_plain=False)
+    assert (await shown.decode([PLAIN])) == [PLAIN], "the codec server shows a plain payload as it is"
 
 
 async def test_rotation_new_key_first_old_histories_stay_readable_and_a_missing_key_is_named():

@@ -105,3 +105,18 @@ async def test_a_workflow_started_without_the_bridge_checks_its_input_as_the_bri
         await stack.result(told["planId"], timeout=10)
         published = [r for r in stack.results[told["planId"]] if r["executionId"] == execution]
         assert [r["errorCode"] for r in published] == [code], (kind, stack.results[told["planId"]])
+
+
+async def test_a_plan_started_under_another_workflow_id_never_runs(stack):
+    """Issue 20: the workflow never checked that its id is plan-<planId>, so a client could run a plan
+    id twice (under two ids) or pre-empt it. Refused, told under the execution's own id, nothing sent."""
+    plan = stack.plan("rpc", wallet=2)
+    execution = f"not-{plan['planId']}"
+    handle = await stack.temporal.start_workflow("ExecutePlan", plan, id=execution, task_queue=stack.config.temporal_task_queue)
+    told = await asyncio.wait_for(handle.result(), 20)
+    assert (told["status"], told["errorCode"]) == ("failed", "INVALID_PLAN"), told
+    assert "runs only as plan-" in told["error"] and told["planId"] == execution
+    assert await stack.wire_transactions(plan["planId"]) == []
+    assert plan["planId"] not in stack.results, "the plan's own id is left free to run and be told"
+    alive = await stack.execute(plan)  # the same plan, as the bridge starts it
+    assert alive["status"] == "success", alive

@@ -7,6 +7,7 @@ payloads through the codec show every field the probe looks for.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 import base64
 import json
 import os
@@ -371,3 +372,30 @@ async def test_mtls_settings_that_cannot_work_stop_the_process_with_the_variable
     config = ExecutorConfig.from_environment({"TEMPORAL_TLS_CA": str(tmp_path / "missing.pem"), "HISTORY_ENCRYPTION": "off"})
     with pytest.raises(SystemExit, match="TEMPORAL_TLS_CA=.*missing.pem: cannot read it"):
         await connect_temporal(config)
+
+
+async def test_a_plan_started_in_plain_text_by_a_client_without_the_keys_never_runs(stack):
+    """Issue 20: Temporal was an open door. A client that reaches Temporal without the history keys
+    started a plan in plain text, and the worker ran it (the codec let plain payloads through). With
+    encryption on, the plan is refused: one failed result, nothing sent. A halt in plain text still halts."""
+    from temporalio.client import Client
+
+    plain = await Client.connect(stack.config.temporal_address, namespace=stack.config.temporal_namespace)
+    plan = stack.plan("rpc", wallet=2)
+    handle = await plain.start_workflow("ExecutePlan", plan, id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue)
+    told = await stack.result(plan["planId"], timeout=20)
+    assert (told["status"], told["errorCode"]) == ("failed", "INVALID_PLAN"), told
+    assert "plain text" in told["error"]
+    assert await stack.wire_transactions(plan["planId"]) == [], "a plan in plain text was sent"
+    ended = await asyncio.wait_for(stack.temporal.get_workflow_handle(handle.id).result(), 20)  # completed, not stuck
+    assert ended["errorCode"] == "INVALID_PLAN"
+
+    # An operator without the keys is not locked out of a halt: a plain `halt` signal still stops a plan.
+    halted = stack.plan("rpc", wallet=2)
+    encrypted = await stack.temporal.start_workflow(
+        "ExecutePlan", halted, id=workflow_id(halted["planId"]), task_queue=stack.config.temporal_task_queue, start_delay=timedelta(seconds=3)
+    )
+    await plain.get_workflow_handle(encrypted.id).signal("halt", "halted by an operator without the history keys")
+    result = await stack.result(halted["planId"], timeout=20)
+    assert (result["status"], result["errorCode"]) == ("failed", "HALTED"), result
+    assert "without the history keys" in result["error"]

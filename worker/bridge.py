@@ -37,7 +37,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from executor.dispatch import Dispatch, Dispatcher
 from executor.records import PlanRecords
 from workflows.events import ErrorCode, ExecutionResultEvent, InvalidPlan, parse_plan, rejection
-from workflows.execute_plan import search_attributes
+from workflows.execute_plan import plan_workflow_id, search_attributes
 
 from .streams import PLANNED_SUBJECTS
 
@@ -70,7 +70,7 @@ JSON_PLAIN = {"encoding": b"json/plain"}
 
 
 def workflow_id(plan_id: str) -> str:
-    return f"plan-{plan_id}"
+    return plan_workflow_id(plan_id)
 
 
 def _delivered(message: Msg) -> int:

@@ -72,7 +72,8 @@ class CodecServer:
         encrypt: bool = True,
     ) -> None:
         check_token(token, allow_path_token)
-        self.codec = HistoryCodec(keys, encrypt=encrypt)
+        # Shows payloads to people: a plain one (a client without the keys) is shown as it is, unmarked.
+        self.codec = HistoryCodec(keys, encrypt=encrypt, mark_plain=False)
         self.__token_digest = hashlib.sha256(token.encode()).digest()
         self.__path_token = token if allow_path_token else None
         self.origins = set(origins)

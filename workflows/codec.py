@@ -11,8 +11,14 @@ samples-python `encryption` sample, so any codec server built from those samples
               serialized: its own metadata, so its encoding, travels inside the ciphertext)
 
 Several keys are loaded so keys can rotate: the first encrypts, all decrypt (a payload
-names its key id). A payload that is not `binary/encrypted` passes through decode as it
-is: histories written before encryption was turned on stay readable.
+names its key id). While encryption is on, a payload that is not `binary/encrypted` is
+marked as such on decode (PLAIN_MARK; workflows/converter.py hands it over as `Unencrypted`)
+and refused where it would move value (issue 20): whoever reaches Temporal without the keys
+could otherwise start a plan in plain text and the worker would run it. The workflow ends
+such a start with a failed result and sends nothing; a `halt` signal in plain text is still
+obeyed (stopping is never refused: an operator without the keys is not locked out of a halt).
+With HISTORY_ENCRYPTION=off (keys still loaded to read old histories) plain payloads pass
+through unmarked, and so does the codec server, which only shows payloads to people.
 
 What stays plain, because Temporal must read it: search attributes (PlanId, OpportunityId,
 ExecutionMethod, PlanStatus, Wallet), the workflow id (`plan-<planId>`), workflow and
@@ -41,6 +47,8 @@ from temporalio.converter import PayloadCodec
 
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
+# Set on decode on a payload that came in plain text while encryption is on (never written to Temporal).
+PLAIN_MARK = "hft-unencrypted"
 NONCE_BYTES = 12  # GCM's standard nonce; random per payload (2^-32 collision odds only after ~2^32 payloads per key)
 KEY_BYTES = 32  # AES-256
 KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -247,10 +255,11 @@ class HistoryCodec(PayloadCodec):
     """AES-256-GCM over whole payloads. ``encrypt=False`` only decrypts (HISTORY_ENCRYPTION=off with
     keys still loaded, so histories written encrypted stay readable)."""
 
-    def __init__(self, keys: HistoryKeys, *, encrypt: bool = True) -> None:
+    def __init__(self, keys: HistoryKeys, *, encrypt: bool = True, mark_plain: bool | None = None) -> None:
         super().__init__()
         self.keys = keys
         self.encrypting = encrypt
+        self.marking_plain = encrypt if mark_plain is None else mark_plain
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         if not self.encrypting:
@@ -268,6 +277,11 @@ class HistoryCodec(PayloadCodec):
 
     def decrypt_payload(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
-            return payload  # written before encryption was on, or by a client without it
+            if self.marking_plain:  # written by a client without the keys while encryption is on
+                marked = Payload()
+                marked.CopyFrom(payload)
+                marked.metadata[PLAIN_MARK] = b"1"
+                return marked
+            return payload  # encryption off: written before it was on, or by a client without it
         key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
         return Payload.FromString(self.keys.decrypt(key_id, payload.data))

@@ -19,10 +19,19 @@ from temporalio.converter import (
     JSONPlainPayloadConverter,
 )
 
-from workflows.codec import HistoryCodec, HistoryKeys
+from workflows.codec import PLAIN_MARK, HistoryCodec, HistoryKeys
 
 # The types are this project's few wire models and stages, so the cache needs no bound.
 _SHARED_JSON = PydanticJSONPlainPayloadConverter(max_cached_type_adapters=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unencrypted:
+    """A value that reached this process in plain text while history encryption is on: written by a
+    client without the history keys (workflows/codec.py PLAIN_MARK). The workflow refuses to run a plan
+    given this way; a halt signal given this way still halts."""
+
+    value: object
 
 
 class PlanPayloadConverter(CompositePayloadConverter):
@@ -33,6 +42,10 @@ class PlanPayloadConverter(CompositePayloadConverter):
                 for converter in DefaultPayloadConverter.default_encoding_payload_converters
             )
         )
+
+    def from_payloads(self, payloads, type_hints=None):
+        values = super().from_payloads(payloads, type_hints)
+        return [Unencrypted(value) if PLAIN_MARK in payload.metadata else value for payload, value in zip(payloads, values)]
 
 
 data_converter = DataConverter(payload_converter_class=PlanPayloadConverter)

@@ -25,6 +25,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.converter import Unencrypted
     from workflows.events import (
         ErrorCode,
         ExecutionCost,
@@ -95,6 +96,11 @@ RETRY_AS_TIMER = timedelta(milliseconds=500)
 MAX_HALT_REASON = 200
 
 
+def plan_workflow_id(plan_id: str) -> str:
+    """The one workflow id a plan runs under: REJECT_DUPLICATE on it makes a plan id run once."""
+    return f"plan-{plan_id}"
+
+
 def search_attributes(plan: ExecutionPlanEvent) -> TypedSearchAttributes:
     """Set at start by the bridge, so the Temporal UI can list and filter executions."""
     return TypedSearchAttributes(
@@ -128,6 +134,8 @@ class ExecutePlan:
         """Stop before the send; a plan already sent is still followed to its true outcome. Any
         input halts (an operator's halt is never dropped for its form): the reason is its text."""
         given = reason[0] if reason else None
+        if isinstance(given, Unencrypted):  # a halt from a client without the keys still halts: stopping is never refused
+            given = given.value
         text = given if isinstance(given, str) else json.dumps(given) if given is not None else ""
         self.halt_reason = text.strip()[:MAX_HALT_REASON] or "halted"
         workflow.logger.info("plan=%s stage=%s event=halt_signal reason=%s", workflow.info().workflow_id, self.stage, self.halt_reason)
@@ -147,12 +155,24 @@ class ExecutePlan:
         """`submitted`: whatever the workflow was started with; a plan is checked here as the bridge
         checks it, since a client can start this workflow without the bridge."""
         started_ms = _now_ms()
+        if any(isinstance(given, Unencrypted) for given in submitted):
+            # Written by a client without the history keys while encryption is on (workflows/codec.py):
+            # whoever reaches Temporal is not thereby a planner. Told under this execution's id; nothing sent.
+            return await self._reject(b"", InvalidPlan(
+                ErrorCode.INVALID_PLAN, "refused: started in plain text by a client without the history keys, while history encryption is on",
+            ))  # fmt: skip
         following = _following(submitted)
         data = json.dumps(submitted[0]).encode() if len(submitted) == 1 or following is not None else b""
         try:
             plan = parse_plan(data, now_ms=started_ms)
         except InvalidPlan as invalid:
             return await self._reject(data, invalid)
+        if workflow.info().workflow_id != plan_workflow_id(plan.plan_id):
+            # A plan runs only as plan-<planId>: that id is its once-ever fence in Temporal (REJECT_DUPLICATE);
+            # under another id a client could run a plan id twice. Told under this execution's id, not the
+            # plan's: the plan itself may still run, and be told, under its own.
+            invalid = InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: started as {workflow.info().workflow_id[:200]!r}; plan {plan.plan_id} runs only as {plan_workflow_id(plan.plan_id)}")
+            return await self._reject(b"", invalid)
 
         executed: Executed | None = None
         confirmation: Confirmation | None = None
