@@ -156,6 +156,38 @@ async def test_a_halt_signal_of_any_form_halts_and_never_sticks_the_workflow(sta
     assert await stack.wire_transactions(plan["planId"]) == []
 
 
+async def test_a_cancel_request_is_a_halt_and_the_plan_still_gets_its_one_result(stack):
+    """Issue 20: a cancel (the UI's, or `temporal workflow cancel`) ended the workflow with no result,
+    while its transaction could be out. It is obeyed as a halt: nothing unsent goes out, one result."""
+    from datetime import timedelta
+
+    from temporalio.client import WorkflowExecutionStatus
+
+    plan = stack.plan("rpc", wallet=4)
+    handle = await stack.temporal.start_workflow(
+        "ExecutePlan", validate(plan), id=workflow_id(plan["planId"]), task_queue=stack.config.temporal_task_queue,
+        start_delay=timedelta(seconds=3),
+    )  # fmt: skip
+    await handle.cancel()
+    told = await asyncio.wait_for(handle.result(), 20)
+    assert (told["status"], told["errorCode"]) == ("failed", "HALTED"), told
+    assert "cancelled" in told["error"]
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    assert await stack.wire_transactions(plan["planId"]) == []
+    await stack.result(plan["planId"], timeout=10)
+    assert len(stack.results[plan["planId"]]) == 1
+
+
+async def test_a_cancel_after_the_send_follows_the_transaction_to_its_landing(stack):
+    plan = stack.plan("rpc", wallet=5)
+    await stack.publish(plan)
+    await wait_until(lambda: stack.wire_transactions(plan["planId"]), timeout=15)
+    await stack.temporal.get_workflow_handle(workflow_id(plan["planId"])).cancel()
+    told = await stack.result(plan["planId"], timeout=30)
+    assert told["status"] == "success", told  # it was out: the chain's answer, not "cancelled"
+    assert await stack.landed_for(plan["planId"]) == [told["signature"]]
+
+
 # --- a plan id runs once, ever ------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ RPC are away. A plan is never failed by a timeout of its own bookkeeping.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from datetime import timedelta
@@ -153,7 +154,27 @@ class ExecutePlan:
     @workflow.run
     async def run(self, *submitted: object) -> ExecutionResultEvent:
         """`submitted`: whatever the workflow was started with; a plan is checked here as the bridge
-        checks it, since a client can start this workflow without the bridge."""
+        checks it, since a client can start this workflow without the bridge.
+
+        A cancel request (the UI, `temporal workflow cancel`) is obeyed as a halt, never by dropping
+        the plan: a cancelled workflow would end without a result, while its transaction may be out.
+        The plan goes on under the halt: nothing unsent goes out, what is out is followed to its
+        true outcome, and the one result is published (issue 20)."""
+        plan_run = asyncio.ensure_future(self._run(submitted))
+        while True:
+            try:
+                return await asyncio.shield(plan_run)
+            except asyncio.CancelledError:
+                if plan_run.done():
+                    raise
+                self.halt_reason = self.halt_reason or "cancelled through Temporal"
+                workflow.logger.info("plan=%s stage=%s event=cancel_requested treated_as=halt", workflow.info().workflow_id, self.stage)
+
+    async def _run(self, submitted: tuple) -> ExecutionResultEvent:
+        # One bare turn of the event loop (no timer, no command: replay-safe) before anything is read:
+        # a cancel that came with the start is delivered to `run` one turn after it starts this task,
+        # and must be a halt before `execute` reads the halt reason.
+        await asyncio.sleep(0)
         started_ms = _now_ms()
         if any(isinstance(given, Unencrypted) for given in submitted):
             # Written by a client without the history keys while encryption is on (workflows/codec.py):
