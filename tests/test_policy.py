@@ -650,6 +650,8 @@ def _corpus(stack, reserve, table) -> list[tuple[str, dict, str, int | None]]:
         ),
         ("a flash loan whose repay goes to the plan's own supply vault", _flash_plan(stack, reserve, supplyVault=thief), "flash_loan", 2),
         ("a flash loan whose fee goes elsewhere", _flash_plan(stack, reserve, feeReceiver=thief), "flash_loan", 2),
+        ("an SPL transfer of the wallet's output token to a stranger", with_route(rpc(), transfer_checked(f"$WALLET_ATA:{pool.mint_out}", pool.mint_out, thief, 1, pool.decimals)), "token_outflow", 4),
+        ("one more base unit of the input than the plan declares", with_route(rpc(), transfer_checked(f"$WALLET_ATA:{pool.mint_in}", pool.mint_in, thief, 1, pool.decimals)), "token_outflow", 4),
         ("a route with its own klend instruction", with_route(rpc(), ix(KLEND, [meta("$WALLET", True, True)] * 12, klend.discriminator("withdraw_obligation_collateral_and_redeem_reserve_collateral") + bytes(8))), "flash_loan", 4),
     ]  # fmt: skip
     return cases
@@ -662,7 +664,7 @@ def _flash_plan(stack, reserve: dict, method: str = "rpc", **override) -> dict:
     return plan
 
 
-CORPUS_SIZE = 21
+CORPUS_SIZE = 23
 
 
 @pytest.mark.parametrize("case", range(CORPUS_SIZE))
