@@ -487,6 +487,7 @@ def test_defaults_and_environment():
             "POLICY_SIMULATE": "1",
             "POLICY_SIMULATE_MAX_SOL_LOSS": "0.0005",
             "POLICY_SIMULATE_MAX_TOKEN_LOSS": "7",
+            "POLICY_MAX_OUTFLOW": f"{MINT_IN}=1_000_000, So11111111111111111111111111111111111111112=5",
             "POLICY_TIP_ACCOUNTS": TIP,
         }
     )
@@ -496,11 +497,16 @@ def test_defaults_and_environment():
     assert (settings.max_plan_lamports, settings.max_wallet_minute_lamports) == (1_000_000, 1_500_000_000)
     assert settings.simulate and settings.simulate_sol_loss_cap == 500_000 and settings.simulate_max_token_loss == 7
     assert settings.tip_accounts == {Pubkey.from_string(TIP)}
+    assert settings.max_outflow == {MINT_IN: 1_000_000, WSOL_MINT: 5}
+    assert settings.outflow_cap(str(MINT_IN)) == 1_000_000 and settings.outflow_cap(MINT_OUT) == 0
 
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("POLICY_MAX_TIP_LAMPORTS", "lots"), ("POLICY_MAX_SOL_PER_PLAN", "-1"), ("POLICY_ALLOWED_PROGRAMS", "not-a-key"), ("POLICY_SIMULATE", "maybe"), ("POLICY_TIP_ACCOUNTS", ",")],
+    [
+        ("POLICY_MAX_TIP_LAMPORTS", "lots"), ("POLICY_MAX_SOL_PER_PLAN", "-1"), ("POLICY_ALLOWED_PROGRAMS", "not-a-key"), ("POLICY_SIMULATE", "maybe"),
+        ("POLICY_TIP_ACCOUNTS", ","), ("POLICY_MAX_OUTFLOW", "1000"), ("POLICY_MAX_OUTFLOW", "not-a-mint=1"), ("POLICY_MAX_OUTFLOW", f"{MINT_IN}=-1"),
+    ],
 )
 def test_a_bad_value_stops_the_worker_naming_it(variable, value):
     with pytest.raises(SystemExit, match=variable):
@@ -509,12 +515,13 @@ def test_a_bad_value_stops_the_worker_naming_it(variable, value):
 
 def test_policy_file_then_environment(tmp_path):
     path = tmp_path / "policy.json"
-    path.write_text(json.dumps({"allowedPrograms": [str(STRANGER)], "allowedDestinations": [str(VAULT_IN)], "maxTipLamports": 123_456, "maxSolPerPlan": 0.5, "simulate": True}))
+    path.write_text(json.dumps({"allowedPrograms": [str(STRANGER)], "allowedDestinations": [str(VAULT_IN)], "maxTipLamports": 123_456, "maxSolPerPlan": 0.5, "simulate": True, "maxOutflow": {str(MINT_OUT): 42}}))
     settings = PolicySettings.from_environment({"POLICY_FILE": str(path), "POLICY_MAX_TIP_LAMPORTS": "999", "POLICY_ALLOWED_DESTINATIONS": str(VAULT_OUT)})
     assert STRANGER in settings.allowed_programs and DEFAULT_PROGRAMS <= settings.allowed_programs
     assert settings.allowed_destinations == {VAULT_IN, VAULT_OUT}, "both lists count"
     assert settings.max_tip_lamports == 999, "the variable wins over the file"
     assert settings.max_plan_lamports == SOL // 2 and settings.simulate
+    assert settings.max_outflow == {MINT_OUT: 42} and settings.describe()["maxOutflow"] == {str(MINT_OUT): 42}
     assert str(path) in settings.source and "POLICY_MAX_TIP_LAMPORTS" in settings.source
     path.write_text(json.dumps({"maxTip": 1}))
     with pytest.raises(SystemExit, match="unknown key"):
