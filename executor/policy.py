@@ -130,7 +130,8 @@ SYSTEM_REFUSED_WHY = {
     10: "it hands an account derived from the wallet to another program",
     12: "the executor uses no durable nonce",
 }
-# SPL Token / Token-2022 instructions (1-byte tag), spl-token(-2022) instruction.rs
+# SPL Token / Token-2022 instructions (1-byte tag): solana-program/token program/src/instruction.rs
+# and solana-program/token-2022 program/src/instruction.rs (the same 0-24, then the extensions; Batch: p-token)
 TOKEN_INSTRUCTIONS = {
     0: "InitializeMint", 1: "InitializeAccount", 2: "InitializeMultisig", 3: "Transfer", 4: "Approve", 5: "Revoke",
     6: "SetAuthority", 7: "MintTo", 8: "Burn", 9: "CloseAccount", 10: "FreezeAccount", 11: "ThawAccount",
@@ -145,9 +146,10 @@ TOKEN_INSTRUCTIONS = {
     43: "ScaledUiAmountExtension", 44: "PausableExtension", 45: "UnwrapLamports", 255: "Batch",
 }  # fmt: skip
 TOKEN_TAG = {name: tag for tag, name in TOKEN_INSTRUCTIONS.items()}
-TRANSFER, APPROVE, SET_AUTHORITY, BURN, CLOSE_ACCOUNT = 3, 4, 6, 8, 9
-TRANSFER_CHECKED, APPROVE_CHECKED, BURN_CHECKED = 12, 13, 15
-TRANSFER_FEE_EXTENSION, WITHDRAW_EXCESS_LAMPORTS, UNWRAP_LAMPORTS = 26, 38, 45
+# The tags the rules decode, by name (so each reads as the instruction it is)
+TRANSFER, APPROVE, SET_AUTHORITY, BURN, CLOSE_ACCOUNT = (TOKEN_TAG[n] for n in ("Transfer", "Approve", "SetAuthority", "Burn", "CloseAccount"))
+TRANSFER_CHECKED, APPROVE_CHECKED, BURN_CHECKED = (TOKEN_TAG[n] for n in ("TransferChecked", "ApproveChecked", "BurnChecked"))
+TRANSFER_FEE_EXTENSION, WITHDRAW_EXCESS_LAMPORTS, UNWRAP_LAMPORTS = (TOKEN_TAG[n] for n in ("TransferFeeExtension", "WithdrawExcessLamports", "UnwrapLamports"))
 # What a swap route needs and that hands nothing of the wallet away: initialisations, revoke,
 # mint, freeze/thaw, sync-native (wrapping: the lamports were already the account's), the
 # read-only helpers. Transfers are not here: what they take out of the wallet is counted, by mint
@@ -288,7 +290,7 @@ class PolicySettings:
     flash-loan plan through, and stop every plan of the hostile corpus (tests/test_policy.py)."""
 
     allowed_programs: frozenset[Pubkey] = DEFAULT_PROGRAMS
-    allowed_destinations: frozenset[Pubkey] = frozenset()  # may receive SOL, a delegation, an authority, a closed account's rent
+    allowed_destinations: frozenset[Pubkey] = frozenset()  # may receive SOL (counted), a lookup table's rent, an ATA the wallet pays for; never tokens, a delegation or an authority
     tip_accounts: frozenset[Pubkey] = frozenset(Pubkey.from_string(a) for a in STATIC_TIP_ACCOUNTS)
     max_tip_lamports: int = 10_000_000  # 0.01 SOL
     max_cu_price: int = 2_000_000  # micro-lamports per CU: PRIORITY_FEE_CEILING's default
