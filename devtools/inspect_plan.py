@@ -25,7 +25,7 @@ from executor.build import compile_message, transaction_size
 from venue.chain import BlockhashCache
 from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient
 from executor.keystore import KeyStore
-from executor.policy import PlanPolicy, PolicySettings, PolicyViolation
+from executor.policy import PlanPolicy, PolicySettings, PolicyViolation, declared_outflows
 from venue.rpc import SolanaRpc
 
 from venue import (
@@ -118,11 +118,11 @@ def describe(plan, wallet: str, composed, message, blockhash_known: bool) -> dic
     }
 
 
-async def policy_verdict(policy: PlanPolicy, wallet: str, message, tip_account: str | None) -> dict:
+async def policy_verdict(policy: PlanPolicy, wallet: str, message, tip_account: str | None, declared=None) -> dict:
     """The plan policy's static rules on the compiled message, as the worker would check them before
     signing (the per-minute total and the simulation depend on the moment, so they are left out)."""
     try:
-        examined = await policy.examine(wallet, message, tip_account)
+        examined = await policy.examine(wallet, message, tip_account, declared)
     except PolicyViolation as violation:
         return {"verdict": "refused", "rule": violation.rule, "instruction": violation.index, "error": str(violation)}
     except Exception as error:  # noqa: BLE001 - no RPC for a table or a reserve: say so, report the rest
@@ -150,7 +150,7 @@ async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys:
         message = compile_message(Pubkey.from_string(wallet), composed, blockhash)
         report = describe(plan, wallet, composed, message, known)
         policy = PlanPolicy(policy_settings or PolicySettings(), lookup_tables=builder.lookup_tables, reserves=builder.reserves)
-        report["policy"] = await policy_verdict(policy, wallet, message, composed.tip_account)
+        report["policy"] = await policy_verdict(policy, wallet, message, composed.tip_account, declared_outflows(plan))
         return report
     finally:
         await jito.close()

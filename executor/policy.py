@@ -14,15 +14,18 @@ be signed. Rules (docs/operations.md "Plan policy"; why: docs/architecture.md se
 - SOL leaves the wallet only as the Jito tip (to one of Jito's tip accounts, at most
   POLICY_MAX_TIP_LAMPORTS) or to an allowed destination; no Assign, Allocate, account creation
   or nonce instruction; no Approve, SetAuthority, CloseAccount or lamport withdrawal that hands
-  the wallet's tokens, authority or rent to an account that is not the wallet's; no Burn. Since
-  the wallet is the only signer, every such instruction that would succeed acts with the
+  the wallet's tokens, authority or lamports to an account that is not the wallet's; no Burn.
+  Since the wallet is the only signer, every such instruction that would succeed acts with the
   wallet's authority, so the check looks at the destination, not at who signs;
+- tokens leave the wallet, counted by mint (wSOL as SOL: one mint), only up to what the plan
+  declares (its inputAmount of its inputToken) plus POLICY_MAX_OUTFLOW of that mint, summed
+  over every transfer of the plan (rule token_outflow);
 - the wallet pays for no associated token account or lookup table it does not control, and
   klend is used only for flash borrow/repay against the reserve as it is on chain;
 - caps: compute-unit price, total priority fee, tip, SOL spent per plan (fee + tip + allowed
   outflow) and per wallet per minute (summed over every worker, see `SpendLedger`);
 - optionally (POLICY_SIMULATE=1) a simulation of the unsigned transaction, refused when the
-  wallet's SOL or any of its token balances falls by more than a cap.
+  wallet's SOL or any of its token balances falls by more than a cap (from configuration only).
 
 The static check is synchronous and allocation-light (tens of microseconds per plan, measured
 in tests/test_policy.py); lookup tables and klend reserves come from the caches the builder
@@ -40,7 +43,7 @@ import struct
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -127,7 +130,8 @@ SYSTEM_REFUSED_WHY = {
     10: "it hands an account derived from the wallet to another program",
     12: "the executor uses no durable nonce",
 }
-# SPL Token / Token-2022 instructions (1-byte tag), spl-token(-2022) instruction.rs
+# SPL Token / Token-2022 instructions (1-byte tag): solana-program/token program/src/instruction.rs
+# and solana-program/token-2022 program/src/instruction.rs (the same 0-24, then the extensions; Batch: p-token)
 TOKEN_INSTRUCTIONS = {
     0: "InitializeMint", 1: "InitializeAccount", 2: "InitializeMultisig", 3: "Transfer", 4: "Approve", 5: "Revoke",
     6: "SetAuthority", 7: "MintTo", 8: "Burn", 9: "CloseAccount", 10: "FreezeAccount", 11: "ThawAccount",
@@ -141,10 +145,23 @@ TOKEN_INSTRUCTIONS = {
     40: "GroupPointerExtension", 41: "GroupMemberPointerExtension", 42: "ConfidentialMintBurnExtension",
     43: "ScaledUiAmountExtension", 44: "PausableExtension", 45: "UnwrapLamports", 255: "Batch",
 }  # fmt: skip
-# What a swap route needs and that hands nothing of the wallet away: initialisations, transfers
-# (paying the input token is what a swap does; POLICY_SIMULATE caps token losses), revoke, mint,
-# freeze/thaw, sync-native, the read-only helpers.
-TOKEN_PLAIN = frozenset({0, 1, 2, 3, 5, 7, 10, 11, 12, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24})
+TOKEN_TAG = {name: tag for tag, name in TOKEN_INSTRUCTIONS.items()}
+# The tags the rules decode, by name (so each reads as the instruction it is)
+TRANSFER, APPROVE, SET_AUTHORITY, BURN, CLOSE_ACCOUNT = (TOKEN_TAG[n] for n in ("Transfer", "Approve", "SetAuthority", "Burn", "CloseAccount"))
+TRANSFER_CHECKED, APPROVE_CHECKED, BURN_CHECKED = (TOKEN_TAG[n] for n in ("TransferChecked", "ApproveChecked", "BurnChecked"))
+TRANSFER_FEE_EXTENSION, WITHDRAW_EXCESS_LAMPORTS, UNWRAP_LAMPORTS = (TOKEN_TAG[n] for n in ("TransferFeeExtension", "WithdrawExcessLamports", "UnwrapLamports"))
+# What a swap route needs and that hands nothing of the wallet away: initialisations, revoke,
+# mint, freeze/thaw, sync-native (wrapping: the lamports were already the account's), the
+# read-only helpers. Transfers are not here: what they take out of the wallet is counted, by mint
+# (`_MessageCheck.token_out`).
+TOKEN_PLAIN = frozenset(
+    TOKEN_TAG[name]
+    for name in (
+        "InitializeMint", "InitializeAccount", "InitializeMultisig", "Revoke", "MintTo", "FreezeAccount", "ThawAccount",
+        "MintToChecked", "InitializeAccount2", "SyncNative", "InitializeAccount3", "InitializeMultisig2", "InitializeMint2",
+        "GetAccountDataSize", "InitializeImmutableOwner", "AmountToUiAmount", "UiAmountToAmount",
+    )
+)  # fmt: skip
 # Token-2022 only: mint close authority, reallocate (the owner signs: the wallet's own account),
 # required memos and the CPI guard on the wallet's own accounts.
 TOKEN_2022_PLAIN = frozenset({25, 29, 30, 34})
@@ -158,7 +175,7 @@ RULES = (
     "token_authority", "token_close", "token_burn", "token_withdraw", "token_instruction", "ata_owner",
     "ata_token_program", "ata_instruction", "lookup_table", "flash_loan", "compute_budget", "max_cu_price",
     "max_priority_fee", "max_tip", "max_sol_per_plan", "max_sol_per_wallet_minute", "simulation_failed",
-    "simulated_sol_loss", "simulated_token_loss",
+    "simulated_sol_loss", "simulated_token_loss", "token_outflow",
 )  # fmt: skip
 
 
@@ -211,6 +228,31 @@ def _pubkeys(values: object, name: str) -> frozenset[Pubkey]:
     return frozenset(keys)
 
 
+def _mint_amounts(value: object, name: str) -> dict[Pubkey, int]:
+    """Base units per mint: "MINT=AMOUNT,MINT=AMOUNT" (environment) or {"MINT": AMOUNT} (file)."""
+    if isinstance(value, str):
+        pairs = []
+        for item in (i.strip() for i in value.split(",")):
+            if not item:
+                continue
+            mint, sep, amount = item.partition("=")
+            if not sep:
+                raise SystemExit(f"{name} must be MINT=AMOUNT pairs separated by commas, got {item!r}")
+            pairs.append((mint.strip(), amount.strip()))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise SystemExit(f"{name} must map mints to amounts in base units, got {value!r}")
+    caps = {}
+    for mint, amount in pairs:
+        try:
+            key = Pubkey.from_string(str(mint))
+        except ValueError:
+            raise SystemExit(f"{name}: not a base58 mint: {mint!r}") from None
+        caps[key] = _whole(amount, f"{name}: {mint}")
+    return caps
+
+
 def _flag(value: object, name: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -232,6 +274,7 @@ _SCALARS = {
     "simulate": ("POLICY_SIMULATE", "simulate", _flag),
     "simulate_max_sol_loss_lamports": ("POLICY_SIMULATE_MAX_SOL_LOSS", "simulateMaxSolLoss", _lamports_from_sol),
     "simulate_max_token_loss": ("POLICY_SIMULATE_MAX_TOKEN_LOSS", "simulateMaxTokenLoss", _whole),
+    "max_outflow": ("POLICY_MAX_OUTFLOW", "maxOutflow", _mint_amounts),
 }
 _LISTS = {  # extend the defaults (programs) or start empty (destinations)
     "allowed_programs": ("POLICY_ALLOWED_PROGRAMS", "allowedPrograms"),
@@ -247,7 +290,7 @@ class PolicySettings:
     flash-loan plan through, and stop every plan of the hostile corpus (tests/test_policy.py)."""
 
     allowed_programs: frozenset[Pubkey] = DEFAULT_PROGRAMS
-    allowed_destinations: frozenset[Pubkey] = frozenset()  # may receive SOL, a delegation, an authority, a closed account's rent
+    allowed_destinations: frozenset[Pubkey] = frozenset()  # may receive SOL (counted), a lookup table's rent, an ATA the wallet pays for; never tokens, a delegation or an authority
     tip_accounts: frozenset[Pubkey] = frozenset(Pubkey.from_string(a) for a in STATIC_TIP_ACCOUNTS)
     max_tip_lamports: int = 10_000_000  # 0.01 SOL
     max_cu_price: int = 2_000_000  # micro-lamports per CU: PRIORITY_FEE_CEILING's default
@@ -256,7 +299,11 @@ class PolicySettings:
     max_wallet_minute_lamports: int = 500_000_000  # 0.5 SOL per wallet over any 60 s, all workers together
     simulate: bool = False
     simulate_max_sol_loss_lamports: int | None = None  # None: max_plan_lamports
-    simulate_max_token_loss: int = 0  # base units, per mint, beyond the plan's inputAmount of its inputToken
+    simulate_max_token_loss: int = 0  # base units, per mint, beyond max_outflow of that mint
+    # Base units of each mint (lamports for SOL and wSOL, one mint: NATIVE_MINT) a plan may send out
+    # of the wallet beyond its declared inputAmount of its inputToken; also what the simulation lets
+    # the wallet lose of that mint (never the plan's word: a plan could declare what it drains).
+    max_outflow: Mapping[Pubkey, int] = field(default_factory=dict)
     source: str = "defaults"  # where the settings came from, for the start-up log line
 
     @classmethod
@@ -299,6 +346,10 @@ class PolicySettings:
             allowed_programs=self.allowed_programs | {Pubkey.from_string(str(p)) for p in programs},
         )
 
+    def outflow_cap(self, mint: Pubkey | str) -> int:
+        """max_outflow of `mint` (0 when not configured)."""
+        return self.max_outflow.get(mint if isinstance(mint, Pubkey) else Pubkey.from_string(mint), 0)
+
     @property
     def simulate_sol_loss_cap(self) -> int:
         return self.max_plan_lamports if self.simulate_max_sol_loss_lamports is None else self.simulate_max_sol_loss_lamports
@@ -316,6 +367,7 @@ class PolicySettings:
             "maxPlanLamports": self.max_plan_lamports,
             "maxWalletMinuteLamports": self.max_wallet_minute_lamports,
             "simulate": self.simulate,
+            "maxOutflow": {str(mint): cap for mint, cap in sorted(self.max_outflow.items(), key=lambda item: str(item[0]))},
         }
 
 
@@ -416,6 +468,7 @@ class _MessageCheck:
         reserves: Mapping[Pubkey, klend.ReserveInfo | str],
         token_account_of,
         market_authority,
+        declared: Mapping[Pubkey, int] | None = None,
     ) -> None:
         self.settings = settings
         self.wallet = wallet
@@ -431,6 +484,9 @@ class _MessageCheck:
         self.limit_index: int | None = None
         self.budget_seen: set[int] = set()
         self.instructions = 0
+        self.declared = declared or {}  # mint -> what the plan says may leave (its inputAmount of its inputToken)
+        self.outflows: dict[Pubkey, int] = {}  # mint -> base units the wallet's token accounts send out
+        self.outflow_indexes: dict[Pubkey, list[int]] = {}
 
     def account(self, index: int, accounts: bytes, position: int, what: str) -> Pubkey:
         try:
@@ -486,7 +542,8 @@ class _MessageCheck:
         )  # fmt: skip
 
     def hands_over(self, destination: Pubkey | None) -> bool:
-        """Would giving `destination` a delegation, an authority or rent take it out of the wallet's hands?"""
+        """Would giving `destination` a lookup table's rent take it out of the wallet's hands? (A
+        delegation, a token account's authority or its lamports go only to the wallet: `token`.)"""
         return destination is None or not (destination in self.own or destination in self.settings.allowed_destinations)
 
     def system(self, index: int, program: Pubkey, accounts: bytes, data: bytes) -> None:
@@ -511,31 +568,105 @@ class _MessageCheck:
         name = f"{PROGRAM_NAMES[program]} {TOKEN_INSTRUCTIONS.get(tag, f'instruction {tag}')}"
         if tag in TOKEN_PLAIN or (program == TOKEN_2022_PROGRAM and tag in TOKEN_2022_PLAIN):
             return
-        if tag in (4, 13):  # Approve [source, delegate, owner] / ApproveChecked [source, mint, delegate, owner]
-            delegate = self.account(index, accounts, 1 if tag == 4 else 2, name)
-            if self.hands_over(delegate):
+        # Layouts: solana-program/token program/src/instruction.rs (TokenInstruction::unpack and the
+        # account lists in its doc comments); Token-2022 keeps tags 0-24 and their layouts.
+        if tag == TRANSFER:  # [source, destination, authority, ..multisig signers]; data: amount u64
+            self.need(index, name, data, 9)
+            source, destination = self.account(index, accounts, 0, name), self.account(index, accounts, 1, name)
+            self.token_out(index, name, program, accounts, 2, source, None, destination, _u64(data, 1))
+        elif tag == TRANSFER_CHECKED:  # [source, mint, destination, authority, ..]; data: amount u64, decimals u8
+            self.need(index, name, data, 10)
+            source, mint, destination = (self.account(index, accounts, i, name) for i in (0, 1, 2))
+            self.token_out(index, name, program, accounts, 3, source, mint, destination, _u64(data, 1))
+        elif program == TOKEN_2022_PROGRAM and tag == TRANSFER_FEE_EXTENSION and len(data) >= 2 and data[1] == TRANSFER_CHECKED_WITH_FEE:
+            # TransferCheckedWithFee [source, mint, destination, authority, ..]; data: 26, 1, amount u64,
+            # decimals u8, fee u64 (token-2022 program/src/extension/transfer_fee/instruction.rs). The fee
+            # is withheld out of the amount, so the amount is what leaves the wallet.
+            name = "Token-2022 TransferCheckedWithFee"
+            self.need(index, name, data, 19)
+            source, mint, destination = (self.account(index, accounts, i, name) for i in (0, 1, 2))
+            self.token_out(index, name, program, accounts, 3, source, mint, destination, _u64(data, 2))
+        elif tag in (APPROVE, APPROVE_CHECKED):  # Approve [source, delegate, owner] / ApproveChecked [source, mint, delegate, owner]
+            # Refused outright rather than counted: a delegation outlives the transaction, so the
+            # delegate can take the approved amount in any later one, where no per-plan count sees it.
+            delegate = self.account(index, accounts, 1 if tag == APPROVE else 2, name)
+            if delegate not in self.own:
                 raise PolicyViolation("token_delegate", index, f"{name} makes {delegate} a delegate of the wallet's tokens")
-        elif tag == 6:  # SetAuthority [account, current authority]; data: type u8, COption<Pubkey>
+        elif tag == SET_AUTHORITY:  # [account, current authority]; data: type u8, COption<Pubkey>
             if len(data) < 3 or (data[2] == 1 and len(data) < 35):
                 raise PolicyViolation("malformed", index, f"{name}: data too short")
             new = Pubkey.from_bytes(data[3:35]) if data[2] == 1 else None
-            if self.hands_over(new):
+            if new is None or new not in self.own:  # an owner change takes the whole balance: no cap could count it
                 target = self.account(index, accounts, 0, name)
                 raise PolicyViolation("token_authority", index, f"{name} gives authority over {target} to {new if new else 'nobody'}")
-        elif tag == 9:  # CloseAccount [account, destination, owner]
+        elif tag == CLOSE_ACCOUNT:  # [account, destination, owner]
+            # The account's lamports go to the destination, and a wSOL account's lamports are its
+            # whole balance: unknown to a static check, so only the wallet may receive them.
             destination = self.account(index, accounts, 1, name)
-            if self.hands_over(destination):
-                raise PolicyViolation("token_close", index, f"{name} sends the rent of {self.account(index, accounts, 0, name)} to {destination}")
-        elif tag in (8, 15):  # Burn / BurnChecked [account, mint, owner]
+            if destination not in self.own:
+                raise PolicyViolation("token_close", index, f"{name} sends the lamports of {self.account(index, accounts, 0, name)} to {destination}")
+        elif tag in (BURN, BURN_CHECKED):  # [account, mint, owner]
             raise PolicyViolation("token_burn", index, f"{name} destroys tokens of {self.account(index, accounts, 0, name)}")
-        elif tag in (38, 45):  # WithdrawExcessLamports / UnwrapLamports [source, destination, authority]
+        elif tag in (WITHDRAW_EXCESS_LAMPORTS, UNWRAP_LAMPORTS):  # [source, destination, authority]
+            # UnwrapLamports takes wSOL out as SOL, an amount of the plan's choosing: only to the wallet.
             destination = self.account(index, accounts, 1, name)
-            if self.hands_over(destination):
+            if destination not in self.own:
                 raise PolicyViolation("token_withdraw", index, f"{name} sends lamports of {self.account(index, accounts, 0, name)} to {destination}")
-        elif program == TOKEN_2022_PROGRAM and tag == 26 and len(data) >= 2 and data[1] == TRANSFER_CHECKED_WITH_FEE:
-            return  # a transfer, like TransferChecked
         else:
             raise PolicyViolation("token_instruction", index, f"{name} is not allowed")
+
+    @staticmethod
+    def need(index: int, name: str, data: bytes, length: int) -> None:
+        if len(data) < length:
+            raise PolicyViolation("malformed", index, f"{name}: {len(data)} bytes of data, {length} needed")
+
+    def token_out(
+        self, index: int, name: str, program: Pubkey, accounts: bytes, authority_at: int,
+        source: Pubkey, mint: Pubkey | None, destination: Pubkey, amount: int,
+    ) -> None:  # fmt: skip
+        """Count a token transfer that takes `amount` of `mint` out of the wallet, and refuse the plan
+        when the transfers of that mint, summed, pass what it may send (`allowance`).
+
+        The wallet is the only signer, so a top-level transfer that can succeed moves tokens the
+        wallet owns or is a delegate of; which of the two cannot be told without reading the source,
+        so it is counted, unless it lands in the wallet's own account of that mint. (The demo pool's
+        vault, delegated to the wallet, pays into the wallet's account: not counted.) A pool paying
+        the wallet from inside a program is no top-level instruction and is not seen here."""
+        if not any(position < len(self.keys) and self.keys[position] == self.wallet for position in accounts[authority_at:]):
+            return  # neither the authority nor one of its multisig signers: fails without a signature it cannot have
+        if mint is None:  # a plain Transfer names no mint: tell it by the wallet's accounts of the mints it knows
+            mint = self.mint_of(program, source, destination)
+            if mint is None:
+                raise PolicyViolation(
+                    "token_outflow", index,
+                    f"{name} from {source} to {destination}: neither is the wallet's account of a mint the plan names, so what leaves "
+                    "cannot be counted (a route pays with TransferChecked, which names its mint)",
+                )  # fmt: skip
+        if destination in self.own or destination == self.token_account_of(self.wallet, mint, program):
+            return  # still the wallet's
+        total = self.outflows[mint] = self.outflows.get(mint, 0) + amount
+        self.outflow_indexes.setdefault(mint, []).append(index)
+        allowed = self.allowance(mint)
+        if total > allowed:
+            indexes = self.outflow_indexes[mint]
+            what = f"{name} sends {amount}" if len(indexes) == 1 else f"instructions {indexes} send {total}"
+            raise PolicyViolation(
+                "token_outflow", index,
+                f"{what} base units of {mint} out of the wallet, over the {allowed} it may send "
+                f"(the plan's declared input {self.declared.get(mint, 0)} + POLICY_MAX_OUTFLOW {self.settings.outflow_cap(mint)})",
+            )  # fmt: skip
+
+    def allowance(self, mint: Pubkey) -> int:
+        return self.declared.get(mint, 0) + self.settings.outflow_cap(mint)
+
+    def mint_of(self, program: Pubkey, source: Pubkey, destination: Pubkey) -> Pubkey | None:
+        if source in self.own or destination in self.own:
+            return NATIVE_MINT  # the wallet's wSOL accounts
+        for mint in (*self.declared, *self.settings.max_outflow):
+            account = self.token_account_of(self.wallet, mint, program)
+            if account in (source, destination):
+                return mint
+        return None
 
     def associated_token_account(self, index: int, program: Pubkey, accounts: bytes, data: bytes) -> None:
         kind = data[0] if data else 0
@@ -793,6 +924,18 @@ def balance_losses(wallet: str, addresses: list[str], before: list[dict | None],
 # --- the policy ------------------------------------------------------------------------------------
 
 
+def declared_outflows(plan: ExecutionPlanEvent) -> dict[Pubkey, int]:
+    """What the plan says may leave the wallet, by mint: its inputAmount of its inputToken (a swap
+    pays its input into a pool). Its outputToken is named with 0, so a plain Transfer into the
+    wallet's account of it can be told. A flash loan adds nothing: the borrowed amount is paid back
+    out of the same account, so spending it spends the wallet's own until the repay (klend's, its
+    accounts checked against the reserve on chain, done inside klend: no top-level transfer)."""
+    declared = {Pubkey.from_string(plan.output_token): 0}
+    mint = Pubkey.from_string(plan.input_token)
+    declared[mint] = declared.get(mint, 0) + plan.input_amount
+    return declared
+
+
 class PlanPolicy:
     """The checks `Dispatch` runs between build and sign (and `inspect-plan` reports)."""
 
@@ -860,8 +1003,9 @@ class PlanPolicy:
                     found[reserve] = f"reserve {reserve} is not a klend reserve on chain: {invalid}"
         return found
 
-    async def examine(self, wallet: str, message: MessageV0, tip_account: str | None = None) -> Examined:
-        """The static rules on a compiled message; raises PolicyViolation. No state is changed."""
+    async def examine(self, wallet: str, message: MessageV0, tip_account: str | None = None, declared: Mapping[Pubkey, int] | None = None) -> Examined:
+        """The static rules on a compiled message; raises PolicyViolation. No state is changed.
+        `declared`: what the plan says may leave the wallet, by mint (`declared_outflows`); None: nothing."""
         wallet_key = Pubkey.from_string(wallet)
         tables = await self._table_entries(message) if message.address_table_lookups else {}
         keys = message_keys(message, tables)
@@ -869,7 +1013,7 @@ class PlanPolicy:
         check = _MessageCheck(
             self.settings, wallet_key, self.own_accounts(wallet_key), keys,
             builder_tip_account=Pubkey.from_string(tip_account) if tip_account else None,
-            reserves=reserves, token_account_of=self.token_account_of, market_authority=self.market_authority,
+            reserves=reserves, token_account_of=self.token_account_of, market_authority=self.market_authority, declared=declared,
         )  # fmt: skip
         return Examined(check.run(message), message, keys)
 
@@ -880,7 +1024,7 @@ class PlanPolicy:
         counted: tuple[int, int] | None = None
         try:
             message = from_bytes_versioned(base64.b64decode(built.message))
-            examined = await self.examine(wallet, message, built.tip_account)
+            examined = await self.examine(wallet, message, built.tip_account, declared_outflows(plan))
             spend = examined.spend
             # Checked and counted with no await in between: two plans of this process cannot both slip under the cap.
             spent = self.spend.total(wallet)
@@ -939,12 +1083,13 @@ class PlanPolicy:
             logs = value.get("logs") or []
             raise PolicyViolation("simulation_failed", None, f"the transaction fails in simulation: {value['err']} {' | '.join(logs[-3:])}"[:600])
         sol_loss, tokens = balance_losses(wallet, addresses, before["value"], value.get("accounts") or [None] * len(addresses))
-        # The plan's declared input may leave (a SOL-input swap wraps it); beyond that, the cap.
-        sol_cap = self.settings.simulate_sol_loss_cap + (plan.input_amount if plan.input_token == str(NATIVE_MINT) else 0)
+        # The caps are the configuration's only: a plan's declared input is its own word, and a plan that
+        # declared a large input would get an equally large cap (issue 20).
+        sol_cap = self.settings.simulate_sol_loss_cap + self.settings.outflow_cap(NATIVE_MINT)
         if sol_loss > sol_cap:
             raise PolicyViolation("simulated_sol_loss", None, f"the wallet's SOL falls by {sol_loss} lamports in simulation, over the cap {sol_cap}")
         for mint, loss in tokens.items():
-            cap = self.settings.simulate_max_token_loss + (plan.input_amount if mint == plan.input_token else 0)
+            cap = self.settings.simulate_max_token_loss + self.settings.outflow_cap(mint)
             if loss > cap:
                 raise PolicyViolation("simulated_token_loss", None, f"the wallet's {mint} falls by {loss} base units in simulation, over the cap {cap}")
 

@@ -163,7 +163,7 @@ def swap_route(wallet: Pubkey) -> list[Instruction]:
             transfer_checked(str(VAULT_OUT), str(MINT_OUT), f"$WALLET_ATA:{MINT_OUT}", 1_010_000, 6),
             ix(MEMO_PROGRAM, [meta("$WALLET", True)], b"hft-executor plan u-1"),
         ]}],
-        "inputToken": str(MINT_IN), "outputToken": str(MINT_OUT), "inputAmount": 1, "expectedProfit": 0.05, "simulationSuccess": True,
+        "inputToken": str(MINT_IN), "outputToken": str(MINT_OUT), "inputAmount": 1_000_000, "expectedProfit": 0.05, "simulationSuccess": True,
         "slippage": 50, "maxLatency": 1000, "deadline": 1_800_000_000_000, "timestamp": 1_700_000_000_000,
     }  # fmt: skip
     return route_instructions(validate(plan), wallet)
@@ -206,9 +206,12 @@ class Tables:
         return [self.tables[a] for a in addresses]
 
 
-def examine(message: MessageV0, settings: PolicySettings | None = None, *, tables=None, tip_account: str | None = None, reserves=None):
+SWAP_DECLARED = {MINT_IN: 1_000_000, MINT_OUT: 0}  # the swap route's plan: its input, and what it pays into the pool
+
+
+def examine(message: MessageV0, settings: PolicySettings | None = None, *, tables=None, tip_account: str | None = None, reserves=None, declared=SWAP_DECLARED):
     policy = PlanPolicy(settings or PolicySettings(), lookup_tables=tables, reserves=reserves)
-    return asyncio.run(policy.examine(str(WALLET), message, tip_account))
+    return asyncio.run(policy.examine(str(WALLET), message, tip_account, declared))
 
 
 def refused(message: MessageV0, settings: PolicySettings | None = None, **options) -> PolicyViolation:
@@ -289,10 +292,106 @@ def test_every_rule_names_itself_and_the_instruction_that_breaks_it(extra, rule)
 
 def test_allowed_destinations_and_programs_are_let_through_and_counted():
     settings = PolicySettings().allowing(destinations=[STRANGER], programs=[VAULT_IN])
-    message = compiled(swap_route(WALLET) + resolved([system_transfer(str(STRANGER), 7_000), approve(str(MINT_IN), str(STRANGER)), ix(str(VAULT_IN), [], b"")]))
+    message = compiled(swap_route(WALLET) + resolved([system_transfer(str(STRANGER), 7_000), ix(str(VAULT_IN), [], b"")]))
     spend = examine(message, settings).spend
     assert spend.outflow == 7_000 and spend.total == 12_066
     assert refused(message).rule == "sol_transfer", "not without the setting"
+
+
+# --- tokens leaving the wallet: counted by mint, up to what the plan declares (issue 20) ----------
+
+WSOL_MINT = Pubkey.from_string("So11111111111111111111111111111111111111112")
+
+
+def token_transfer(source: str, destination: str, amount: int) -> dict:
+    """SPL Token Transfer (tag 3): no mint named."""
+    return ix(TOKEN, [meta(source, writable=True), meta(destination, writable=True), meta("$WALLET", True)], bytes([3]) + amount.to_bytes(8, "little"))
+
+
+def transfer_checked_with_fee(mint: str, destination: str, amount: int, decimals: int, fee: int) -> dict:
+    accounts = [meta(f"$WALLET_ATA:{mint}", writable=True), meta(mint), meta(destination, writable=True), meta("$WALLET", True)]
+    data = bytes([26, 1]) + amount.to_bytes(8, "little") + bytes([decimals]) + fee.to_bytes(8, "little")
+    return ix(TOKEN_2022, accounts, data)
+
+
+def wsol_drain(lamports: int, to: str) -> list[dict]:
+    """The review's plan: create the wallet's wSOL account, wrap SOL into it (to the wallet's own
+    account: not a SOL outflow), SyncNative, then SPL-transfer the wSOL to someone else."""
+    wsol, native = f"$WALLET_ATA:{WSOL_MINT}", str(WSOL_MINT)
+    return [
+        ix(ATA, [meta("$WALLET", True, True), meta(wsol, writable=True), meta("$WALLET"), meta(native), meta(SYSTEM), meta(TOKEN)], bytes([1])),
+        system_transfer(wsol, lamports),
+        ix(TOKEN, [meta(wsol, writable=True)], bytes([17])),  # SyncNative
+        transfer_checked(wsol, native, to, lamports, 9),
+    ]
+
+
+def test_a_wsol_drain_is_refused():
+    """Review of issue 20: 50 SOL wrapped then sent away as wSOL was counted as 5,055 lamports."""
+    violation = refused(compiled(resolved(wsol_drain(50 * SOL, str(STRANGER)))))
+    assert (violation.rule, violation.index) == ("token_outflow", 5), violation
+    assert f"sends 50000000000 base units of {WSOL_MINT} out of the wallet, over the 0 it may send" in str(violation)
+
+
+def test_a_token_transfer_to_a_stranger_is_refused():
+    swap = swap_route(WALLET)
+    checked = refused(compiled(swap + resolved([transfer_checked(f"$WALLET_ATA:{MINT_OUT}", str(MINT_OUT), str(STRANGER), 1, 6)])))
+    assert (checked.rule, checked.index) == ("token_outflow", 5), "the output token: the plan declares none of it leaving"
+    plain = refused(compiled(swap + resolved([token_transfer(f"$WALLET_ATA:{MINT_OUT}", str(STRANGER), 10**6)])))
+    assert (plain.rule, plain.index) == ("token_outflow", 5), "a Transfer names no mint: told by the wallet's account"
+    fee = refused(compiled(swap + resolved([transfer_checked_with_fee(str(MINT_OUT), str(STRANGER), 10**6, 6, 10)])))
+    assert (fee.rule, fee.index) == ("token_outflow", 5) and "Token-2022 TransferCheckedWithFee" in str(fee)
+    unknown = refused(compiled(swap + resolved([token_transfer(str(VAULT_OUT), str(STRANGER), 10**6)])))
+    assert unknown.rule == "token_outflow" and "cannot be counted" in str(unknown), "an account of a mint the plan does not name"
+
+
+def test_outflows_of_a_mint_are_summed_over_the_plan():
+    """Each transfer stays under the plan's declared input of 1,000,000; together they pass it."""
+    split = [transfer_checked(f"$WALLET_ATA:{MINT_IN}", str(MINT_IN), str(STRANGER), 400_000, 6) for _ in range(3)]
+    violation = refused(compiled(resolved(split)))
+    assert (violation.rule, violation.index) == ("token_outflow", 4)
+    assert f"instructions [2, 3, 4] send 1200000 base units of {MINT_IN}" in str(violation)
+    assert examine(compiled(resolved(split[:2]))).spend.total == 5_066, "800,000 of a declared 1,000,000"
+    settings = PolicySettings(max_outflow={MINT_IN: 200_000})
+    assert examine(compiled(resolved(split)), settings).spend.total == 5_066, "POLICY_MAX_OUTFLOW adds to the declared input"
+    over_cap = [transfer_checked(f"$WALLET_ATA:{MINT_OUT}", str(MINT_OUT), str(STRANGER), 150_000, 6) for _ in range(2)]
+    capped = refused(compiled(resolved(over_cap)), PolicySettings(max_outflow={MINT_OUT: 200_000}))
+    assert (capped.rule, capped.index) == ("token_outflow", 3) and "over the 200000 it may send" in str(capped)
+
+
+def test_a_closed_wsol_account_goes_only_to_the_wallet():
+    """A wSOL account's lamports are its whole balance, which a static check cannot know: closing it
+    to an allowed destination (a SOL sink) would send all of it uncounted."""
+    sink = Pubkey.new_unique()
+    settings = PolicySettings().allowing(destinations=[sink])
+    wrap_and_close = resolved([system_transfer(f"$WALLET_ATA:{WSOL_MINT}", 50 * SOL), close_account(str(WSOL_MINT), str(sink))])
+    violation = refused(compiled(wrap_and_close), settings)
+    assert (violation.rule, violation.index) == ("token_close", 3), violation
+    other = refused(compiled(resolved([close_account(str(MINT_OUT), str(sink))])), settings)
+    assert other.rule == "token_close", "any token account's lamports"
+
+
+def test_an_approval_goes_only_to_the_wallet():
+    """A delegation outlives the plan (the delegate takes the amount later, unseen): refused even to
+    an allowed destination, whatever the amount."""
+    sink = Pubkey.new_unique()
+    settings = PolicySettings().allowing(destinations=[sink])
+    for approval in (approve(str(MINT_IN), str(sink), 1), approve_checked(str(MINT_OUT), str(sink), 6, 1)):
+        violation = refused(compiled(swap_route(WALLET) + resolved([approval])), settings)
+        assert (violation.rule, violation.index) == ("token_delegate", 5), violation
+    owner = refused(compiled(resolved([set_owner(str(MINT_IN), str(sink))])), settings)
+    assert owner.rule == "token_authority", "an owner change takes the whole balance"
+
+
+def test_a_swap_within_its_declared_input_passes():
+    """The demo swap pays its input into the pool's vault; wSOL declared as input may leave as such."""
+    assert examine(compiled(swap_route(WALLET))).spend.total == 5_066, "1,000,000 paid of a declared 1,000,000"
+    assert refused(compiled(swap_route(WALLET)), declared={MINT_IN: 999_999, MINT_OUT: 0}).rule == "token_outflow"
+    assert refused(compiled(swap_route(WALLET)), declared=None).rule == "token_outflow", "nothing declared, nothing may leave"
+    wsol_in = resolved(wsol_drain(SOL, str(VAULT_IN)))
+    assert examine(compiled(wsol_in), declared={WSOL_MINT: SOL}).spend.total == 5_066
+    into_the_wallet = resolved([token_transfer(str(VAULT_OUT), f"$WALLET_ATA:{MINT_OUT}", 10**9)])
+    assert examine(compiled(into_the_wallet)).spend.total == 5_066, "paid into the wallet's own account: not an outflow"
 
 
 def test_fee_and_tip_caps_read_the_compiled_compute_budget():
@@ -360,10 +459,10 @@ def test_the_static_check_costs_microseconds():
     message = compiled(swap_route(WALLET) + [tip()])
 
     async def measure() -> float:
-        await policy.examine(str(WALLET), message, TIP)
+        await policy.examine(str(WALLET), message, TIP, SWAP_DECLARED)
         started = time.perf_counter()
         for _ in range(2_000):
-            await policy.examine(str(WALLET), message, TIP)
+            await policy.examine(str(WALLET), message, TIP, SWAP_DECLARED)
         return (time.perf_counter() - started) / 2_000 * 1e6
 
     micros = asyncio.run(measure())
@@ -388,6 +487,7 @@ def test_defaults_and_environment():
             "POLICY_SIMULATE": "1",
             "POLICY_SIMULATE_MAX_SOL_LOSS": "0.0005",
             "POLICY_SIMULATE_MAX_TOKEN_LOSS": "7",
+            "POLICY_MAX_OUTFLOW": f"{MINT_IN}=1_000_000, So11111111111111111111111111111111111111112=5",
             "POLICY_TIP_ACCOUNTS": TIP,
         }
     )
@@ -397,11 +497,16 @@ def test_defaults_and_environment():
     assert (settings.max_plan_lamports, settings.max_wallet_minute_lamports) == (1_000_000, 1_500_000_000)
     assert settings.simulate and settings.simulate_sol_loss_cap == 500_000 and settings.simulate_max_token_loss == 7
     assert settings.tip_accounts == {Pubkey.from_string(TIP)}
+    assert settings.max_outflow == {MINT_IN: 1_000_000, WSOL_MINT: 5}
+    assert settings.outflow_cap(str(MINT_IN)) == 1_000_000 and settings.outflow_cap(MINT_OUT) == 0
 
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("POLICY_MAX_TIP_LAMPORTS", "lots"), ("POLICY_MAX_SOL_PER_PLAN", "-1"), ("POLICY_ALLOWED_PROGRAMS", "not-a-key"), ("POLICY_SIMULATE", "maybe"), ("POLICY_TIP_ACCOUNTS", ",")],
+    [
+        ("POLICY_MAX_TIP_LAMPORTS", "lots"), ("POLICY_MAX_SOL_PER_PLAN", "-1"), ("POLICY_ALLOWED_PROGRAMS", "not-a-key"), ("POLICY_SIMULATE", "maybe"),
+        ("POLICY_TIP_ACCOUNTS", ","), ("POLICY_MAX_OUTFLOW", "1000"), ("POLICY_MAX_OUTFLOW", "not-a-mint=1"), ("POLICY_MAX_OUTFLOW", f"{MINT_IN}=-1"),
+    ],
 )
 def test_a_bad_value_stops_the_worker_naming_it(variable, value):
     with pytest.raises(SystemExit, match=variable):
@@ -410,12 +515,13 @@ def test_a_bad_value_stops_the_worker_naming_it(variable, value):
 
 def test_policy_file_then_environment(tmp_path):
     path = tmp_path / "policy.json"
-    path.write_text(json.dumps({"allowedPrograms": [str(STRANGER)], "allowedDestinations": [str(VAULT_IN)], "maxTipLamports": 123_456, "maxSolPerPlan": 0.5, "simulate": True}))
+    path.write_text(json.dumps({"allowedPrograms": [str(STRANGER)], "allowedDestinations": [str(VAULT_IN)], "maxTipLamports": 123_456, "maxSolPerPlan": 0.5, "simulate": True, "maxOutflow": {str(MINT_OUT): 42}}))
     settings = PolicySettings.from_environment({"POLICY_FILE": str(path), "POLICY_MAX_TIP_LAMPORTS": "999", "POLICY_ALLOWED_DESTINATIONS": str(VAULT_OUT)})
     assert STRANGER in settings.allowed_programs and DEFAULT_PROGRAMS <= settings.allowed_programs
     assert settings.allowed_destinations == {VAULT_IN, VAULT_OUT}, "both lists count"
     assert settings.max_tip_lamports == 999, "the variable wins over the file"
     assert settings.max_plan_lamports == SOL // 2 and settings.simulate
+    assert settings.max_outflow == {MINT_OUT: 42} and settings.describe()["maxOutflow"] == {str(MINT_OUT): 42}
     assert str(path) in settings.source and "POLICY_MAX_TIP_LAMPORTS" in settings.source
     path.write_text(json.dumps({"maxTip": 1}))
     with pytest.raises(SystemExit, match="unknown key"):
@@ -551,6 +657,8 @@ def _corpus(stack, reserve, table) -> list[tuple[str, dict, str, int | None]]:
         ),
         ("a flash loan whose repay goes to the plan's own supply vault", _flash_plan(stack, reserve, supplyVault=thief), "flash_loan", 2),
         ("a flash loan whose fee goes elsewhere", _flash_plan(stack, reserve, feeReceiver=thief), "flash_loan", 2),
+        ("an SPL transfer of the wallet's output token to a stranger", with_route(rpc(), transfer_checked(f"$WALLET_ATA:{pool.mint_out}", pool.mint_out, thief, 1, pool.decimals)), "token_outflow", 4),
+        ("one more base unit of the input than the plan declares", with_route(rpc(), transfer_checked(f"$WALLET_ATA:{pool.mint_in}", pool.mint_in, thief, 1, pool.decimals)), "token_outflow", 4),
         ("a route with its own klend instruction", with_route(rpc(), ix(KLEND, [meta("$WALLET", True, True)] * 12, klend.discriminator("withdraw_obligation_collateral_and_redeem_reserve_collateral") + bytes(8))), "flash_loan", 4),
     ]  # fmt: skip
     return cases
@@ -563,7 +671,7 @@ def _flash_plan(stack, reserve: dict, method: str = "rpc", **override) -> dict:
     return plan
 
 
-CORPUS_SIZE = 21
+CORPUS_SIZE = 23
 
 
 @pytest.mark.parametrize("case", range(CORPUS_SIZE))
@@ -729,18 +837,22 @@ async def _is(value):
 
 
 async def test_simulation_refuses_what_the_static_rules_cannot_see(stack, worker_log, worker_policy):
-    """A token transfer is what a swap does, so the static rules let it through; simulated, the
-    wallet's input token falls by more than the plan's inputAmount: refused, nothing sent."""
-    policy = worker_policy(PolicySettings(simulate=True))
+    """A plan may declare the input it pays out, and the static rules let that much leave; the
+    simulation's cap is the configuration's (POLICY_MAX_OUTFLOW of the mint), never the plan's word:
+    a plan declaring 51,000,000 and paying it is refused. (Before issue 20 the cap added the plan's
+    inputAmount, so a plan declaring a large input got an equally large cap.)"""
     pool = stack.pool
+    policy = worker_policy(PolicySettings(simulate=True, max_outflow={Pubkey.from_string(pool.mint_in): 1_000_000}))
     ok = await stack.execute(stack.plan("rpc", wallet=3))
     assert ok["status"] == "success", ok
     plan = with_route(stack.plan("rpc", wallet=3), transfer_checked(f"$WALLET_ATA:{pool.mint_in}", pool.mint_in, pool.vault_in, 50_000_000, pool.decimals))
+    plan["inputAmount"] = 51_000_000  # what the route pays: the static rules let it through
     result = await stack.execute(plan)
     await assert_refused_and_nothing_signed(stack, worker_log, plan["planId"], result, "simulated_token_loss", None)
     assert f"the wallet's {pool.mint_in} falls by 51000000 base units in simulation, over the cap 1000000" in result["error"]
 
     failing = with_route(stack.plan("rpc", wallet=3), transfer_checked(f"$WALLET_ATA:{pool.mint_in}", pool.mint_in, pool.vault_in, 10**18, pool.decimals))
+    failing["inputAmount"] = 10**18 + 1_000_000
     result = await stack.execute(failing)
     await assert_refused_and_nothing_signed(stack, worker_log, failing["planId"], result, "simulation_failed", None)
     assert policy.spend.total(stack.wallets[3]) == 5_066, "a plan refused by its simulation is not counted against its wallet"
@@ -760,27 +872,17 @@ async def _native_mint_and_a_strangers_wsol_account(stack) -> str:
     return str(get_associated_token_address(thief.pubkey(), Pubkey.from_string(NATIVE_MINT)))
 
 
-async def test_simulation_catches_sol_wrapped_then_sent_away(stack, worker_log, worker_policy):
-    """Wrapping SOL into the wallet's own wSOL account passes the static rules (the lamports stay
-    the wallet's), and a token transfer is what a swap does: together they send SOL away. The
-    simulation sees the wallet's SOL fall by far more than the cap."""
+async def test_sol_wrapped_then_sent_away_is_refused_statically(stack, worker_log):
+    """The review's plan of issue 20 on the local cluster, with the shipped defaults (no simulation):
+    wrapping SOL into the wallet's own wSOL account keeps it the wallet's, and the SPL transfer of
+    the wSOL to a stranger's account is SOL leaving, counted against the native mint: the plan
+    declares none of it, so it is refused before anything is signed. (It used to pass, counted
+    as 5,066 lamports.)"""
     theirs = await _native_mint_and_a_strangers_wsol_account(stack)
-    wsol = f"$WALLET_ATA:{NATIVE_MINT}"
-    drain = [
-        ix(ATA, [meta("$WALLET", True, True), meta(wsol, writable=True), meta("$WALLET"), meta(NATIVE_MINT), meta(SYSTEM), meta(TOKEN)], bytes([1])),
-        system_transfer(wsol, SOL // 2),
-        ix(TOKEN, [meta(wsol, writable=True)], bytes([17])),  # SyncNative
-        transfer_checked(wsol, NATIVE_MINT, theirs, SOL // 2, 9),
-    ]
-    plan = with_route(stack.plan("rpc", wallet=1), *drain)
-    event = validate(plan)
-    built = await stack.worker.dispatcher.builder.build(event, plan["wallet"])
-    static = PlanPolicy(PolicySettings(), lookup_tables=stack.worker.dispatcher.builder.lookup_tables)
-    await static.check(event, plan["wallet"], built)  # the static rules alone let it through
-    worker_policy(PolicySettings(simulate=True))
+    plan = with_route(stack.plan("rpc", wallet=1), *wsol_drain(SOL // 2, theirs))
     result = await stack.execute(plan)
-    await assert_refused_and_nothing_signed(stack, worker_log, plan["planId"], result, "simulated_sol_loss", None)
-    assert int(result["error"].split("falls by ")[1].split()[0]) > SOL // 2, result["error"]
+    await assert_refused_and_nothing_signed(stack, worker_log, plan["planId"], result, "token_outflow", 7)
+    assert f"sends 500000000 base units of {NATIVE_MINT} out of the wallet, over the 0 it may send" in result["error"], result["error"]
 
 
 async def test_simulation_caps_the_sols_loss(stack, worker_log, worker_policy):
@@ -797,7 +899,8 @@ async def test_simulation_cost_per_plan(stack):
     worker = stack.worker
     builder = worker.dispatcher.builder
     static = PlanPolicy(PolicySettings(), lookup_tables=builder.lookup_tables, reserves=builder.reserves)
-    simulating = PlanPolicy(PolicySettings(simulate=True), lookup_tables=builder.lookup_tables, reserves=builder.reserves, rpc=worker.hot_rpc)
+    settings = PolicySettings(simulate=True, max_outflow={Pubkey.from_string(stack.pool.mint_in): 1_000_000})  # the demo pays 1,000,000
+    simulating = PlanPolicy(settings, lookup_tables=builder.lookup_tables, reserves=builder.reserves, rpc=worker.hot_rpc)
     timings: dict[str, list[float]] = {"static": [], "simulate": []}
     for round_ in range(40):
         plan = validate(stack.plan("jito_bundle", wallet=round_ % 6))
