@@ -180,3 +180,18 @@ def test_token_prices_must_be_finite():
     wire = plan(USDC, BONK).model_dump_json(by_alias=True, exclude_none=True).replace('"inputToken"', '"inputTokenPriceUsd": 1e400, "inputToken"')
     with pytest.raises(ValidationError, match="finite"):
         ExecutionPlanEvent.model_validate_json(wire)
+
+
+async def test_the_worked_example_of_docs_plans_md():
+    """docs/plans.md, `actualProfit` and `netProfit`: SOL -> USDC -> SOL, 1 SOL wrapped, 1.01 SOL of wSOL back."""
+    event = plan(SOL, SOL, input_amount=1_000_000_000, out_amount=1_010_000_000, expected_profit=1.5)
+    tx = transaction(
+        fee=5_000,
+        tip=10_000,
+        lamports=(2_000_000_000, 999_985_000),
+        pre_tokens=[token(WALLET, SOL, 0, 9), token(WALLET, USDC, 0, 6, index=3)],
+        post_tokens=[token(WALLET, SOL, 1_010_000_000, 9), token(WALLET, USDC, 0, 6, index=3)],
+    )
+    settlement, net = await settled(event, tx, tip=10_000)
+    assert (settlement.actual_profit_usd, settlement.cost_usd) == (pytest.approx(1.5), pytest.approx(0.00225))
+    assert net == pytest.approx(1.49775)
