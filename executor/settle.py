@@ -1,6 +1,7 @@
 """Settle: what the landed transaction really cost and earned, from its balance changes.
 
-Cost = fee + tip in lamports, valued at the plan's `solPriceUsd`, else SOL_PRICE_USD.
+Cost = fee + tip in lamports (no tip when the transaction failed on-chain: its transfer was rolled
+back), valued at the plan's `solPriceUsd`, else SOL_PRICE_USD.
 
 Actual profit = the USD value of what the wallet really gained or lost in the plan's input and
 output tokens, with the fee and the tip kept out (they are the cost, counted once):
@@ -119,14 +120,16 @@ async def settle(rpc: SolanaRpc, request: SettleRequest, sol_price_usd: float) -
     if meta is None:
         fail(ErrorCode.TX_FAILED, "landed transaction has no status meta")
     price = request.plan.sol_price_usd or sol_price_usd
-    cost_usd = (meta["fee"] + request.tip_lamports) / LAMPORTS_PER_SOL * price
+    # A transaction that failed on-chain paid its fee, but its tip transfer was rolled back with the rest.
+    tip = request.tip_lamports if meta.get("err") is None else 0
+    cost_usd = (meta["fee"] + tip) / LAMPORTS_PER_SOL * price
     try:
-        profit = trade_profit(meta, account_keys(tx), request.wallet, request.plan, request.tip_lamports, price)
+        profit = trade_profit(meta, account_keys(tx), request.wallet, request.plan, tip, price)
     except UnreadableTransaction as error:
         fail(ErrorCode.TX_FAILED, f"cannot settle: {error}")
     return Settlement(
         fee_lamports=meta["fee"],
-        tip_lamports=request.tip_lamports,
+        tip_lamports=tip,
         actual_profit_usd=profit,
         cost_usd=round(cost_usd, 9),
         sol_price_usd=price,

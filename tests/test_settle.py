@@ -39,14 +39,14 @@ def token(owner: str, mint: str, amount: int, decimals: int, index: int = 1) -> 
     return {"accountIndex": index, "mint": mint, "owner": owner, "uiTokenAmount": {"amount": str(amount), "decimals": decimals}}
 
 
-def transaction(*, fee: int, lamports: tuple[int, int], pre_tokens=(), post_tokens=(), tip: int = 0) -> dict:
+def transaction(*, fee: int, lamports: tuple[int, int], pre_tokens=(), post_tokens=(), tip: int = 0, err: object = None) -> dict:
     """A getTransaction answer (json encoding): the wallet pays the fee (first account); a tip goes to a tip account."""
     keys = [WALLET, TIP_ACCOUNT, OTHER]
     return {
         "slot": 1,
         "transaction": {"message": {"accountKeys": keys}, "signatures": ["sig"]},
         "meta": {
-            "err": None,
+            "err": err,
             "fee": fee,
             "preBalances": [lamports[0], 1_000_000, 5_000_000],
             "postBalances": [lamports[1], 1_000_000 + tip, 5_000_000],
@@ -195,3 +195,12 @@ async def test_the_worked_example_of_docs_plans_md():
     settlement, net = await settled(event, tx, tip=10_000)
     assert (settlement.actual_profit_usd, settlement.cost_usd) == (pytest.approx(1.5), pytest.approx(0.00225))
     assert net == pytest.approx(1.49775)
+
+
+async def test_a_transaction_that_failed_on_chain_paid_its_fee_but_not_its_tip():
+    """The tip transfer was rolled back with the swap: counting it would put it in the cost and, added back, in the gain."""
+    event = plan(SOL, SOL, input_amount=1_000_000_000, out_amount=1_010_000_000, expected_profit=1.5)
+    tx = transaction(fee=5_000, lamports=(2_000_000_000, 1_999_995_000), err={"InstructionError": [2, {"Custom": 1}]})
+    settlement, net = await settled(event, tx, tip=10_000)
+    assert settlement.tip_lamports == 0 and settlement.cost_usd == pytest.approx(0.00075)
+    assert settlement.actual_profit_usd == pytest.approx(0.0, abs=1e-12) and net == pytest.approx(-0.00075)
