@@ -43,11 +43,6 @@ class UnreadableTransaction(ValueError):
     """The transaction's meta does not say what the wallet's balances did."""
 
 
-def _asset(mint: str) -> str:
-    """SOL and wSOL are one asset: the trade may wrap or unwrap on the way."""
-    return NATIVE_MINT if mint == NATIVE_MINT else mint
-
-
 def _owned(balances: list[dict] | None, wallet: str, mint: str) -> int:
     return sum(int(b["uiTokenAmount"]["amount"]) for b in balances or [] if b.get("mint") == mint and b.get("owner") == wallet)
 
@@ -89,7 +84,8 @@ def token_price_usd(plan: ExecutionPlanEvent, asset: str, sol_price_usd: float) 
 def trade_profit(meta: dict, account_keys: list[str], wallet: str, plan: ExecutionPlanEvent, tip_lamports: int, sol_price_usd: float) -> float | None:
     """actualProfit in USD (see the module docstring), or None when a token that moved has no price."""
     profit = 0.0
-    for asset in dict.fromkeys((_asset(plan.input_token), _asset(plan.output_token))):
+    # A plan names native SOL and wSOL by the same mint: one asset, valued once, in sol_change.
+    for asset in dict.fromkeys((plan.input_token, plan.output_token)):
         if asset == NATIVE_MINT:
             change, decimals = sol_change(meta, account_keys, wallet, tip_lamports), SOL_DECIMALS
         else:
