@@ -71,8 +71,10 @@ class DemoPool:
         max_latency_ms: int = 30_000,
         opportunity_id: str | None = None,
         now_ms: int | None = None,
+        token_price_usd: float | None = 5.0,
     ) -> dict:
-        """One plan as wire JSON (camelCase dict)."""
+        """One plan as wire JSON (camelCase dict). Both tokens are priced at `token_price_usd` per
+        whole token, so settle can value what moved: 1.01 B for 1.0 A at $5 is the $0.05 expected."""
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         Pubkey.from_string(wallet)
         instructions = [
@@ -107,7 +109,7 @@ class DemoPool:
             "deadline": now + deadline_ms,
             "timestamp": now,
             "wallet": wallet,
-        }
+        } | ({"inputTokenPriceUsd": token_price_usd, "outputTokenPriceUsd": token_price_usd} if token_price_usd is not None else {})
 
 
 def validate(plan: dict) -> ExecutionPlanEvent:

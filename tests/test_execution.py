@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,7 +15,8 @@ from temporalio.client import WorkflowExecutionStatus
 from venue.jito import STATIC_TIP_ACCOUNTS
 from tests.stack import wait_until
 from worker.bridge import workflow_id
-from workflows.events import parse_plan
+from workflows.events import NATIVE_MINT, parse_plan
+from chaos.plans import memo_plan
 from devtools.demo import validate
 
 
@@ -33,7 +36,9 @@ async def test_rpc_plan_lands_once_and_moves_the_tokens(stack):
     assert await stack.token_balance(wallet, stack.pool.mint_in) == paid_before - plan["inputAmount"]
     assert await stack.token_balance(wallet, stack.pool.mint_out) == received_before + plan["routes"][0]["outAmount"]
     assert result["executionCost"]["feeLamports"] > 0 and result["executionCost"]["tipLamports"] == 0
-    assert abs(result["actualProfit"] - plan["expectedProfit"]) < 1e-9  # everything promised arrived
+    # From the real balance changes: 1.01 B received for 1.0 A paid, both at the plan's $5 a token.
+    assert result["actualProfit"] == pytest.approx(plan["expectedProfit"]) == pytest.approx(1.01 * 5 - 1.0 * 5)
+    assert result["netProfit"] == pytest.approx(result["actualProfit"] - result["executionCost"]["usd"])  # the fee counted once
     assert await stack.landed_for(plan["planId"]) == [result["signature"]]
     assert [row["timesReceived"] for row in await stack.wire_transactions(plan["planId"])] == [1]
     stages = result["stageTimings"]
@@ -41,11 +46,12 @@ async def test_rpc_plan_lands_once_and_moves_the_tokens(stack):
 
 
 async def test_jito_bundle_plan_lands_and_pays_its_tip(stack):
-    plan = stack.plan("jito_bundle", wallet=2)
+    plan = stack.plan("jito_bundle", wallet=2, token_price_usd=None)
     result = await stack.execute(plan)
 
     assert result["status"] == "success", result
     assert result["bundleId"] and len(result["bundleId"]) == 64
+    assert "actualProfit" not in result and "netProfit" not in result, "tokens moved and the plan gave no price: unknown, not wrong"
     tip = result["tipLamports"]
     assert tip >= stack.config.jito_tip_base and result["executionCost"]["tipLamports"] == tip
     tx = (await stack.rpc.get_transaction(Signature.from_string(result["signature"]), max_supported_transaction_version=0)).value
@@ -55,6 +61,22 @@ async def test_jito_bundle_plan_lands_and_pays_its_tip(stack):
     assert list(tips_received.values()) == [tip], "exactly one tip account, paid the result's tip"
     assert await stack.token_balance(plan["wallet"], stack.pool.mint_out) > 0
     assert await stack.landed_for(plan["planId"]) == [result["signature"]]
+
+
+async def test_a_memo_only_sol_plan_reports_its_fee_and_tip_as_the_cost_not_as_a_loss(stack):
+    """Issue 20's reproduction: SOL in and out, inAmount 1, outAmount 2, expectedProfit 1.0. It reported
+    actualProfit -5200.0; nothing moved but the fee and the tip, so the trade gained 0 and the net is their cost."""
+    plan = memo_plan(stack.pool, f"t-{uuid.uuid4().hex[:12]}", "jito_bundle", max_latency_ms=20_000, now_ms=int(time.time() * 1000))
+    del plan["inputTokenPriceUsd"], plan["outputTokenPriceUsd"]  # SOL has one price: solPriceUsd
+    plan |= {"inputToken": NATIVE_MINT, "outputToken": NATIVE_MINT, "inputAmount": 1, "expectedProfit": 1.0, "solPriceUsd": 150.0}
+    plan["routes"][0] |= {"inputMint": NATIVE_MINT, "outputMint": NATIVE_MINT, "inAmount": 1, "outAmount": 2}
+    result = await stack.execute(plan)
+
+    assert result["status"] == "success", result
+    cost = result["executionCost"]
+    assert cost["tipLamports"] > 0 and cost["usd"] == pytest.approx(cost["totalLamports"] / 1e9 * 150)
+    assert result["actualProfit"] == 0.0
+    assert result["netProfit"] == pytest.approx(-cost["usd"])
 
 
 async def test_same_plan_published_five_times_runs_once_with_one_result(stack):

@@ -36,6 +36,7 @@ MAX_BUNDLE_TRANSACTIONS = 5
 U64_MAX = 2**64 - 1
 PLACEHOLDER_WALLET = "$WALLET"
 PLACEHOLDER_WALLET_ATA = "$WALLET_ATA:"
+NATIVE_MINT = "So11111111111111111111111111111111111111112"  # wSOL: one asset with native SOL
 
 
 class ErrorCode(str, Enum):
@@ -191,6 +192,9 @@ class ExecutionPlanEvent(PlanModel):
     tip_lamports: U64 | None = None
     address_lookup_tables: list[PubkeyStr] = Field(default_factory=list, max_length=16)
     sol_price_usd: Annotated[float, Field(gt=0)] | None = None
+    # USD per whole token, for actualProfit: the executor has no oracle for SPL tokens (executor/settle.py)
+    input_token_price_usd: Annotated[float, Field(gt=0)] | None = None
+    output_token_price_usd: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("expected_profit", mode="before")
     @classmethod
@@ -203,6 +207,13 @@ class ExecutionPlanEvent(PlanModel):
     def _consistent(self) -> "ExecutionPlanEvent":
         if not (self.expected_profit == self.expected_profit) or abs(self.expected_profit) == float("inf"):
             raise ValueError("expectedProfit must be a finite number")
+        # SOL has one price, solPriceUsd (or SOL_PRICE_USD): a second one for it would be a contradiction to resolve silently.
+        for token, price, name in ((self.input_token, self.input_token_price_usd, "inputTokenPriceUsd"), (self.output_token, self.output_token_price_usd, "outputTokenPriceUsd")):
+            if price is not None and token == NATIVE_MINT:
+                raise ValueError(f"{name}: the token is SOL, valued at solPriceUsd")
+        same = self.input_token == self.output_token
+        if same and None not in (self.input_token_price_usd, self.output_token_price_usd) and self.input_token_price_usd != self.output_token_price_usd:
+            raise ValueError("inputTokenPriceUsd and outputTokenPriceUsd differ for the same token")
         return self
 
 
