@@ -32,7 +32,10 @@ from workflows.limits import MAX_ID_CHARS, MAX_PLAN_BYTES, is_plan_id
 SYSTEM_PROGRAM = "11111111111111111111111111111111"
 OUTSIDE_ACCOUNT = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"  # a key no wallet of the executor holds
 STRING_FIELDS = ("planId", "opportunityId", "strategy", "executionMethod", "inputToken", "outputToken", "wallet")
-NUMBER_FIELDS = ("inputAmount", "expectedProfit", "gasEstimate", "priorityFee", "slippage", "maxLatency", "deadline", "timestamp", "tipLamports", "solPriceUsd")
+NUMBER_FIELDS = (
+    "inputAmount", "expectedProfit", "gasEstimate", "priorityFee", "slippage", "maxLatency", "deadline", "timestamp", "tipLamports",
+    "solPriceUsd", "inputTokenPriceUsd", "outputTokenPriceUsd",
+)
 # Each of these must fail: the policy refuses "drain", the builder "foreign_signer", the size
 # check "huge_data" and "many_accounts" (or the chain: a failed transaction may land), the chain
 # "unknown_program" (not an executable account).
