@@ -481,5 +481,8 @@ class ExecutorWorker:
         await self.hot_rpc.close()
         for backup in self.backups:
             await backup.close()
-        await self.nc.close()  # everything we publish is acked already; a drain would only wait on the bridge's pull inbox
+        try:
+            await self.nc.close()  # everything we publish is acked already; a drain would only wait on the bridge's pull inbox
+        except Exception as error:  # a connection the server already dropped (a lost bus): nothing left to close
+            log.info("stage=worker event=nats_close_failed error=%s: %s", type(error).__name__, str(error)[:200])
         log.info("stage=worker event=stopped name=%s", self.config.executor_name)
