@@ -136,7 +136,8 @@ class ExecutionActivities(PlanActivities):
         until_ms = min(request.rebroadcast_until_ms, request.submission.sent_at_ms + self.confirmation_timeout_ms)
 
         async def rebroadcast() -> None:
-            await self.submitter.send(method, raw)
+            # the gate again in the slot's step: a halt between may_resend and here refuses the copy
+            await self.submitter.send(method, raw, gate=lambda: self.submitter.refusal(None, until_ms))
 
         following = follow(
             request.plan_id,

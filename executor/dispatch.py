@@ -160,6 +160,8 @@ class Dispatch:
         await self.prepared
         d = self._dispatcher
         plan, signed = self.plan, self.signed
+        # Asked now, before the claim, so a plan halted already goes no further; asked again by the
+        # submitter in the same step as the bytes leave (a halt may come while the claim is awaited).
         refusal = d.submitter.refusal(halt_reason, plan.deadline)
         if refusal is not None:
             code, why, final = refusal
@@ -175,7 +177,7 @@ class Dispatch:
         d.crash_point("sign")
         started = time.perf_counter()
         try:
-            submission = await d.submitter.submit(plan.execution_method.value, signed)
+            submission = await d.submitter.submit(plan.execution_method.value, signed, halt_reason=halt_reason, deadline_ms=plan.deadline)
         except ApplicationError as error:
             if not error.non_retryable:
                 raise  # a rate limit: nothing was accepted, the retry sends the same bytes

@@ -47,14 +47,18 @@ class Submitter:
         self.unheard = unheard  # why the kill switch cannot be read now (fail-closed), or None
         self.backups = list(backups)  # RPC_BACKUPS: get a copy of every rpc send, never waited on
         self._background: set[asyncio.Task] = set()
-        self.in_flight = 0  # sends past the gate, not yet answered
+        self.in_flight = 0  # sends past the gate (backup copies included), not yet answered
         self._quiet = asyncio.Event()
         self._quiet.set()
 
-    async def submit(self, method: str, signed: SignedTransaction) -> Submission:
+    async def submit(self, method: str, signed: SignedTransaction, *, halt_reason: str | None = None, deadline_ms: int | None = None) -> Submission:
+        """The plan's send, behind the gate (`refusal`) checked in the same step as the in-flight slot is
+        taken, right before the bytes leave: a halt applied while the caller awaited something (a record
+        claim) refuses it here, and one applied after it waits, in the kill switch's drain, for it."""
         if method not in SENDABLE:
             fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available")
-        bundle_id = await self.send(method, base64.b64decode(signed.transaction))
+        gate = None if deadline_ms is None else (lambda: self.refusal(halt_reason, deadline_ms))
+        bundle_id = await self.send(method, base64.b64decode(signed.transaction), gate=gate)
         return Submission(signature=signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
 
     def refusal(self, halt_reason: str | None, deadline_ms: int) -> tuple[ErrorCode, str, bool] | None:
@@ -74,16 +78,29 @@ class Submitter:
         """Until no send is under way (a halt's acknowledgment waits for this)."""
         await self._quiet.wait()
 
-    async def send(self, method: str, raw: bytes) -> str | None:
-        """Send once; returns the bundle id for jito_bundle. Uncertain failures raise for a retry."""
-        self.in_flight += 1
-        self._quiet.clear()
+    async def send(self, method: str, raw: bytes, *, gate: Callable[[], tuple[ErrorCode, str, bool] | None] | None = None) -> str | None:
+        """Send once; returns the bundle id for jito_bundle. Uncertain failures raise for a retry.
+
+        The slot is taken and ``gate`` asked in one step (no await between them, nor between them and
+        the bytes leaving), so the kill switch either sees this send counted or this send sees its halt."""
+        self._take_slot()
         try:
+            refusal = gate() if gate is not None else None
+            if refusal is not None:
+                code, why, final = refusal
+                fail(code, why, final=final)  # nothing left: the caller voids or withholds
             return await self._send(method, raw)
         finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._quiet.set()
+            self._give_slot()
+
+    def _take_slot(self) -> None:
+        self.in_flight += 1
+        self._quiet.clear()
+
+    def _give_slot(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._quiet.set()
 
     async def _send(self, method: str, raw: bytes) -> str | None:
         if method == "rpc":
@@ -120,10 +137,14 @@ class Submitter:
 
 
     def _copy_to_backups(self, raw: bytes) -> None:
+        """Copies are sends too: each holds an in-flight slot until answered, so a halt is acknowledged only
+        once they are out (they are started before the primary send's slot is given back)."""
         for backup in self.backups:
+            self._take_slot()
             task = asyncio.create_task(_copy_to(backup, raw))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+            task.add_done_callback(lambda _: self._give_slot())
 
 
 async def _copy_to(backup: SolanaRpc, raw: bytes) -> None:

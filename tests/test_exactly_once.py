@@ -240,3 +240,70 @@ async def test_a_re_run_publishes_the_stored_result_not_its_own(stack):
     await asyncio.sleep(0.3)
     assert [p["status"] for p in stack.publishes[plan["planId"]]] == ["success", "success"]
     assert json.loads((await stack.worker.records.result(plan["planId"])).to_wire())["status"] == "success"
+
+
+async def test_a_halt_during_a_slow_claim_is_final_no_bytes_after_the_acknowledgment(stack, monkeypatch):
+    """Issue 20: a re-run checked the send gate, awaited its KV claim, and only then counted the send.
+    With the claim taking 200 ms: halt applied 51 ms, acknowledged 53 ms, sendTransaction on the wire
+    202 ms. Now the gate is asked again in the step the bytes leave, so the halted send never leaves."""
+    dispatcher, records, killswitch = stack.worker.dispatcher, stack.worker.records, stack.worker.killswitch
+    plan = validate(stack.plan("rpc", wallet=3))
+    writer = Dispatch(plan, dispatcher)  # another run recorded the transaction and died before sending it
+    await writer.prepared
+    rerun = Dispatch(plan, dispatcher)  # this run finds the record: it must claim it before resending
+    await rerun.prepared
+    claim = records.claim
+
+    async def slow_claim(record):
+        await asyncio.sleep(0.2)
+        return await claim(record)
+
+    monkeypatch.setattr(records, "claim", slow_claim)
+    acked_at: list[float] = []
+    loop = asyncio.get_running_loop()
+    try:
+        sending = asyncio.create_task(rerun.send(None))
+        await asyncio.sleep(0.05)
+        await stack.halt("test: halt during a slow claim")
+        await wait_until(lambda: _is(killswitch.halted() is not None), timeout=5, every=0.005)
+        seq = killswitch.halt_seq
+
+        async def acknowledged():
+            if killswitch.acked_seq == seq and not acked_at:
+                acked_at.append(loop.time())
+            return bool(acked_at)
+
+        submission = await sending
+        sent_done = loop.time()
+        await wait_until(acknowledged, timeout=10, every=0.005)
+        assert submission.withheld_code == "HALTED", submission  # refused in the send's own step
+        assert await stack.wire_transactions(plan.plan_id) == [], "bytes left after the halt"
+        assert acked_at[0] >= sent_done - 0.01, "acknowledged while the send was still out"
+    finally:
+        await stack.resume()
+        await stack.worker.wallets.release(plan.plan_id, writer.lease.wallet, "none")
+
+
+async def test_backup_copies_hold_the_halt_acknowledgment_until_they_are_out(stack):
+    """A copy to RPC_BACKUPS is a send: the drain the acknowledgment waits for counts it."""
+    gate = asyncio.Event()
+
+    class SlowBackup:
+        shown = "slow-backup"
+
+        async def send_transaction(self, raw: bytes) -> str:
+            await gate.wait()
+            return "sig"
+
+    class Primary:
+        async def send_transaction(self, raw: bytes) -> str:
+            return "sig"
+
+    submitter = Submitter(rpc=Primary(), jito=None, halted=lambda: None, backups=[SlowBackup()])
+    await submitter.send("rpc", b"raw")
+    drained = asyncio.create_task(submitter.drained())
+    await asyncio.sleep(0.1)
+    assert not drained.done() and submitter.in_flight == 1, "the copy still out counts"
+    gate.set()
+    await asyncio.wait_for(drained, 2)
+    assert submitter.in_flight == 0

@@ -204,6 +204,22 @@ async def test_resend_through_fifty_percent_tpu_loss(cluster, rpc, admin, payer)
         admin.put("/faults", json={"tpu": {"drop": 0, "delay_ms": 0, "rate_limit": 0, "reject": 0}}).raise_for_status()
 
 
+async def test_a_transaction_given_up_on_is_reset_not_retransmitted(cluster, rpc, admin, payer):
+    """Issue 20: a send that timed out left its QUIC stream to be retransmitted on its own, after the
+    sender gave up on it (and after a halt said nothing more goes out). It is reset (RESET_STREAM)."""
+    async with tpu_client(cluster, fanout_slots=ALL_LEADERS, timeout_s=0.5) as client:
+        raw, _ = await transfer_bytes(rpc, payer)
+        assert (await client.send(raw)).delivered == 3  # connections warm
+        connections = [entry.connection for entry in client.cache._entries.values()]
+        for connection in connections:  # the network loses every packet from here on: nothing is ACKed
+            connection._transport.sendto = lambda *args, **kwargs: None
+        lost, _ = await transfer_bytes(rpc, payer, lamports=1_000_001)
+        report = await client.send(lost)
+        assert report.delivered == 0 and set(dict(report.outcomes).values()) == {"timeout"}, report
+        assert sum(c.streams_reset for c in connections) == 3, "every abandoned stream reset"
+        assert all(c.pending == 0 for c in connections), "nothing left to retransmit"
+
+
 # --- (d) a dead leader does not stall the others ---------------------------------------------
 
 

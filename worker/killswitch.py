@@ -294,17 +294,25 @@ class KillSwitch:
             self._spawn(self.presence.write())
 
     async def _after_halt(self, seq: int, announce: bool) -> None:
-        # The acknowledgment first: the flag is already set, nothing new is sent from here on
-        # once the sends already past the gate are done (each has its own timeout; the wait is bounded).
+        # The flag is already set: nothing new passes the gate from here on. The acknowledgment says
+        # that nothing more reaches the wire, so it waits until every send already past the gate (and
+        # every backup copy) is answered, however long that takes (each has its own timeout). Never
+        # before: `halt --wait` that times out says "not acknowledged", which is then the truth.
+        signalled = asyncio.create_task(self.halt_running())  # the workflows meanwhile, not after the drain
         if self.sends_drained is not None:
-            try:
-                await asyncio.wait_for(self.sends_drained(), ACK_DRAIN_S)
-            except asyncio.TimeoutError:
-                log.warning("stage=killswitch event=sends_still_in_flight seq=%d worker=%s", seq, self.worker_id)
+            while True:
+                try:
+                    await asyncio.wait_for(self.sends_drained(), ACK_DRAIN_S)
+                    break
+                except asyncio.TimeoutError:
+                    log.warning("stage=killswitch event=sends_still_in_flight seq=%d worker=%s waited_s=%.0f: not acknowledged yet", seq, self.worker_id, ACK_DRAIN_S)
+        if self.reason is None:  # resumed while draining: this halt is over, nothing to acknowledge
+            await signalled
+            return
         self.acked_seq = seq
         if self.presence is not None and await self.presence.write():
             log.info("stage=killswitch event=acknowledged seq=%d worker=%s", seq, self.worker_id)
-        await self.halt_running()
+        await signalled
         if announce:
             payload = {"executor": self.executor_name, "worker": self.worker_id, "reason": self.reason, "by": self.by, "seq": seq, "timestamp": now_ms()}
             try:

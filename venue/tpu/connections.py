@@ -80,6 +80,10 @@ RETIRE_AFTER_S = IDLE_TIMEOUT_S
 # connections from our IP): CONNECTION_CLOSE_CODE_DISALLOWED = 2, _EXCEED_MAX_STREAM_COUNT = 3,
 # _TOO_MANY = 4, streamer/src/nonblocking/quic.rs.
 _BACKOFF_CLOSE_CODES = frozenset({2, 3, 4})
+# The application error code of the RESET_STREAM sent for a transaction its sender gave up on: the
+# peer only needs to learn that the stream ends there (RFC 9000 section 19.4); no code has a meaning
+# for a TPU stream.
+STREAM_ABANDONED = 0
 
 
 # --- node certificate ---------------------------------------------------------------------
@@ -152,6 +156,7 @@ class _TpuConnection(QuicConnectionProtocol):
         self._closed_flag = False
         self._on_closed = on_closed
         self._pending: dict[int, tuple[QuicStream, asyncio.Future[None]]] = {}
+        self.streams_reset = 0  # transactions abandoned unacknowledged: reset, so QUIC stops retransmitting them
 
     @property
     def alive(self) -> bool:
@@ -161,8 +166,13 @@ class _TpuConnection(QuicConnectionProtocol):
     def pending(self) -> int:
         return len(self._pending)
 
-    def send_transaction(self, raw: bytes) -> asyncio.Future[None]:
-        """Write ``raw`` on a new uni stream with FIN; the future resolves when the leader ACKs it."""
+    async def send_transaction(self, raw: bytes) -> None:
+        """Write ``raw`` on a new uni stream with FIN; returns when the leader ACKs it.
+
+        Cancelled before the ACK (the sender's timeout, a worker stopping), the stream is reset
+        (RESET_STREAM): otherwise QUIC keeps retransmitting the transaction on its own, after its
+        sender gave up on it and after a halt acknowledged that nothing more goes out (issue 20).
+        A leader that already has every byte may still process it; the chain says (confirm follows)."""
         if self._closed_flag:
             raise ConnectionLost(f"connection to {_format_addr(self.addr)} is closed")
         quic = self._quic
@@ -171,7 +181,22 @@ class _TpuConnection(QuicConnectionProtocol):
         future: asyncio.Future[None] = self._loop.create_future()
         self._pending[stream_id] = (quic._streams[stream_id], future)
         self.transmit()
-        return future
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._reset(stream_id)
+            raise
+
+    def _reset(self, stream_id: int) -> None:
+        if self._pending.pop(stream_id, None) is None or self._closed_flag:
+            return  # answered meanwhile, or the connection is gone with everything on it
+        try:
+            self._quic.reset_stream(stream_id, STREAM_ABANDONED)
+        except Exception as error:  # already finished or reset: nothing left to stop
+            log.debug("event=tpu_stream_reset_skipped stream=%d error=%s", stream_id, error)
+            return
+        self.streams_reset += 1
+        self.transmit()
 
     def keepalive(self) -> None:
         """Fire-and-forget PING (aioquic's own ping() waits for the ACK): resets both idle timers."""
