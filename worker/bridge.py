@@ -134,9 +134,7 @@ class PlanBridge:
             ack_wait=self.ack_wait_s,
             filter_subject=PLANNED_SUBJECTS,
         )
-        # Create, or bring an existing consumer's settings (an older ack wait) up to date.
-        await self.js.add_consumer("PLANNED", config=config)
-        subscription = await self.js.pull_subscribe(PLANNED_SUBJECTS, durable=DURABLE, stream="PLANNED")
+        subscription = await self._subscribe(config)
         log.info("stage=bridge event=started durable=%s maxInFlight=%d ackWaitS=%s", DURABLE, self.max_in_flight, self.ack_wait_s)
         while not self._stopping:
             if self.halted() is not None:
@@ -155,6 +153,22 @@ class PlanBridge:
                 task = asyncio.create_task(self.take(message))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _subscribe(self, config: ConsumerConfig):
+        """Create the consumer (or bring an existing one's settings, an older ack wait, up to date) and pull
+        from it. NATS away at this moment (a restart, an election) is waited out, not a reason for the
+        bridge to end: a connection gone for good ends the worker by its own path (worker/main.py)."""
+        delay = 0.5
+        while True:
+            try:
+                await self.js.add_consumer("PLANNED", config=config)
+                return await self.js.pull_subscribe(PLANNED_SUBJECTS, durable=DURABLE, stream="PLANNED")
+            except Exception as error:
+                if self._stopping:
+                    raise
+                log.warning("stage=bridge event=subscribe_failed error=%s: %s; again in %.1f s", type(error).__name__, str(error)[:200], delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
         self._stopping = True

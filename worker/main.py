@@ -439,8 +439,13 @@ class ExecutorWorker:
         self.metrics.record(result)
 
     async def wait(self) -> None:
-        """Until a part stops on its own (an error): that part's exception is raised."""
+        """Until a part stops on its own (an error): that part's exception is raised, or ConnectionLost when a
+        connection is gone for good (the root cause: a part's own error is then only its consequence)."""
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        if self._lost.done():
+            for task in done:  # retrieved: each is only a consequence of the lost connection
+                task.cancelled() or task.exception()
+            raise self._lost.result()
         for task in done:
             task.result()
 
