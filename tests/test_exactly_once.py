@@ -16,6 +16,7 @@ from executor.dispatch import Dispatch
 from venue.rpc import SolanaRpc
 from executor.submit import Submitter
 from executor.wallets import now_ms
+from tests.http_endpoint import http_endpoint
 from tests.stack import wait_until
 from worker.bridge import DURABLE, workflow_id
 from devtools.demo import validate
@@ -71,15 +72,8 @@ async def refusing_rpc():
         body = await request.json()
         return web.json_response({"jsonrpc": "2.0", "id": body.get("id"), "error": {"code": -32002, "message": "Transaction simulation failed"}})
 
-    app = web.Application()
-    app.router.add_post("/", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/"
-    await runner.cleanup()
+    async with http_endpoint("/", refuse) as url:
+        yield url + "/"
 
 
 async def test_no_backup_copy_goes_out_when_the_primary_refuses(stack, refusing_rpc):

@@ -32,6 +32,7 @@ from venue.jito import (
     bundle_id,
 )
 from executor.submit import Submitter
+from tests.http_endpoint import http_endpoint
 from localnet.blockengine import TIP_ACCOUNTS
 from localnet.cluster import ClusterConfig, ClusterThread
 from localnet.intake import derive_bundle_id
@@ -277,23 +278,13 @@ async def test_an_unclear_answer_to_send_bundle_leaves_the_bundle_in_flight(answ
         made = answer(body["id"], bundle_id([tx]))
         return web.json_response(made) if isinstance(made, dict) else web.Response(text=made)
 
-    app = web.Application()
-    app.router.add_post("/api/v1/bundles", engine)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with JitoClient(f"http://127.0.0.1:{port}") as jito:
-            with pytest.raises(JitoAnswerUnclear) as raised:
-                await jito.send_bundle([bytes(tx)])
-            assert isinstance(raised.value, JitoUnavailable)
-            submitter = Submitter(rpc=None, jito=jito, halted=lambda: None)
-            with pytest.raises(JitoUnavailable):  # not an ApplicationError: dispatch follows the signature on chain
-                await submitter.send("jito_bundle", bytes(tx))
-    finally:
-        await runner.cleanup()
+    async with http_endpoint("/api/v1/bundles", engine) as url, JitoClient(url) as jito:
+        with pytest.raises(JitoAnswerUnclear) as raised:
+            await jito.send_bundle([bytes(tx)])
+        assert isinstance(raised.value, JitoUnavailable)
+        submitter = Submitter(rpc=None, jito=jito, halted=lambda: None)
+        with pytest.raises(JitoUnavailable):  # not an ApplicationError: dispatch follows the signature on chain
+            await submitter.send("jito_bundle", bytes(tx))
 
 
 async def test_uuid_is_sent_in_x_jito_auth_on_a_callers_session(cluster):

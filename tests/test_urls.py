@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
+from tests.http_endpoint import http_endpoint
 from venue.rpc import RpcUnavailable, SolanaRpc
 from venue.urls import redacted, shown_url
 from worker.config import ExecutorConfig
@@ -30,20 +31,13 @@ async def test_an_rpc_error_does_not_quote_the_key():
     async def busy(request: web.Request) -> web.Response:
         return web.Response(status=503, text="busy")
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", busy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    rpc = SolanaRpc(f"http://127.0.0.1:{port}/{SECRET}?api-key={SECRET}", timeout_s=2.0)
-    try:
-        with pytest.raises(RpcUnavailable, match="HTTP 503") as raised:
-            await rpc.call("getSlot", [])
-    finally:
-        await rpc.close()
-        await runner.cleanup()
+    async with http_endpoint("/{tail:.*}", busy) as url:
+        rpc = SolanaRpc(f"{url}/{SECRET}?api-key={SECRET}", timeout_s=2.0)
+        try:
+            with pytest.raises(RpcUnavailable, match="HTTP 503") as raised:
+                await rpc.call("getSlot", [])
+        finally:
+            await rpc.close()
     assert SECRET not in str(raised.value) and SECRET not in rpc.shown
 
 
