@@ -27,6 +27,7 @@ import json
 import struct
 from dataclasses import dataclass
 
+from workflows.events import is_valid_plan
 from workflows.limits import MAX_ID_CHARS, MAX_PLAN_BYTES, is_plan_id
 
 SYSTEM_PROGRAM = "11111111111111111111111111111111"
@@ -132,7 +133,7 @@ def hostile_plans(base_plan, seed: int | None = None):
         for placeholder, token in text_tokens:
             data = data.replace(f'"{placeholder}"'.encode(), token.encode())
         if not any(op == "instructions" for op, _, _ in changes):
-            assume(not _valid(data))  # dropping an optional field, say, leaves a valid plan: not hostile
+            assume(not is_valid_plan(data))  # dropping an optional field, say, leaves a valid plan: not hostile
         return HostilePlan(data, tail, "+".join(f"{op}:{name}" for op, name, _ in changes), plan_id)
 
     return one()
@@ -155,16 +156,6 @@ def generate(base_plan, count: int, seed: int) -> list[HostilePlan]:
 
         collect()
     return made[:count]
-
-
-def _valid(data: bytes) -> bool:
-    from workflows.events import InvalidPlan, parse_plan
-
-    try:
-        parse_plan(data)
-    except InvalidPlan:
-        return False
-    return True
 
 
 def _hostile_instructions(plan: dict, kind: str) -> None:

@@ -36,7 +36,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from executor.dispatch import Dispatch, Dispatcher
 from executor.records import PlanRecords
-from workflows.events import ErrorCode, ExecutionResultEvent, InvalidPlan, parse_plan, rejection
+from workflows.events import ErrorCode, ExecutionResultEvent, InvalidPlan, is_valid_plan, parse_plan, rejection
 from workflows.execute_plan import plan_workflow_id, search_attributes
 
 from .streams import PLANNED_SUBJECTS
@@ -79,14 +79,6 @@ def _delivered(message: Msg) -> int:
         return max(1, int(message.metadata.num_delivered))
     except Exception:  # not a JetStream message (no metadata): the first delivery
         return 1
-
-
-def _is_plan(data: bytes) -> bool:
-    try:
-        parse_plan(data)
-    except Exception:
-        return False
-    return True
 
 
 def _retry_delay(delivered: int) -> float:
@@ -182,7 +174,7 @@ class PlanBridge:
             delivered = _delivered(message)
             self.take_failures += 1
             log.error("stage=bridge event=take_failed delivery=%d error=%s: %s", delivered, type(error).__name__, str(error)[:300])
-            if delivered >= GIVE_UP_AFTER and not _is_plan(message.data):
+            if delivered >= GIVE_UP_AFTER and not is_valid_plan(message.data):
                 # Not a plan, and this bridge cannot even reject it: told by its sequence alone, and terminated.
                 with contextlib.suppress(Exception):
                     await self.reject(message, InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: could not be handled ({type(error).__name__})"), echo=False)

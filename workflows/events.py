@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import from_json
 from solders.pubkey import Pubkey
 
-from venue import MAX_COMPUTE_UNITS
+from venue import MAX_COMPUTE_UNITS, programs
 
 from .limits import (
     MAX_DEADLINE_AHEAD_MS,
@@ -36,7 +36,7 @@ MAX_BUNDLE_TRANSACTIONS = 5
 U64_MAX = 2**64 - 1
 PLACEHOLDER_WALLET = "$WALLET"
 PLACEHOLDER_WALLET_ATA = "$WALLET_ATA:"
-NATIVE_MINT = "So11111111111111111111111111111111111111112"  # wSOL: one asset with native SOL
+NATIVE_MINT = str(programs.NATIVE_MINT)  # wSOL: one asset with native SOL
 
 
 class ErrorCode(str, Enum):
@@ -205,8 +205,7 @@ class ExecutionPlanEvent(PlanModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExecutionPlanEvent":
-        if not (self.expected_profit == self.expected_profit) or abs(self.expected_profit) == float("inf"):
-            raise ValueError("expectedProfit must be a finite number")
+        # (expectedProfit, like every number of a plan, is finite: PlanModel refuses NaN and the infinities.)
         # SOL has one price, solPriceUsd (or SOL_PRICE_USD): a second one for it would be a contradiction to resolve silently.
         for token, price, name in ((self.input_token, self.input_token_price_usd, "inputTokenPriceUsd"), (self.output_token, self.output_token_price_usd, "outputTokenPriceUsd")):
             if price is not None and token == NATIVE_MINT:
@@ -269,6 +268,15 @@ class InvalidPlan(Exception):
     def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
         self.code = code
+
+
+def is_valid_plan(data: bytes) -> bool:
+    """Whether ``data`` parses as a plan (no time bound): never raises."""
+    try:
+        parse_plan(data)
+    except Exception:
+        return False
+    return True
 
 
 def parse_plan(data: bytes, *, now_ms: int | None = None) -> ExecutionPlanEvent:
