@@ -201,15 +201,7 @@ class PlanBridge:
             busy.cancel()
 
     async def _start(self, message: Msg, plan) -> None:
-        start = dict(
-            id=workflow_id(plan.plan_id),
-            task_queue=self.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a plan id runs once, ever
-            request_eager_start=True,
-            task_timeout=WORKFLOW_TASK_TIMEOUT,
-            search_attributes=search_attributes(plan),
-            static_summary=f"{plan.execution_method.value} {plan.strategy.value} {plan.opportunity_id}",
-        )
+        """Already told? -> start -> ack, with the plan's dispatch prepared beside the start."""
         told = asyncio.create_task(self.records.result(plan.plan_id)) if self.records is not None else None
         # The record read, lease, build and signature overlap the start's round trip; the send waits for
         # it. Whatever way this block ends without `started`, the dispatcher undoes what it opened.
@@ -225,8 +217,17 @@ class PlanBridge:
                 await message.ack()
                 return
             try:
-                # the plan as the planner wrote it
-                handle = await self.client.start_workflow("ExecutePlan", RawValue(Payload(metadata=JSON_PLAIN, data=message.data)), **start)
+                handle = await self.client.start_workflow(
+                    "ExecutePlan",
+                    RawValue(Payload(metadata=JSON_PLAIN, data=message.data)),  # the plan as the planner wrote it
+                    id=workflow_id(plan.plan_id),
+                    task_queue=self.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a plan id runs once, ever
+                    request_eager_start=True,
+                    task_timeout=WORKFLOW_TASK_TIMEOUT,
+                    search_attributes=search_attributes(plan),
+                    static_summary=f"{plan.execution_method.value} {plan.strategy.value} {plan.opportunity_id}",
+                )
                 eager = bool(getattr(handle, EAGERLY_STARTED, False))
                 if ahead.started(eager=eager):
                     self.sent_ahead += 1  # persisted, and its first workflow task is this process's
