@@ -39,9 +39,10 @@ The steps (`Step`), each from the states it may leave:
 FOUND has no SEND step: someone else's record is claimed before this dispatch resends it. Only
 UNSENT may be voided: only what this dispatch recorded and never sent is provably not out.
 
-Apart from the wire, a dispatch is held open in this process until the workflow's `execute`
-claims it or nobody will (abandoned): `Hold`. The two are apart because an abandoned dispatch's
-send ahead may still be under way (its run, wherever it runs, finds the record and follows it).
+Whether a dispatch is still held in this process (until the workflow's `execute` claims it, or
+nobody will and it is abandoned) is not a state here but the dispatcher's map of open dispatches:
+an abandoned dispatch's send ahead may still be under way, and its steps still apply (the plan's
+run, wherever it runs, finds the record and follows it).
 """
 from __future__ import annotations
 
@@ -138,16 +139,3 @@ _ANSWERS: dict[WireState, tuple[Left, Sender]] = {
     _S.VOID: (Left.NO, Sender.NOBODY),
 }
 
-
-class Hold(enum.Enum):
-    """Who holds the dispatch in this process: open, then claimed by `execute` or abandoned (a
-    duplicate plan, a failed start, a task that went to another worker), once."""
-
-    OPEN = "open"
-    CLAIMED = "claimed"
-    ABANDONED = "abandoned"
-
-    def then(self, after: "Hold") -> "Hold":
-        if self is not Hold.OPEN or after is Hold.OPEN:
-            raise IllegalStep(f"a dispatch {self.value} cannot become {after.value}")
-        return after
