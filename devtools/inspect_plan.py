@@ -18,10 +18,10 @@ import sys
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.pubkey import Pubkey
-from temporalio.exceptions import ApplicationError
 
 from venue import klend
 from executor.build import compile_message, transaction_size
+from executor.errors import PlanFailure
 from venue.chain import BlockhashCache
 from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient
 from executor.keystore import KeyStore
@@ -177,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
     except InvalidPlan as invalid:
         print(f"{invalid.code.value}: {invalid}", file=sys.stderr)
         return 2
-    except ApplicationError as error:
-        print(f"{error.type}: {error.message}", file=sys.stderr)
+    except PlanFailure as failure:
+        print(f"{failure.code.value}: {failure.message}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report), flush=True)

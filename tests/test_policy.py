@@ -38,7 +38,6 @@ from solders.message import (
 from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.token.associated import get_associated_token_address
-from temporalio.exceptions import ApplicationError
 
 from venue import klend
 from executor.build import (
@@ -47,6 +46,7 @@ from executor.build import (
     route_instructions,
 )
 from executor.dispatch import Dispatch, Dispatcher
+from executor.errors import PlanFailure
 from venue.jito import STATIC_TIP_ACCOUNTS
 from executor.policy import (
     DEFAULT_PROGRAMS,
@@ -709,9 +709,9 @@ async def test_a_tip_account_list_that_is_not_jitos_is_refused(stack):
     dispatcher = Dispatcher(wallets=worker.wallets, keys=worker.keys, builder=builder, records=worker.records, submitter=worker.dispatcher.submitter, policy=worker.policy)
     plan = validate(stack.plan("jito_bundle", wallet=2))
     dispatch = Dispatch(plan, dispatcher)
-    with pytest.raises(ApplicationError) as refused_:
+    with pytest.raises(PlanFailure) as refused_:
         await dispatch.prepared
-    assert refused_.value.type == "POLICY_VIOLATION" and refused_.value.non_retryable
+    assert refused_.value.code.value == "POLICY_VIOLATION" and not refused_.value.retryable
     assert "policy rule tip_account (instruction 5)" in refused_.value.message and thief in refused_.value.message
     assert await worker.records.read(plan.plan_id) is None, "nothing recorded"
     await wait_until(lambda: _no_lease(stack, plan.plan_id), timeout=5)
