@@ -15,6 +15,8 @@ follow-on after 30 history events). With a time-skipping server these tests woul
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from datetime import timedelta
 
 import pytest
@@ -37,8 +39,10 @@ from tests.workflow_tier import (
     start_server,
     worker,
 )
+from workflows.converter import Unencrypted
 from workflows.execute_plan import plan_workflow_id
-from workflows.stages import Confirmation
+from workflows.stages import Confirmation, Following
+from workflows.submitted import SubmittedPlan
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +229,7 @@ async def test_whatever_a_client_starts_it_with_ends_in_a_rejection_not_a_task_f
         "no input": ([], "INVALID_PLAN"),
         "two inputs": ([good, good], "INVALID_PLAN"),
         "three inputs": ([good, good, good], "INVALID_PLAN"),
+        "bytes, not a plan": ([b"\xff not json"], "INVALID_PLAN"),  # a binary/plain payload: was a task failing for ever
         "deadline in nanoseconds": ([plan(deadline=good["deadline"] * 1_000_000)], "INVALID_PLAN"),
         "not simulated": ([plan(simulationSuccess=False)], "PLAN_NOT_SIMULATED"),
     }
@@ -310,3 +315,27 @@ async def test_a_halt_after_the_send_only_stops_the_rebroadcast_and_the_chain_st
         told = await asyncio.wait_for(handle.result(), 20)
     assert fakes.named("confirm")[0].halt_reason is None and fakes.named("confirm")[-1].halt_reason == "late halt"
     assert (told["status"], told.get("errorCode")) == ("success", None), "a trade that happened is told as it happened"
+
+
+# --- the typed input, without a server -------------------------------------------------------------
+
+
+def test_the_input_is_one_plan_or_read_as_no_plan():
+    given = plan()
+    assert SubmittedPlan.read([given], continued=False) == SubmittedPlan(json.dumps(given).encode(), given=given)
+    assert SubmittedPlan.read([b'{"planId":"x"}'], continued=False).data == b'{"planId":"x"}', "a binary/plain payload: the plan's bytes"
+    for submitted in ([], [given, given], [given, given, given], [object()]):
+        read = SubmittedPlan.read(submitted, continued=False)
+        assert (read.data, read.following, read.plain) == (b"", None, False), submitted
+    assert SubmittedPlan.read([Unencrypted(given)], continued=False).plain
+    assert SubmittedPlan.read([given, Unencrypted("x")], continued=True).plain
+
+
+def test_a_continued_run_reads_what_it_follows_and_writes_the_shape_every_release_reads():
+    given = plan()
+    following = Following(5, signed(given["planId"]), executed(given["planId"]).submission, None, executed(given["planId"]), "HALTED", "halted", "desk")
+    wire = json.loads(json.dumps([given, dataclasses.asdict(following)]))  # as the SDK decodes [plan, following] without type hints
+    read = SubmittedPlan.read(wire, continued=True)
+    assert read.following == following and read.data == json.dumps(given).encode()
+    assert read.follow_on(following) == [given, following], "[plan, following]: what older workers read on continue-as-new"
+    assert SubmittedPlan.read(wire, continued=False).data == b"", "a client cannot start a run as continued"
