@@ -33,6 +33,7 @@ from tests.workflow_tier import (
     SIGNATURE,
     WALLET,
     FakeActivities,
+    Held,
     executed,
     plan,
     refusal,
@@ -208,14 +209,17 @@ async def test_a_long_confirm_continues_as_new_and_follows_the_same_transaction(
 
 async def test_a_halt_reaching_the_first_run_travels_to_the_follow_on(env, short):
     given = plan()
-    fakes = FakeActivities(confirms=[refusal("RPC_UNAVAILABLE", "node away")] * 8 + [NEVER_LANDED])
+    held = Held()
+    fakes = FakeActivities(confirms=[held] + [refusal("RPC_UNAVAILABLE", "node away")] * 8 + [NEVER_LANDED])
     async with worker(env.client, fakes) as queue:
         handle = await env.client.start_workflow("ExecutePlan", given, id=plan_workflow_id(given["planId"]), task_queue=queue)
-        while not fakes.named("confirm"):
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(held.asked.wait(), 10)
         await handle.signal("halt", "desk: stop everything")
+        held.released.set()
         told = await asyncio.wait_for(handle.result(), 20)
-    assert (await env.client.get_workflow_handle(handle.id).describe()).run_id != handle.first_execution_run_id
+    first = await env.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id).fetch_history()
+    assert any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED for e in first.events), "the halt reached the first run"
+    assert first.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
     assert fakes.named("confirm")[-1].halt_reason == "desk: stop everything", "the follow-on only watches"
     assert fakes.sent == [given["planId"]] and told["status"] == "timeout", "sent before the halt: the chain decides"
 
@@ -265,12 +269,18 @@ async def test_a_plan_started_in_plain_text_by_a_client_without_the_keys_never_r
 
 
 async def _halted_before_start(env, fakes: FakeActivities, given: dict, *, signal=None, cancel=False, client: Client | None = None):
+    """Halted before the first workflow task: an encrypting client's signal goes with the start (signal-with-
+    start: in the history before any task). Another client's signal or a cancel follows a start delayed by a
+    second, so it is there before the first task (a cancel ends the delay at once)."""
     async with worker(env.client, fakes) as queue:
+        together = signal is not None and client is None
         handle = await env.client.start_workflow(
-            "ExecutePlan", given, id=plan_workflow_id(given["planId"]), task_queue=queue, start_delay=timedelta(milliseconds=300)
-        )
-        if signal is not None:
-            await (client or env.client).get_workflow_handle(handle.id).signal("halt", signal)
+            "ExecutePlan", given, id=plan_workflow_id(given["planId"]), task_queue=queue,
+            start_signal="halt" if together else None, start_signal_args=[signal] if together else [],
+            start_delay=None if together else timedelta(seconds=1),
+        )  # fmt: skip
+        if signal is not None and not together:
+            await client.get_workflow_handle(handle.id).signal("halt", signal)
         if cancel:
             await handle.cancel()
         told = await asyncio.wait_for(handle.result(), 20)
@@ -279,7 +289,6 @@ async def _halted_before_start(env, fakes: FakeActivities, given: dict, *, signa
 
 
 async def test_a_halt_signalled_before_execute_sends_nothing_and_is_told_as_halted(env):
-    """The start is delayed 300 ms, so the signal is there before the first workflow task."""
     given = plan()
     fakes = FakeActivities()
     told = await _halted_before_start(env, fakes, given, signal="operator pressed halt in the UI")
@@ -298,6 +307,7 @@ async def test_a_cancel_request_is_obeyed_as_a_halt_and_the_plan_still_ends_with
 
 
 async def test_a_halt_in_plain_text_from_a_client_without_the_keys_still_halts(env):
+    """About 1 s: the start is delayed a second for the signal to come first."""
     given = plan()
     fakes = FakeActivities()
     plain = Client(env.client.service_client, namespace=env.client.namespace, data_converter=PLAIN_CONVERTER)
@@ -308,12 +318,13 @@ async def test_a_halt_in_plain_text_from_a_client_without_the_keys_still_halts(e
 
 async def test_a_halt_after_the_send_only_stops_the_rebroadcast_and_the_chain_still_decides(env, short):
     given = plan()
-    fakes = FakeActivities(confirms=[refusal("RPC_UNAVAILABLE", "node away")] * 3 + [LANDED])
+    held = Held()
+    fakes = FakeActivities(confirms=[held, LANDED])
     async with worker(env.client, fakes) as queue:
         handle = await env.client.start_workflow("ExecutePlan", given, id=plan_workflow_id(given["planId"]), task_queue=queue)
-        while not fakes.named("confirm"):
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(held.asked.wait(), 10)
         await handle.signal("halt", "late halt")
+        held.released.set()
         told = await asyncio.wait_for(handle.result(), 20)
     assert fakes.named("confirm")[0].halt_reason is None and fakes.named("confirm")[-1].halt_reason == "late halt"
     assert (told["status"], told.get("errorCode")) == ("success", None), "a trade that happened is told as it happened"

@@ -108,11 +108,19 @@ def refusal(code: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=code, non_retryable=True)
 
 
+class Held:
+    """A confirm attempt that waits until the test releases it, then fails: what a test does meanwhile (a
+    signal) is in the history before the workflow's next step, however slow the machine."""
+
+    def __init__(self) -> None:
+        self.asked, self.released = asyncio.Event(), asyncio.Event()
+
+
 class FakeActivities:
     """The plan's activities, scripted. `execute`: an Executed, an exception to raise, or None for the
     real one's two answers (halted before anything was recorded: HALTED; else sent). `record`: what
     resolve_record finds (None: void). `confirms`: one answer per confirm attempt (an exception fails
-    it), the last one repeated. `calls`: every activity the workflow ran, with its request, in order."""
+    it; a `Held` waits for the test), the last one repeated. `calls`: every activity the workflow ran, with its request, in order."""
 
     def __init__(self, *, execute: Executed | BaseException | None = None, record: SignedTransaction | None = None, confirms=(LANDED,)):
         self.execute_answer = execute
@@ -153,6 +161,10 @@ class FakeActivities:
     async def confirm(self, request: ConfirmRequest) -> Confirmation:
         self.calls.append(("confirm", request))
         answer = self.confirms.pop(0) if len(self.confirms) > 1 else self.confirms[0]
+        if isinstance(answer, Held):
+            answer.asked.set()
+            await answer.released.wait()
+            answer = refusal("RPC_UNAVAILABLE", "node away")
         if isinstance(answer, BaseException):
             raise answer.with_traceback(None)  # a fresh traceback each time the same error is raised
         return answer
