@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 # The tests that need no NATS or local cluster: `make check` runs them after ruff. Only the workflow tier
-# (tests/test_workflow_logic.py) starts a server: an in-memory Temporal dev server, for about 7 s.
+# (tests/test_workflow_logic.py) starts a server: an in-memory Temporal dev server, for about 5 s.
 CHECK_TESTS := tests/test_chaos_checker.py tests/test_keystore.py tests/test_klend.py tests/test_metrics.py \
                tests/test_history_codec.py tests/test_cli_imports.py tests/test_image.py \
                tests/test_plan_activities.py tests/test_cancellation.py tests/test_wire_limits.py tests/test_bridge_poison.py tests/test_connection_lost.py \

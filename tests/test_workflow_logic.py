@@ -10,8 +10,8 @@ time skipping). So one `temporal server start-dev` (in memory, ~0.3 s to start) 
 each test on a task queue of its own, and the workflow's waits that a test goes through are shortened
 instead of skipped (tests/workflow_tier.py SHORT: confirm's retry timers 20 ms doubling to 80 ms, the
 follow-on after 30 history events), with the server's timer read shift set to 1 ms (its 1 s default made
-every short timer fire about a second late). The module takes about 7 s; its longest tests, the two
-follow-ons, about 1.2 s each. Were a time-skipping server reachable, `start_server` is the one place to
+every short timer fire about a second late). The module takes about 5 s; its longest tests, the two
+follow-ons, about 1.1 s each. Were a time-skipping server reachable, `start_server` is the one place to
 start it instead (`WorkflowEnvironment.start_time_skipping()`), and SHORT could go.
 """
 from __future__ import annotations
@@ -192,7 +192,8 @@ async def test_a_long_confirm_continues_as_new_and_follows_the_same_transaction(
     """Past FOLLOW_ON_AFTER_EVENTS the plan continues as new: the next run follows the same signature,
     never executes (or sends) again, and tells one result with the first run's start."""
     given = plan()
-    fakes = FakeActivities(confirms=[refusal("RPC_UNAVAILABLE", "node away")] * 8 + [LANDED])
+    # the first run continues as new after its 6th failed attempt (its history then past SHORT's 30 events)
+    fakes = FakeActivities(confirms=[refusal("RPC_UNAVAILABLE", "node away")] * 7 + [LANDED])
     async with worker(env.client, fakes) as queue:
         handle = await env.client.start_workflow("ExecutePlan", given, id=plan_workflow_id(given["planId"]), task_queue=queue)
         told = await asyncio.wait_for(handle.result(), 20)
@@ -210,7 +211,7 @@ async def test_a_long_confirm_continues_as_new_and_follows_the_same_transaction(
 async def test_a_halt_reaching_the_first_run_travels_to_the_follow_on(env, short):
     given = plan()
     held = Held()
-    fakes = FakeActivities(confirms=[held] + [refusal("RPC_UNAVAILABLE", "node away")] * 8 + [NEVER_LANDED])
+    fakes = FakeActivities(confirms=[held] + [refusal("RPC_UNAVAILABLE", "node away")] * 5 + [NEVER_LANDED])
     async with worker(env.client, fakes) as queue:
         handle = await env.client.start_workflow("ExecutePlan", given, id=plan_workflow_id(given["planId"]), task_queue=queue)
         await asyncio.wait_for(held.asked.wait(), 10)
@@ -268,19 +269,15 @@ async def test_a_plan_started_in_plain_text_by_a_client_without_the_keys_never_r
 # --- halts -----------------------------------------------------------------------------------------
 
 
-async def _halted_before_start(env, fakes: FakeActivities, given: dict, *, signal=None, cancel=False, client: Client | None = None):
-    """Halted before the first workflow task: an encrypting client's signal goes with the start (signal-with-
-    start: in the history before any task). Another client's signal or a cancel follows a start delayed by a
-    second, so it is there before the first task (a cancel ends the delay at once)."""
+async def _halted_before_start(env, fakes: FakeActivities, given: dict, *, signal=None, cancel=False):
+    """Halted before the first workflow task: the signal goes with the start (signal-with-start: in the
+    history before any task); a cancel follows a start delayed by a second (the cancel ends the delay at once)."""
     async with worker(env.client, fakes) as queue:
-        together = signal is not None and client is None
         handle = await env.client.start_workflow(
             "ExecutePlan", given, id=plan_workflow_id(given["planId"]), task_queue=queue,
-            start_signal="halt" if together else None, start_signal_args=[signal] if together else [],
-            start_delay=None if together else timedelta(seconds=1),
+            start_signal="halt" if signal is not None else None, start_signal_args=[signal] if signal is not None else [],
+            start_delay=timedelta(seconds=1) if cancel else None,
         )  # fmt: skip
-        if signal is not None and not together:
-            await client.get_workflow_handle(handle.id).signal("halt", signal)
         if cancel:
             await handle.cancel()
         told = await asyncio.wait_for(handle.result(), 20)
@@ -306,28 +303,31 @@ async def test_a_cancel_request_is_obeyed_as_a_halt_and_the_plan_still_ends_with
     assert fakes.order[-1] == "publish"
 
 
-async def test_a_halt_in_plain_text_from_a_client_without_the_keys_still_halts(env):
-    """About 1 s: the start is delayed a second for the signal to come first."""
-    given = plan()
-    fakes = FakeActivities()
-    plain = Client(env.client.service_client, namespace=env.client.namespace, data_converter=PLAIN_CONVERTER)
-    told = await _halted_before_start(env, fakes, given, signal={"why": "no keys"}, client=plain)
-    assert fakes.named("execute")[0].halt_reason == '{"why": "no keys"}' and fakes.sent == []
-    assert told["errorCode"] == "HALTED"
-
-
-async def test_a_halt_after_the_send_only_stops_the_rebroadcast_and_the_chain_still_decides(env, short):
+async def _halted_while_confirm_waits(env, reason, *, client: Client | None = None) -> tuple[FakeActivities, dict]:
+    """Sent, then halted while a confirm attempt is held, then landed."""
     given = plan()
     held = Held()
     fakes = FakeActivities(confirms=[held, LANDED])
     async with worker(env.client, fakes) as queue:
         handle = await env.client.start_workflow("ExecutePlan", given, id=plan_workflow_id(given["planId"]), task_queue=queue)
         await asyncio.wait_for(held.asked.wait(), 10)
-        await handle.signal("halt", "late halt")
+        await (client or env.client).get_workflow_handle(handle.id).signal("halt", reason)
         held.released.set()
         told = await asyncio.wait_for(handle.result(), 20)
+    return fakes, told
+
+
+async def test_a_halt_after_the_send_only_stops_the_rebroadcast_and_the_chain_still_decides(env, short):
+    fakes, told = await _halted_while_confirm_waits(env, "late halt")
     assert fakes.named("confirm")[0].halt_reason is None and fakes.named("confirm")[-1].halt_reason == "late halt"
     assert (told["status"], told.get("errorCode")) == ("success", None), "a trade that happened is told as it happened"
+
+
+async def test_a_halt_in_plain_text_from_a_client_without_the_keys_still_halts(env, short):
+    """Stopping is never refused: a halt signal written without the history keys is obeyed, its value as text."""
+    plain = Client(env.client.service_client, namespace=env.client.namespace, data_converter=PLAIN_CONVERTER)
+    fakes, _ = await _halted_while_confirm_waits(env, {"why": "no keys"}, client=plain)
+    assert fakes.named("confirm")[-1].halt_reason == '{"why": "no keys"}'
 
 
 # --- the typed input, without a server -------------------------------------------------------------
