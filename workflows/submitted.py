@@ -7,8 +7,8 @@ history keys. Whatever it is, the run must end in a result (a rejection with its
 workflow task that fails for ever. So the SDK's boundary (`ExecutePlan.run(self, *submitted)`) takes
 any number of values, and this module turns them into one `SubmittedPlan`, for the workflow to read.
 
-Why the boundary is not a typed parameter (sdk-python 1.35, what the Temporal Python samples do with one
-dataclass input): the SDK decodes with the run method's type hints only when the number of payloads
+Why the boundary is not one typed parameter, as the Temporal Python samples write a run method (sdk-python
+1.35): the SDK decodes with the run method's type hints only when the number of payloads
 equals the number of parameters (temporalio/worker/_workflow_instance.py `_convert_payloads`: "Only use
 type hints if they match count"), and a method with `*args` has no hints at all
 (temporalio/common.py `_type_hints_from_func`). Called with another number of values than its
