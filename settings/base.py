@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 class CommandError(Exception):
     """A command cannot go on, for a reason its operator can fix (a setting, a missing stream, a refused
     login). Library code raises it; only the CLI turns it into an exit: the message on stderr, status 1
-    (what `raise SystemExit(message)` did, from one place)."""
+    (what a SystemExit with the message did, from one place)."""
 
 
 class SettingsError(CommandError, ValueError):

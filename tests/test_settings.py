@@ -98,7 +98,7 @@ def test_only_the_cli_exits():
         str(path.relative_to(ROOT))
         for package in ("settings", "venue", "workflows", "executor", "activities", "worker", "devtools", "bench", "chaos", "localnet")
         for path in (ROOT / package).rglob("*.py")
-        if re.search(r"^\s*raise SystemExit\b", path.read_text(), re.M)
+        if re.search(r"^\s*raise\s+SystemExit\b", path.read_text(), re.M)
     )
     assert exits == ["worker/cli.py"]
 
@@ -107,3 +107,12 @@ def test_the_cli_exits_with_the_refusal(capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["history-key", "--id", "not an id!"])
     assert "history key id" in str(stopped.value.code)  # SystemExit(message): status 1, the message on stderr
+
+
+def test_the_policy_defaults_are_the_programs_the_rules_decode():
+    """settings/policy.py holds the default program list (settings may not import executor/); the rules
+    name the same programs. Until executor/policy imports the list from settings, the two must agree."""
+    from executor.policy import DEFAULT_PROGRAMS as DECODED
+    from settings.policy import DEFAULT_PROGRAMS
+
+    assert DEFAULT_PROGRAMS == DECODED and PolicySettings().allowed_programs == DECODED

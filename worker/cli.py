@@ -3,7 +3,7 @@
 Each command's module is imported only when that command runs: `hft-executor worker` loads
 the production process and nothing of the developer tools (devtools, localnet, bench, chaos).
 Only this module ends the process: commands raise `settings.CommandError` (a `SettingsError` is
-one), and `main` turns it into exit status 1 with its message, what `raise SystemExit(message)`
+one), and `main` turns it into exit status 1 with its message, what a SystemExit with the message
 in each command did before.
 """
 from __future__ import annotations
