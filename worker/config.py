@@ -93,10 +93,10 @@ class ExecutorConfig:
         values: dict = {}
         for group in CONFIG_GROUPS:
             values.update(load(group, env).model_dump())
-        # What the consumers hold as objects of their own: the NATS login (checked there) and the history keys.
-        for name in [name for name in values if name.startswith("nats_") and name not in ("nats_url", "nats_replicas")]:
-            values.pop(name)
-        values.pop("history_keys"), values.pop("history_keys_file")
+        # What the config holds as objects of their own: the NATS login (checked by NatsAuth) and the history keys.
+        for name in NatsAuth.VARIABLES:
+            del values[f"nats_{name}"]
+        del values["history_keys"], values["history_keys_file"]
         if bool(values["temporal_tls_cert"]) != bool(values["temporal_tls_key"]):
             raise SettingsError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together: a client certificate needs its key")
         try:
