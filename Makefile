@@ -11,9 +11,10 @@ CHECK_TESTS := tests/test_chaos_checker.py tests/test_keystore.py tests/test_kle
                tests/test_plan_activities.py tests/test_cancellation.py tests/test_wire_limits.py tests/test_bridge_poison.py tests/test_connection_lost.py \
                tests/test_signature_watcher.py tests/test_urls.py tests/test_settle.py tests/test_halt_acknowledgment.py \
                tests/test_wire_state.py \
-               tests/test_workflow_logic.py tests/test_workflow_replay.py
+               tests/test_workflow_logic.py tests/test_workflow_replay.py \
+               tests/test_settings.py
 
-.PHONY: run test check localnet clean
+.PHONY: run test check docs localnet clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,10 @@ test: $(BIN)/.installed
 check: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(CHECK_TESTS)
+
+# The configuration tables of docs/operations.md, written from the declarations in settings/ (test_settings.py checks them).
+docs: $(BIN)/.installed
+	$(BIN)/python -m settings.docs
 
 localnet: $(BIN)/.installed
 	$(BIN)/hft-executor localnet

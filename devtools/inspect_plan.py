@@ -40,6 +40,7 @@ from workflows.events import InvalidPlan, parse_plan
 from worker.config import ExecutorConfig
 from worker.control import environment
 from worker.main import transaction_builder
+from settings import CommandError
 
 PROGRAMS = {
     COMPUTE_BUDGET_PROGRAM_ID: "compute budget",
@@ -134,7 +135,7 @@ async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys:
     plan = parse_plan(data)
     wallet = wallet or plan.wallet or (keys.public_keys()[0] if keys is not None and len(keys) else None)
     if wallet is None:
-        raise SystemExit("inspect-plan: no wallet: give --wallet PUBKEY (or configure WALLET_1 / WALLET_KEYS_DIR)")
+        raise CommandError("inspect-plan: no wallet: give --wallet PUBKEY (or configure WALLET_1 / WALLET_KEYS_DIR)")
     Pubkey.from_string(wallet)
     rpc = SolanaRpc(config.rpc_endpoint, timeout_s=5.0, transport_retries=1)
     hot = SolanaRpc(config.rpc_endpoint)

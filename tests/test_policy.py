@@ -39,6 +39,7 @@ from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.token.associated import get_associated_token_address
 
+from settings import SettingsError
 from venue import klend
 from executor.build import (
     TransactionBuilder,
@@ -509,7 +510,7 @@ def test_defaults_and_environment():
     ],
 )
 def test_a_bad_value_stops_the_worker_naming_it(variable, value):
-    with pytest.raises(SystemExit, match=variable):
+    with pytest.raises(SettingsError, match=variable):
         PolicySettings.from_environment({variable: value})
 
 
@@ -524,12 +525,12 @@ def test_policy_file_then_environment(tmp_path):
     assert settings.max_outflow == {MINT_OUT: 42} and settings.describe()["maxOutflow"] == {str(MINT_OUT): 42}
     assert str(path) in settings.source and "POLICY_MAX_TIP_LAMPORTS" in settings.source
     path.write_text(json.dumps({"maxTip": 1}))
-    with pytest.raises(SystemExit, match="unknown key"):
+    with pytest.raises(SettingsError, match="unknown key"):
         PolicySettings.from_environment({"POLICY_FILE": str(path)})
     path.write_text("maxTipLamports: 1")
-    with pytest.raises(SystemExit, match="not JSON"):
+    with pytest.raises(SettingsError, match="not JSON"):
         PolicySettings.from_environment({"POLICY_FILE": str(path)})
-    with pytest.raises(SystemExit, match="cannot be read"):
+    with pytest.raises(SettingsError, match="cannot be read"):
         PolicySettings.from_environment({"POLICY_FILE": str(tmp_path / "missing.json")})
 
 
