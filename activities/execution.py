@@ -23,12 +23,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from workflows.events import ExecutionResultEvent
+from workflows.plan_activities import PlanActivities
 from workflows.stages import (
     Confirmation,
     ConfirmRequest,
     Executed,
     ExecuteRequest,
-    PlanActivities,
     PublishRequest,
     ReleaseRequest,
     ResolveRequest,
@@ -92,7 +92,7 @@ async def unless_worker_stops(work: Awaitable[T], plan_id: str, stage: str, grac
 
 
 class ExecutionActivities(PlanActivities):
-    """The activities of `workflows.stages.PlanActivities`, bound to the worker's shared resources."""
+    """The activities of `workflows.plan_activities.PlanActivities`, bound to the worker's shared resources."""
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 a plan, a Temporal dev server, and the recorder of the replay fixtures (tests/histories/).
 
 The fakes stand where `activities.execution.ExecutionActivities` stands in production: each one is
-registered under the activity name the workflow calls (workflows/stages.py `PlanActivities`), and the
+registered under the activity name the workflow calls (workflows/plan_activities.py `PlanActivities`), and the
 workflow calls every one of them as a local activity, which a worker registers like any activity. They
 send nothing: each one answers as the scripted chain, record or bus would, and notes what it was asked.
 

@@ -36,13 +36,13 @@ with workflow.unsafe.imports_passed_through():
         parse_plan,
         rejection,
     )
+    from workflows.plan_activities import PlanActivities
     from workflows.stages import (
         Confirmation,
         ConfirmRequest,
         Executed,
         ExecuteRequest,
         Following,
-        PlanActivities,
         PublishRequest,
         ReleaseRequest,
         ResolveRequest,
