@@ -65,8 +65,8 @@ from venue import (
 from workflows.events import ErrorCode, ExecutionPlanEvent
 
 from venue import klend
-from .build import BuiltTransaction
-from .errors import fail
+from ..build import BuiltTransaction
+from ..errors import fail
 from venue.jito import STATIC_TIP_ACCOUNTS
 from venue.programs import (
     ATA_PROGRAM,
