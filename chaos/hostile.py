@@ -27,6 +27,7 @@ import json
 import struct
 from dataclasses import dataclass
 
+from venue.instructions import SystemInstruction
 from workflows.events import is_valid_plan
 from workflows.limits import MAX_ID_CHARS, MAX_PLAN_BYTES, is_plan_id
 
@@ -161,7 +162,7 @@ def generate(base_plan, count: int, seed: int) -> list[HostilePlan]:
 def _hostile_instructions(plan: dict, kind: str) -> None:
     route = plan["routes"][0]
     if kind == "drain":  # a System transfer of 1,000 SOL from the wallet to an account outside it: value the plan does not declare
-        data = base64.b64encode(struct.pack("<IQ", 2, 1_000 * 10**9)).decode()
+        data = base64.b64encode(struct.pack("<IQ", SystemInstruction.TRANSFER, 1_000 * 10**9)).decode()
         route["instructions"].append({
             "programId": SYSTEM_PROGRAM,
             "accounts": [{"pubkey": "$WALLET", "isSigner": True, "isWritable": True}, {"pubkey": OUTSIDE_ACCOUNT, "isSigner": False, "isWritable": True}],
