@@ -111,6 +111,7 @@ def hostile_plans(base_plan, seed: int | None = None):
             return HostilePlan(_raw(form, plan, depth), tail, f"raw:{form}", plan_id)
         changes = draw(mutations)
         text_tokens: list[tuple[str, str]] = []
+        attacked = False  # an instruction attack still in the routes (a later huge_array starts from fresh routes)
         for op, name, value in changes:
             if op in ("set", "extra") and name == "planId" and is_plan_id(value):
                 value = plan_id  # a usable id stays this message's own, so that its one result can be found
@@ -127,13 +128,15 @@ def hostile_plans(base_plan, seed: int | None = None):
             elif op == "instructions":
                 plan["routes"] = copy.deepcopy(fresh["routes"])  # an earlier change may have broken them
                 _hostile_instructions(plan, name)
+                attacked = True
             elif op == "huge_array":
                 plan["routes"] = copy.deepcopy(fresh["routes"])
                 _huge_array(plan, name, value)
+                attacked = False
         data = json.dumps(plan, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
         for placeholder, token in text_tokens:
             data = data.replace(f'"{placeholder}"'.encode(), token.encode())
-        if not any(op == "instructions" for op, _, _ in changes):
+        if not attacked:
             assume(not is_valid_plan(data))  # dropping an optional field, say, leaves a valid plan: not hostile
         return HostilePlan(data, tail, "+".join(f"{op}:{name}" for op, name, _ in changes), plan_id)
 
