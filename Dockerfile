@@ -14,6 +14,7 @@ WORKDIR /app
 # secrets/wallets/, and wallet keys must not end up in a layer. tests/test_image.py builds and runs the
 # wheel from exactly these COPY lines, and fails when a package pyproject lists has none.
 COPY pyproject.toml README.md ./
+COPY settings/ settings/
 COPY localnet/ localnet/
 COPY workflows/ workflows/
 COPY activities/ activities/

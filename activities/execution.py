@@ -5,24 +5,30 @@ send: see executor/dispatch.py); `resolve_record` settles what a failed execute 
 `confirm` follows the recorded signature until the chain decides; `settle` reads what it
 cost; `release_wallet` gives the lease back wherever it is; `publish` stores the plan's one
 result and publishes it, deduplicated by plan id. Every log line carries plan id and stage.
+
+This is where the executor's domain errors meet Temporal's, and the only place: every activity
+body runs inside `plan_failures`, which turns an `executor.errors.PlanFailure` into the
+ApplicationError the workflow reads (type = the plan's error code, non_retryable = not
+retryable), as the Temporal Python samples translate domain errors at the activity's edge.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from workflows.events import ExecutionResultEvent
+from workflows.plan_activities import PlanActivities
 from workflows.stages import (
     Confirmation,
     ConfirmRequest,
     Executed,
     ExecuteRequest,
-    PlanActivities,
     PublishRequest,
     ReleaseRequest,
     ResolveRequest,
@@ -33,6 +39,7 @@ from workflows.stages import (
 
 from executor.confirm import SignatureWatcher, follow
 from executor.dispatch import Dispatcher
+from executor.errors import PlanFailure
 from executor.publish import publish_result
 from executor.records import PlanRecords
 from executor.settle import settle
@@ -41,7 +48,25 @@ from venue.rpc import SolanaRpc
 
 log = logging.getLogger("hft.activities")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 WORKER_STOPPING = "WORKER_STOPPING"
+
+
+def plan_failures(body: F) -> F:
+    """The activity edge: a `PlanFailure` from the executor leaves as Temporal's ApplicationError,
+    its type the plan's error code and non-retryable unless the failure is retryable. Raised
+    without a cause (`from None`), so the workflow's failure is what `executor.errors.fail` used to
+    raise; the traceback is the domain error's, so the failure still shows where it happened."""
+
+    @functools.wraps(body)
+    async def translated(*args, **kwargs):
+        try:
+            return await body(*args, **kwargs)
+        except PlanFailure as failure:
+            error = ApplicationError(failure.message, type=failure.code.value, non_retryable=not failure.retryable)
+            raise error.with_traceback(failure.__traceback__) from None
+
+    return translated  # type: ignore[return-value]
 
 
 async def unless_worker_stops(work: Awaitable[T], plan_id: str, stage: str, grace_s: float) -> T:
@@ -67,7 +92,7 @@ async def unless_worker_stops(work: Awaitable[T], plan_id: str, stage: str, grac
 
 
 class ExecutionActivities(PlanActivities):
-    """The activities of `workflows.stages.PlanActivities`, bound to the worker's shared resources."""
+    """The activities of `workflows.plan_activities.PlanActivities`, bound to the worker's shared resources."""
 
     def __init__(
         self,
@@ -107,6 +132,7 @@ class ExecutionActivities(PlanActivities):
         return [self.execute, self.resolve_record, self.confirm, self.settle, self.release_wallet, self.publish]
 
     @activity.defn(name="execute")
+    @plan_failures
     async def execute(self, request: ExecuteRequest) -> Executed:
         """Claim the plan's dispatch (prepared and maybe sent ahead by the bridge, or done now): the
         lease, the recorded transaction and the send's outcome. A refusal that proves nothing left
@@ -115,6 +141,7 @@ class ExecutionActivities(PlanActivities):
         return await self.dispatcher.claim(request.plan, request.halt_reason)
 
     @activity.defn(name="resolve_record")
+    @plan_failures
     async def resolve_record(self, request: ResolveRequest) -> SignedTransaction | None:
         """execute failed. None: the plan's record is void (written now if missing), so nothing of it
         was ever sent or ever will be. Otherwise the recorded transaction, which may be on the wire."""
@@ -123,6 +150,7 @@ class ExecutionActivities(PlanActivities):
         return record.signed
 
     @activity.defn(name="confirm")
+    @plan_failures
     async def confirm(self, request: ConfirmRequest) -> Confirmation:
         self.dispatcher.crash_point("confirm")
         raw = base64.b64decode(request.signed.transaction)
@@ -159,17 +187,20 @@ class ExecutionActivities(PlanActivities):
         return outcome
 
     @activity.defn(name="settle")
+    @plan_failures
     async def settle(self, request: SettleRequest) -> Settlement:
         settlement = await settle(self.rpc, request, self.sol_price_usd)
         log.info("plan=%s stage=settle fee=%d tip=%d profit=%s", request.plan.plan_id, settlement.fee_lamports, settlement.tip_lamports, settlement.actual_profit_usd)
         return settlement
 
     @activity.defn(name="release_wallet")
+    @plan_failures
     async def release_wallet(self, request: ReleaseRequest) -> None:
         await self.wallets.release(request.plan_id, request.wallet, request.outcome)
         log.info("plan=%s stage=release wallet=%s outcome=%s", request.plan_id, request.wallet, request.outcome)
 
     @activity.defn(name="publish")
+    @plan_failures
     async def publish(self, request: PublishRequest) -> ExecutionResultEvent:
         """Store the plan's one result (an earlier run's stored result wins: one story) and publish it.
         Retried by the workflow for as long as NATS is away; each failed attempt is counted and logged."""

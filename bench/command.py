@@ -42,6 +42,7 @@ from workflows.events import parse_plan
 
 from .plans import bench_plan
 from .profile import Profiler, print_profile
+from settings import CommandError
 
 log = logging.getLogger("hft.bench")
 PLAN_MEMO_PREFIX = "hft-executor plan "
@@ -335,7 +336,7 @@ def plot(report: dict, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: .venv/bin/pip install matplotlib") from None
+        raise CommandError("--plot needs matplotlib: .venv/bin/pip install matplotlib") from None
     figure, axes = plt.subplots(figsize=(8, 5))
     for name, samples in (("durable (Temporal)", report["_samples"]["durable"]), ("direct (no Temporal)", report["_samples"]["direct"])):
         ordered = sorted(samples)
@@ -382,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
             if float(args.rate) <= 0:
                 raise ValueError
         except ValueError:
-            raise SystemExit("--rate takes a positive number of plans per second, or 'max'") from None
+            raise CommandError("--rate takes a positive number of plans per second, or 'max'") from None
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = event_loop.run(run_bench(args))
     if args.plot:

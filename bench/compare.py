@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from settings import CommandError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def resolve(ref: str) -> str:
         check=False,
     )
     if done.returncode != 0:
-        raise SystemExit(
+        raise CommandError(
             f"--compare: {ref!r} is not a commit of {ROOT}: {done.stderr.strip()}"
         )
     return done.stdout.strip()
@@ -103,7 +104,7 @@ def run_once(tree: Path, argv: list[str], label: str) -> dict:
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        raise SystemExit(
+        raise CommandError(
             f"--compare: the {label} run printed no report (exit {done.returncode}):\n{done.stderr[-3000:]}"
         )
     return json.loads(lines[-1])
@@ -174,7 +175,7 @@ def compare(args: argparse.Namespace, pairs: int) -> dict:
 
 def run_compare(args: argparse.Namespace) -> int:
     if args.pairs < 1:
-        raise SystemExit("--pairs takes a positive number")
+        raise CommandError("--pairs takes a positive number")
     result = compare(args, args.pairs)
     if args.json:
         print(json.dumps(result), flush=True)

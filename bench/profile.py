@@ -24,6 +24,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from settings import CommandError
 
 #: (category, frame pattern): the first category any frame of a sample matches.
 CATEGORIES: list[tuple[str, re.Pattern]] = [
@@ -213,7 +214,7 @@ class Profiler:
         self.directory.mkdir(parents=True, exist_ok=True)
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(exe).exists():
-            raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+            raise CommandError("--profile needs py-spy: .venv/bin/pip install py-spy")
         pid = str(os.getpid())
         for fmt, name in (
             ("raw", "worker.collapsed"),

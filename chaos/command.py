@@ -25,6 +25,7 @@ from worker import logs
 from .campaign import Campaign, Settings
 from .checker import check
 from .schedule import default_worker_kills
+from settings import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     if args.plans < 1 or args.rate <= 0 or args.workers < 1:
-        raise SystemExit("--plans, --rate and --workers must be positive")
+        raise CommandError("--plans, --rate and --workers must be positive")
     return Settings(
         plans=args.plans,
         rate=args.rate,

@@ -18,10 +18,10 @@ import sys
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.pubkey import Pubkey
-from temporalio.exceptions import ApplicationError
 
 from venue import klend
 from executor.build import compile_message, transaction_size
+from executor.errors import PlanFailure
 from venue.chain import BlockhashCache
 from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient
 from executor.keystore import KeyStore
@@ -40,6 +40,7 @@ from workflows.events import InvalidPlan, parse_plan
 from worker.config import ExecutorConfig
 from worker.control import environment
 from worker.main import transaction_builder
+from settings import CommandError
 
 PROGRAMS = {
     COMPUTE_BUDGET_PROGRAM_ID: "compute budget",
@@ -148,7 +149,7 @@ async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys:
     plan = parse_plan(data)
     wallet = wallet or plan.wallet or (keys.public_keys()[0] if keys is not None and len(keys) else None)
     if wallet is None:
-        raise SystemExit("inspect-plan: no wallet: give --wallet PUBKEY (or configure WALLET_1 / WALLET_KEYS_DIR)")
+        raise CommandError("inspect-plan: no wallet: give --wallet PUBKEY (or configure WALLET_1 / WALLET_KEYS_DIR)")
     Pubkey.from_string(wallet)
     rpc = SolanaRpc(config.rpc_endpoint, timeout_s=5.0, transport_retries=1)
     hot = SolanaRpc(config.rpc_endpoint)
@@ -191,8 +192,8 @@ def run(args: argparse.Namespace) -> int:
     except InvalidPlan as invalid:
         print(f"{invalid.code.value}: {invalid}", file=sys.stderr)
         return 2
-    except ApplicationError as error:
-        print(f"{error.type}: {error.message}", file=sys.stderr)
+    except PlanFailure as failure:
+        print(f"{failure.code.value}: {failure.message}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report), flush=True)

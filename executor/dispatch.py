@@ -1,6 +1,8 @@
 """A plan's way to the wire in this process: one owner for its lease, its record and its send.
 
-A `Dispatch` goes preparing -> prepared -> sent (or refused) -> claimed | abandoned:
+A `Dispatch`'s transaction moves through the states of `wire_state.WireState` (preparing ->
+unsent | found -> sending -> maybe out, or withheld, or void), by the steps of that module's one
+table; the dispatch itself is open here until it is claimed or abandoned:
 
 - prepare: read the plan's record first. If the plan already has a transaction (an earlier
   run, another worker, a dead bridge), that transaction is the plan's fate: its wallet's lease
@@ -16,10 +18,11 @@ A `Dispatch` goes preparing -> prepared -> sent (or refused) -> claimed | abando
   duplicate plan, a failed start, a task that went to another worker), which gives the
   lease back.
 
-The bridge opens a dispatch while the workflow start is in flight and sends it once the
-start comes back eager (the plan is durable before its bytes leave); `execute` claims it, or
-opens its own on a re-run or a start that was not eager; bench's direct path uses one without
-a record.
+The bridge holds a `StartAhead` while the workflow start is in flight (`Dispatcher.beside_start`:
+the prepare-ahead limit, the open, and the abandon of a start that did not happen) and tells it
+whether the start came back eager; an eager start's dispatch is sent at once (the plan is durable
+before its bytes leave). `execute` claims it, or opens its own on a re-run or a start that was not
+eager; bench's direct path uses one without a record. Failures raise `errors.PlanFailure`.
 """
 from __future__ import annotations
 
@@ -32,18 +35,18 @@ import time
 from dataclasses import replace
 
 from solders.message import from_bytes_versioned
-from temporalio.exceptions import ApplicationError
 
 from workflows.events import ErrorCode, ExecutionPlanEvent
 from workflows.stages import Executed, SignedTransaction, Submission, WalletLeaseInfo
 
 from .build import BuiltTransaction, TransactionBuilder
-from .errors import fail
+from .errors import PlanFailure, fail
 from .keystore import KeyStore
 from .policy import PlanPolicy, PolicySettings
 from .records import PlanRecords, Record
 from .submit import Submitter
 from .wallets import NoWalletAvailable, WalletPool
+from .wire_state import Step, WireState
 
 log = logging.getLogger("hft.dispatch")
 
@@ -51,6 +54,11 @@ LEASE_MARGIN_MS = 60_000
 # A dispatch no run claims by its plan's deadline (+1 s), or within this, is abandoned: its
 # workflow task went to another worker, or its workflow stopped before execute.
 UNCLAIMED_TTL_S = 30.0
+# A plan is prepared ahead (record, lease, build, sign) only while fewer starts than this are in
+# flight. In a burst the rest prepare inside their own `execute`: a transaction recorded ahead is
+# the plan's for good, so it must not wait in a queue while its blockhash ages, and leases taken
+# ahead for queued plans would starve the plans actually executing.
+PREPARE_AHEAD_MAX_STARTING = 4
 
 
 def lease_ttl_for(plan: ExecutionPlanEvent) -> int:
@@ -69,7 +77,8 @@ class Dispatch:
         self.plan = plan
         self._dispatcher = dispatcher
         self.durable = durable
-        self.state = "preparing"
+        # Has its transaction left, and who may still send it: `self.state.left`, `self.state.sender`.
+        self.state = WireState.PREPARING
         self.lease: WalletLeaseInfo | None = None
         # This dispatch created the lease (not the plan's running dispatch elsewhere, whose lease a
         # duplicate delivery finds under the same id): only then may it give the lease back.
@@ -77,15 +86,16 @@ class Dispatch:
         self.built: BuiltTransaction | None = None
         self.signed: SignedTransaction | None = None
         self.record: Record | None = None
-        self.fresh = False  # this dispatch recorded the transaction: until it sends, nothing of it is out
-        self.maybe_out = False  # a send of it may have reached the wire
-        self.claimed = False  # this dispatch bumped someone else's record before resending it
         self.prepared = asyncio.get_running_loop().create_task(self._prepare())
         self._sending: asyncio.Task[Submission] | None = None
 
     @property
     def plan_id(self) -> str:
         return self.plan.plan_id
+
+    def _step(self, step: Step) -> None:
+        """Every change of `state` goes through wire_state's table: a step it does not allow raises."""
+        self.state = self.state.then(step)
 
     # --- prepare ----------------------------------------------------------------------------
 
@@ -96,7 +106,7 @@ class Dispatch:
         if record is not None:
             self._take_record(record)
             self.lease, self.lease_taken = await d.adopt(plan, record.signed.wallet)
-            self.state = "prepared"
+            self._step(Step.FOUND_RECORD)
             return
         if time.time() * 1000 > plan.deadline:
             # Retries of a failing build must end at the deadline, whatever the retry policy does.
@@ -110,12 +120,12 @@ class Dispatch:
             await d.policy.check(plan, self.lease.wallet, built)
             self.built = replace(built, elapsed_ms=_ms_since(started))  # build includes the policy check
             candidate = d.sign(plan.plan_id, self.lease.wallet, self.built)
+            recorded_here = True  # without a record (bench's direct path) the signed transaction is this dispatch's alone
             if not self.durable:
-                self.signed, self.fresh = candidate, True
+                self.signed = candidate
             else:
                 started = time.perf_counter()
-                record, wrote = await d.records.create(candidate)
-                self.fresh = wrote
+                record, recorded_here = await d.records.create(candidate)
                 self._take_record(record)
                 self.signed = replace(self.signed, elapsed_ms=round(candidate.elapsed_ms + _ms_since(started), 3))
                 if self.signed.wallet != self.lease.wallet:  # another run recorded the plan with another wallet
@@ -127,11 +137,11 @@ class Dispatch:
             if self.lease_taken:
                 d.release_soon(plan.plan_id, self.lease.wallet)  # this dispatch took it; nothing was recorded
             raise
-        self.state = "prepared"
+        self._step(Step.RECORDED_HERE if recorded_here else Step.FOUND_RECORD)
 
     def _take_record(self, record: Record) -> None:
         if record.void:
-            self.state = "refused"
+            self._step(Step.VOIDED)
             fail(ErrorCode(record.void_code) if record.void_code in ErrorCode.__members__ else ErrorCode.BUILD_FAILED,
                  f"this plan ended without a transaction: {record.void_reason}")
         self.record, self.signed = record, record.signed
@@ -140,7 +150,7 @@ class Dispatch:
 
     def send_ahead(self) -> None:
         """The start is durable and its first task is this process's: send now, in the background."""
-        if self._sending is None and self.state in ("preparing", "prepared"):
+        if self._sending is None and (self.state is WireState.PREPARING or self.state.prepared):
             self._sending = asyncio.get_running_loop().create_task(self.send(None))
             self._sending.add_done_callback(lambda task: task.cancelled() or task.exception())  # awaited by the claim, if any
 
@@ -150,8 +160,8 @@ class Dispatch:
         if sending is not None:
             try:
                 return await sending
-            except ApplicationError as error:
-                if error.non_retryable:
+            except PlanFailure as failure:
+                if not failure.retryable:
                     raise
                 # retryable (a rate limit): nothing was accepted; try again now
         return await self.send(halt_reason)
@@ -164,50 +174,50 @@ class Dispatch:
         # submitter in the same step as the bytes leave (a halt may come while the claim is awaited).
         refusal = d.submitter.refusal(halt_reason, plan.deadline)
         if refusal is not None:
-            code, why, final = refusal
-            if not final:
-                fail(code, why, final=False)  # nothing sent; the retry asks the gate again
-            return await self._refuse(code, why)
-        if not self.fresh and self.durable and not self.claimed:
+            if not refusal.final:
+                refusal.fail()  # nothing sent; the retry asks the gate again
+            return await self._refuse(refusal.code, refusal.why)
+        if self.state is WireState.FOUND:
             # Someone else recorded it: bump the revision first, so its writer can no longer void it.
             self.record = await d.records.claim(self.record)
             if self.record.void:
                 self._take_record(self.record)
-            self.claimed = True
+            self._step(Step.CLAIMED)
         d.crash_point("sign")
         started = time.perf_counter()
+        self._step(Step.SEND)
         try:
             submission = await d.submitter.submit(plan.execution_method.value, signed, halt_reason=halt_reason, deadline_ms=plan.deadline)
-        except ApplicationError as error:
-            if not error.non_retryable:
-                raise  # a rate limit: nothing was accepted, the retry sends the same bytes
-            return await self._refuse(ErrorCode(error.type), error.message)
+        except PlanFailure as failure:  # the venue (or the gate, in the send's own step) took nothing
+            self._step(Step.NOTHING_LEFT)
+            if failure.retryable:
+                raise  # a rate limit: the retry sends the same bytes
+            return await self._refuse(failure.code, failure.message)
         except Exception as error:  # connection lost or timed out mid-send: the bytes may be out
-            self.maybe_out = True
+            self._step(Step.MAY_BE_OUT)
             log.warning("plan=%s stage=submit outcome=unknown error=%s", plan.plan_id, error)
             return Submission(signed.signature, None, int(time.time() * 1000), elapsed_ms=_ms_since(started))
         except BaseException:
-            self.maybe_out = True  # cancelled mid-send
+            self._step(Step.MAY_BE_OUT)  # cancelled mid-send
             raise
-        self.maybe_out = True
-        self.state = "sent"
+        self._step(Step.MAY_BE_OUT)
         d.crash_point("submit")
         log.info("plan=%s stage=submit method=%s signature=%s bundle=%s", plan.plan_id, plan.execution_method.value, submission.signature, submission.bundle_id)
         return replace(submission, elapsed_ms=_ms_since(started))
 
     async def _refuse(self, code: ErrorCode, why: str) -> Submission:
-        """Not sent now. Provably never sent (this dispatch's own record, never out): void it and
-        fail. Otherwise it may be on the wire: withhold it, and confirm follows it on chain."""
-        if self.fresh and not self.maybe_out:
+        """Not sent now. Provably never sent (UNSENT: this dispatch's own record, never out): void it
+        and fail. Otherwise it may be on the wire: withhold it, and confirm follows it on chain."""
+        if self.state is WireState.UNSENT:
             if not self.durable:
-                self.state = "refused"
+                self._step(Step.VOIDED)
                 fail(code, why)
             record = await self._dispatcher.records.void(self.plan_id, code.value, why, over=self.record)
             if record.void:
-                self.state = "refused"
+                self._step(Step.VOIDED)
                 fail(code, why)
-            self.record, self.fresh = record, False  # claimed by another run a moment ago: it may be out
-        self.state = "withheld"
+            self.record = record  # claimed by another run a moment ago: it may be out
+        self._step(Step.WITHHELD)
         log.info("plan=%s stage=submit withheld=%s signature=%s following the recorded transaction", self.plan_id, code.value, self.signed.signature)
         return Submission(self.signed.signature, None, int(time.time() * 1000), withheld_code=code.value, withheld=f"{why}; its recorded transaction was followed and did not land")
 
@@ -239,6 +249,15 @@ class Dispatcher:
         self.crash_after = crash_after
         self._open: dict[str, Dispatch] = {}
         self._background: set[asyncio.Task] = set()
+        self.starting = 0  # workflow starts in flight (`beside_start`): the prepare-ahead limit counts them
+
+    def beside_start(self, plan: ExecutionPlanEvent) -> "StartAhead":
+        """The bridge's one handle on a plan while its workflow start is in flight: prepared ahead
+        (record, lease, build, sign overlap the start's round trip) while fewer than
+        PREPARE_AHEAD_MAX_STARTING starts are in flight, sent once the start comes back eager
+        (`StartAhead.started`), abandoned when the block ends without a start. Use it as a `with`."""
+        ahead = self.open_ahead(plan) if self.starting < PREPARE_AHEAD_MAX_STARTING else None
+        return StartAhead(self, ahead)
 
     def open(self, plan: ExecutionPlanEvent) -> Dispatch:
         """The plan's open dispatch, or a new one (its preparation starts at once)."""
@@ -267,15 +286,14 @@ class Dispatcher:
         dispatch = self.open(plan)
         try:
             submission = await dispatch.outcome(halt_reason)
-        except ApplicationError as error:
-            if error.non_retryable or dispatch.state == "refused" or not dispatch.prepared.done() or dispatch.prepared.exception() is not None:
+        except PlanFailure as failure:
+            if not failure.retryable or dispatch.state is WireState.VOID or not dispatch.prepared.done() or dispatch.prepared.exception() is not None:
                 self._forget(dispatch)
             raise
         except BaseException:
             self._forget(dispatch)
             raise
         self._forget(dispatch)
-        dispatch.state = "claimed"
         return dispatch.executed(submission)
 
     def abandon(self, dispatch: Dispatch) -> None:
@@ -294,8 +312,6 @@ class Dispatcher:
             del self._open[dispatch.plan_id]
 
     def _give_back(self, dispatch: Dispatch) -> None:
-        dispatch.state = "abandoned"
-
         def release(done: asyncio.Task) -> None:
             if dispatch.lease is not None and dispatch.lease_taken:  # a lease found held is the running plan's
                 self.release_soon(dispatch.plan_id, dispatch.lease.wallet)
@@ -353,3 +369,37 @@ class Dispatcher:
             log.warning("stage=%s event=test_crash HFT_TEST_CRASH_AFTER: SIGKILL to this worker", stage)
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StartAhead:
+    """A plan's dispatch beside its workflow start (`Dispatcher.beside_start`). Inside the `with`
+    block the start counts against the prepare-ahead limit; a block that ends without `started`
+    (the plan was already told, the id already started, the start failed) abandons what it opened,
+    and only that: a duplicate delivery must not touch the running plan's dispatch."""
+
+    def __init__(self, dispatcher: Dispatcher | None, dispatch: Dispatch | None) -> None:
+        self._dispatcher = dispatcher
+        self.dispatch = dispatch  # None: nothing opened (the limit, a duplicate here, a passed deadline, no dispatcher)
+        self._started = False
+
+    def started(self, *, eager: bool) -> bool:
+        """The start was accepted. `eager`: its response carried the first workflow task, which the
+        SDK hands to this process, so the plan is durable and its `execute` runs here: send now, in
+        the background. True when a send went ahead."""
+        self._started = True
+        if eager and self.dispatch is not None:
+            self.dispatch.send_ahead()
+            return True
+        return False
+
+    def __enter__(self) -> "StartAhead":
+        if self._dispatcher is not None:
+            self._dispatcher.starting += 1
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._dispatcher is None:
+            return
+        self._dispatcher.starting -= 1
+        if not self._started and self.dispatch is not None:
+            self._dispatcher.abandon(self.dispatch)

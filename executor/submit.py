@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from workflows.events import ErrorCode
 from workflows.stages import SignedTransaction, Submission
 
-from .errors import fail
+from .errors import GateRefusal, fail
 from venue.jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
 from venue.rpc import RpcRateLimited, RpcRefused, SolanaRpc
 from venue.tpu import TpuClient
@@ -61,24 +61,24 @@ class Submitter:
         bundle_id = await self.send(method, base64.b64decode(signed.transaction), gate=gate)
         return Submission(signature=signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
 
-    def refusal(self, halt_reason: str | None, deadline_ms: int) -> tuple[ErrorCode, str, bool] | None:
+    def refusal(self, halt_reason: str | None, deadline_ms: int) -> GateRefusal | None:
         """Why a plan must not go on the wire now, and whether that is final: a halt, or its deadline
         (final); a kill switch this worker cannot hear (not final: it may be heard again before the deadline)."""
         reason = halt_reason or self.halted()
         if reason is not None:
-            return ErrorCode.HALTED, f"halted before submit: {reason}", True
+            return GateRefusal(ErrorCode.HALTED, f"halted before submit: {reason}", final=True)
         if time.time() * 1000 > deadline_ms:
-            return ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent", True
+            return GateRefusal(ErrorCode.DEADLINE_EXCEEDED, "plan deadline passed before anything was sent", final=True)
         unheard = self.unheard()
         if unheard is not None:
-            return ErrorCode.HALTED, f"not sent while {unheard}", False
+            return GateRefusal(ErrorCode.HALTED, f"not sent while {unheard}", final=False)
         return None
 
     async def drained(self) -> None:
         """Until no send is under way (a halt's acknowledgment waits for this)."""
         await self._quiet.wait()
 
-    async def send(self, method: str, raw: bytes, *, gate: Callable[[], tuple[ErrorCode, str, bool] | None] | None = None) -> str | None:
+    async def send(self, method: str, raw: bytes, *, gate: Callable[[], GateRefusal | None] | None = None) -> str | None:
         """Send once; returns the bundle id for jito_bundle. Uncertain failures raise for a retry.
 
         The slot is taken and ``gate`` asked in one step (no await between them, nor between them and
@@ -87,8 +87,7 @@ class Submitter:
         try:
             refusal = gate() if gate is not None else None
             if refusal is not None:
-                code, why, final = refusal
-                fail(code, why, final=final)  # nothing left: the caller voids or withholds
+                refusal.fail()  # nothing left: the caller voids or withholds
             return await self._send(method, raw)
         finally:
             self._give_slot()

@@ -16,6 +16,7 @@ from .cluster import ClusterConfig, LocalCluster
 from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
 from .view import DEFAULT_PORTS
+from settings import CommandError
 
 
 
@@ -45,19 +46,19 @@ def parse_funding(values: list[str]) -> list[tuple[Pubkey, int]]:
         try:
             funding.append((Pubkey.from_string(pubkey), int(float(sol or 100) * LAMPORTS_PER_SOL)))
         except ValueError:
-            raise SystemExit(f"--fund {value}: expected PUBKEY[:SOL]") from None
+            raise CommandError(f"--fund {value}: expected PUBKEY[:SOL]") from None
     return funding
 
 
 def config_from_args(args: argparse.Namespace) -> ClusterConfig:
     if args.ports not in ("default", "auto"):
-        raise SystemExit("--ports takes 'default' or 'auto'")
+        raise CommandError("--ports takes 'default' or 'auto'")
     try:
         faults = FaultPlan.from_json(args.faults)
     except (TypeError, ValueError) as error:
-        raise SystemExit(f"--faults: {error}") from None
+        raise CommandError(f"--faults: {error}") from None
     if args.status_cache_slots < 0:
-        raise SystemExit(f"--status-cache-slots {args.status_cache_slots}: expected a number of slots, 0 or more")
+        raise CommandError(f"--status-cache-slots {args.status_cache_slots}: expected a number of slots, 0 or more")
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,

@@ -57,3 +57,21 @@ def test_the_top_level_help_lists_every_command_without_loading_them():
     for command in ("dev", "worker", "bench", "chaos", "localnet", "results", "halt", "status", "send-plan"):
         assert command in done.stdout
     assert loaded_tools("--help") == []
+
+
+def test_the_domain_loads_nothing_of_temporal():
+    """executor/ is the trading domain: it raises its own errors (executor/errors.py) and passes plain
+    dataclasses (workflows/stages.py), so it runs and tests without temporalio; only activities/
+    translates to Temporal's errors (issue 21)."""
+    probe = textwrap.dedent(
+        """
+        import importlib, json, pkgutil, sys
+        import executor
+        for module in pkgutil.walk_packages(executor.__path__, "executor."):
+            importlib.import_module(module.name)
+        print(json.dumps(sorted(m for m in sys.modules if m == "temporalio" or m.startswith("temporalio."))))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

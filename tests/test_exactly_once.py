@@ -9,10 +9,11 @@ import json
 
 import pytest
 from aiohttp import web
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from executor.dispatch import Dispatch
+from executor.errors import PlanFailure
+from executor.wire_state import WireState
 from venue.rpc import SolanaRpc
 from executor.submit import Submitter
 from executor.wallets import now_ms
@@ -39,7 +40,7 @@ async def test_a_refusal_says_nothing_sent_only_if_no_other_run_claimed_the_tran
     claimed = validate(stack.plan("rpc", wallet=0))
     mine = Dispatch(claimed, dispatcher)
     await mine.prepared
-    assert mine.fresh
+    assert mine.state is WireState.UNSENT  # this run recorded it: nothing of it is out
     other_run = await records.claim(await records.read(claimed.plan_id))
     submission = await mine.send("halted by the operator")
     assert submission.withheld_code == "HALTED", "a claimed transaction may be out: followed, not called unsent"
@@ -48,14 +49,14 @@ async def test_a_refusal_says_nothing_sent_only_if_no_other_run_claimed_the_tran
     voided = validate(stack.plan("rpc", wallet=0))
     first = Dispatch(voided, dispatcher)
     await first.prepared
-    with pytest.raises(ApplicationError) as refused:
+    with pytest.raises(PlanFailure) as refused:
         await first.send("halted by the operator")
-    assert refused.value.type == "HALTED"
+    assert refused.value.code is ErrorCode.HALTED
     assert (await records.read(voided.plan_id)).void
     late = Dispatch(voided, dispatcher)  # a re-run after the void: nothing to claim, nothing to send
-    with pytest.raises(ApplicationError) as ended:
+    with pytest.raises(PlanFailure) as ended:
         await late.prepared
-    assert ended.value.type == "HALTED" and ended.value.non_retryable
+    assert ended.value.code is ErrorCode.HALTED and not ended.value.retryable
     for plan in (claimed, voided):
         await dispatcher.wallets.release(plan.plan_id, None, "none")
     assert await stack.wire_transactions(claimed.plan_id) == [] and await stack.wire_transactions(voided.plan_id) == []
@@ -85,9 +86,9 @@ async def test_no_backup_copy_goes_out_when_the_primary_refuses(stack, refusing_
     primary, backup = SolanaRpc(refusing_rpc), SolanaRpc(stack.endpoints["rpc"])
     submitter = Submitter(primary, stack.worker.jito, lambda: None, backups=[backup])
     try:
-        with pytest.raises(ApplicationError) as refused:
+        with pytest.raises(PlanFailure) as refused:
             await submitter.submit("rpc", dispatch.signed)
-        assert refused.value.type == "SUBMIT_REJECTED"
+        assert refused.value.code is ErrorCode.SUBMIT_REJECTED
         await asyncio.sleep(0.5)
         assert await stack.wire_transactions(plan.plan_id) == []
     finally:

@@ -13,6 +13,7 @@ import pytest
 from solders.keypair import Keypair
 from temporalio.api.common.v1 import Payload
 
+from settings import SettingsError
 from executor.keystore import KeyStore
 from tests.stack import ROOT
 from worker.config import ExecutorConfig
@@ -126,9 +127,9 @@ def test_bad_keys_are_refused_without_showing_them(tmp_path):
     loose.chmod(0o644)
     with pytest.raises(HistoryKeyError, match="accessible by group/others .* chmod 600"):
         HistoryKeys.from_environment({"HISTORY_KEYS_FILE": str(loose)})
-    with pytest.raises(SystemExit, match="HISTORY_KEYS: key 'k' is not the base64"):
+    with pytest.raises(SettingsError, match="HISTORY_KEYS: key 'k' is not the base64"):
         ExecutorConfig.from_environment({"HISTORY_KEYS": f"k:{short}"})
-    with pytest.raises(SystemExit, match="HISTORY_ENCRYPTION must be on or off"):
+    with pytest.raises(SettingsError, match="HISTORY_ENCRYPTION must be on or off"):
         ExecutorConfig.from_environment({"HISTORY_ENCRYPTION": "maybe"})
 
 
@@ -149,11 +150,11 @@ def test_keys_show_ids_only_and_cannot_be_pickled():
 def test_the_worker_refuses_no_key_and_a_wallet_key_as_history_key():
     wallet = Keypair()
     store = KeyStore.from_keypairs([wallet])
-    with pytest.raises(SystemExit, match="history encryption is on and no key is loaded"):
+    with pytest.raises(SettingsError, match="history encryption is on and no key is loaded"):
         check_history_encryption(ExecutorConfig.from_environment({}), store)
     check_history_encryption(ExecutorConfig.from_environment({"HISTORY_ENCRYPTION": "off"}), store)  # an explicit choice
     seed = base64.b64encode(bytes(wallet)[:32]).decode()
-    with pytest.raises(SystemExit, match="secret key of one of the worker's wallets") as refused:
+    with pytest.raises(SettingsError, match="secret key of one of the worker's wallets") as refused:
         check_history_encryption(ExecutorConfig.from_environment({"HISTORY_KEYS": f"w:{seed}"}), store)
     assert seed not in str(refused.value)
     check_history_encryption(ExecutorConfig.from_environment({"HISTORY_KEYS": new_key_line("k")}), store)

@@ -16,6 +16,7 @@ import nats.errors
 import pytest
 
 from chaos.proxy import CuttableProxy
+from settings import SettingsError
 from tests.nats_helpers import JwtSetup, client, refused_connect, until_refused
 from worker.config import ExecutorConfig
 from worker.killswitch import halt_message
@@ -346,7 +347,7 @@ def test_credentials_never_show_in_repr_describe_or_errors(tmp_path):
     assert token not in repr(NatsAuth.from_environment({"NATS_TOKEN": token}))
 
     def refusal(env: dict) -> str:
-        with pytest.raises(SystemExit) as stopped:
+        with pytest.raises(SettingsError) as stopped:
             ExecutorConfig.from_environment(env)
         assert password not in str(stopped.value) and token not in str(stopped.value)
         return str(stopped.value)

@@ -1,4 +1,4 @@
-"""The workflow calls its activities through `workflows.stages.PlanActivities`; the worker
+"""The workflow calls its activities through `workflows.plan_activities.PlanActivities`; the worker
 registers `activities.execution.ExecutionActivities`. They must agree on every name and type,
 or a plan's workflow task would fail at run time (an activity the worker does not have, or a
 payload decoded as the wrong type)."""
@@ -10,7 +10,7 @@ import typing
 from temporalio import activity
 
 from activities.execution import ExecutionActivities
-from workflows.stages import PlanActivities
+from workflows.plan_activities import PlanActivities
 
 
 def definitions(cls) -> dict[str, object]:

@@ -38,8 +38,8 @@ from solders.message import (
 from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.token.associated import get_associated_token_address
-from temporalio.exceptions import ApplicationError
 
+from settings import SettingsError
 from venue import klend
 from executor.build import (
     TransactionBuilder,
@@ -47,6 +47,7 @@ from executor.build import (
     route_instructions,
 )
 from executor.dispatch import Dispatch, Dispatcher
+from executor.errors import PlanFailure
 from venue.jito import STATIC_TIP_ACCOUNTS
 from executor.policy import (
     DEFAULT_PROGRAMS,
@@ -509,7 +510,7 @@ def test_defaults_and_environment():
     ],
 )
 def test_a_bad_value_stops_the_worker_naming_it(variable, value):
-    with pytest.raises(SystemExit, match=variable):
+    with pytest.raises(SettingsError, match=variable):
         PolicySettings.from_environment({variable: value})
 
 
@@ -524,12 +525,12 @@ def test_policy_file_then_environment(tmp_path):
     assert settings.max_outflow == {MINT_OUT: 42} and settings.describe()["maxOutflow"] == {str(MINT_OUT): 42}
     assert str(path) in settings.source and "POLICY_MAX_TIP_LAMPORTS" in settings.source
     path.write_text(json.dumps({"maxTip": 1}))
-    with pytest.raises(SystemExit, match="unknown key"):
+    with pytest.raises(SettingsError, match="unknown key"):
         PolicySettings.from_environment({"POLICY_FILE": str(path)})
     path.write_text("maxTipLamports: 1")
-    with pytest.raises(SystemExit, match="not JSON"):
+    with pytest.raises(SettingsError, match="not JSON"):
         PolicySettings.from_environment({"POLICY_FILE": str(path)})
-    with pytest.raises(SystemExit, match="cannot be read"):
+    with pytest.raises(SettingsError, match="cannot be read"):
         PolicySettings.from_environment({"POLICY_FILE": str(tmp_path / "missing.json")})
 
 
@@ -709,9 +710,9 @@ async def test_a_tip_account_list_that_is_not_jitos_is_refused(stack):
     dispatcher = Dispatcher(wallets=worker.wallets, keys=worker.keys, builder=builder, records=worker.records, submitter=worker.dispatcher.submitter, policy=worker.policy)
     plan = validate(stack.plan("jito_bundle", wallet=2))
     dispatch = Dispatch(plan, dispatcher)
-    with pytest.raises(ApplicationError) as refused_:
+    with pytest.raises(PlanFailure) as refused_:
         await dispatch.prepared
-    assert refused_.value.type == "POLICY_VIOLATION" and refused_.value.non_retryable
+    assert refused_.value.code.value == "POLICY_VIOLATION" and not refused_.value.retryable
     assert "policy rule tip_account (instruction 5)" in refused_.value.message and thief in refused_.value.message
     assert await worker.records.read(plan.plan_id) is None, "nothing recorded"
     await wait_until(lambda: _no_lease(stack, plan.plan_id), timeout=5)

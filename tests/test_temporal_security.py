@@ -20,6 +20,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
+from settings import SettingsError
 from tests.stack import ROOT, stop_worker
 from tests.temporal_tls import SERVER_NAME, MutualTlsTerminator, make_pki
 from worker.bridge import workflow_id
@@ -359,18 +360,18 @@ async def test_mtls_clients_connect_with_their_certificate_and_nobody_without_on
 
 async def test_mtls_settings_that_cannot_work_stop_the_process_with_the_variable_named(tmp_path):
     pki = make_pki(tmp_path / "pki")
-    with pytest.raises(SystemExit, match="TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together"):
+    with pytest.raises(SettingsError, match="TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together"):
         ExecutorConfig.from_environment({"TEMPORAL_TLS_CERT": str(pki.client_cert), "HISTORY_ENCRYPTION": "off"})
     pki.client_key.chmod(0o644)
     config = ExecutorConfig.from_environment(
         {"TEMPORAL_TLS_CERT": str(pki.client_cert), "TEMPORAL_TLS_KEY": str(pki.client_key), "HISTORY_ENCRYPTION": "off"}
     )
-    with pytest.raises(SystemExit) as loose:
+    with pytest.raises(SettingsError) as loose:
         await connect_temporal(config)
     assert "TEMPORAL_TLS_KEY" in str(loose.value) and "chmod 600" in str(loose.value)
     assert "PRIVATE KEY" not in str(loose.value)
     config = ExecutorConfig.from_environment({"TEMPORAL_TLS_CA": str(tmp_path / "missing.pem"), "HISTORY_ENCRYPTION": "off"})
-    with pytest.raises(SystemExit, match="TEMPORAL_TLS_CA=.*missing.pem: cannot read it"):
+    with pytest.raises(SettingsError, match="TEMPORAL_TLS_CA=.*missing.pem: cannot read it"):
         await connect_temporal(config)
 
 

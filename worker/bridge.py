@@ -3,7 +3,9 @@
 It runs inside the worker process so that a workflow start can be eager (the server hands
 the first workflow task straight back to this process: no poll round trip). Beside the
 start it opens the plan's dispatch (record, lease, build, sign: executor/dispatch.py) and,
-once an eager start is answered, sends it; the workflow's `execute` claims both. A message
+once an eager start is answered, sends it (`Dispatcher.beside_start` owns the prepare-ahead
+limit, the send and the abandon; the bridge only says whether the start was eager); the
+workflow's `execute` claims both. So a plan goes parse -> already told? -> start -> ack. A message
 is acked only once the start is accepted; an id already started counts as accepted, and a
 plan id that already has a stored result is never started again (Temporal forgets closed
 workflows after its retention; PLANNED can redeliver a plan for longer), which is what
@@ -34,7 +36,7 @@ from temporalio.common import RawValue, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from executor.dispatch import Dispatch, Dispatcher
+from executor.dispatch import Dispatcher, StartAhead
 from executor.records import PlanRecords
 from workflows.events import ErrorCode, ExecutionResultEvent, InvalidPlan, is_valid_plan, parse_plan, rejection
 from workflows.execute_plan import plan_workflow_id, search_attributes
@@ -58,13 +60,9 @@ ACK_WAIT_S = 1.0
 # worker's plans run again this much after it died. Local activities heartbeat the task at 80%
 # of it, so a shorter one costs history events during long confirms.
 WORKFLOW_TASK_TIMEOUT = timedelta(seconds=1.5)
-# A plan is prepared ahead (record, lease, build, sign) only while fewer starts than this are in
-# flight. In a burst the rest prepare inside their own `execute`: a transaction recorded ahead is
-# the plan's for good, so it must not wait in a queue while its blockhash ages, and leases taken
-# ahead for queued plans would starve the plans actually executing.
-PREPARE_AHEAD_MAX_STARTING = 4
 # temporalio (1.x) marks a handle whose start response carried the first workflow task, which
 # the SDK hands to this process's worker. Absent (another SDK version), nothing is sent ahead.
+# The one SDK-specific part of the send ahead: the dispatcher is told a plain bool.
 EAGERLY_STARTED = "__temporal_eagerly_started"
 JSON_PLAIN = {"encoding": b"json/plain"}
 
@@ -112,7 +110,6 @@ class PlanBridge:
         self.sent_ahead = 0  # starts whose send followed at once, in this process (eager)
         self.rejected = 0
         self.take_failures = 0  # messages whose handling raised (a bug): each is retried after a pause
-        self._starting = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
 
@@ -204,67 +201,53 @@ class PlanBridge:
             busy.cancel()
 
     async def _start(self, message: Msg, plan) -> None:
+        """Already told? -> start -> ack, with the plan's dispatch prepared beside the start."""
         told = asyncio.create_task(self.records.result(plan.plan_id)) if self.records is not None else None
-        # The record read, lease, build and signature overlap the start's round trip; the send waits for it.
-        ahead = None
-        if self.dispatcher is not None and self._starting < PREPARE_AHEAD_MAX_STARTING:
-            ahead = self.dispatcher.open_ahead(plan)
-        self._starting += 1
-        try:
+        # The record read, lease, build and signature overlap the start's round trip; the send waits for
+        # it. Whatever way this block ends without `started`, the dispatcher undoes what it opened.
+        with self.dispatcher.beside_start(plan) if self.dispatcher is not None else StartAhead(None, None) as ahead:
             try:
                 already_told = told is not None and await told is not None
             except Exception as error:  # the records are away (NATS): the start waits for them
-                self._abandon(ahead)
                 log.warning("plan=%s stage=bridge event=records_unavailable error=%s; redelivering", plan.plan_id, error)
                 await message.nak(delay=START_RETRY_S)
                 return
             if already_told:
-                self._abandon(ahead)
                 log.info("plan=%s stage=bridge event=duplicate_plan already has a result", plan.plan_id)
                 await message.ack()
                 return
-            handle = await self.client.start_workflow(
-                "ExecutePlan",
-                RawValue(Payload(metadata=JSON_PLAIN, data=message.data)),  # the plan as the planner wrote it
-                id=workflow_id(plan.plan_id),
-                task_queue=self.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a plan id runs once, ever
-                request_eager_start=True,
-                task_timeout=WORKFLOW_TASK_TIMEOUT,
-                search_attributes=search_attributes(plan),
-                static_summary=f"{plan.execution_method.value} {plan.strategy.value} {plan.opportunity_id}",
-            )
-            eager = getattr(handle, EAGERLY_STARTED, False)
-            if eager and ahead is not None:
-                ahead.send_ahead()
-                self.sent_ahead += 1  # persisted, and its first workflow task is this process's
-            self.started += 1
-            log.info("plan=%s stage=bridge event=started_workflow method=%s eager=%s", plan.plan_id, plan.execution_method.value, eager)
-        except WorkflowAlreadyStartedError:
-            self._abandon(ahead)
-            log.info("plan=%s stage=bridge event=duplicate_plan already started", plan.plan_id)
-        except RPCError as error:
-            self._abandon(ahead)
-            if error.status == RPCStatusCode.INVALID_ARGUMENT:
-                # Temporal refuses this start for what it holds, and would again: the plan is answered, not retried.
-                await self.reject(message, InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: Temporal refused its workflow: {error.message[:300]}"))
+            try:
+                handle = await self.client.start_workflow(
+                    "ExecutePlan",
+                    RawValue(Payload(metadata=JSON_PLAIN, data=message.data)),  # the plan as the planner wrote it
+                    id=workflow_id(plan.plan_id),
+                    task_queue=self.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a plan id runs once, ever
+                    request_eager_start=True,
+                    task_timeout=WORKFLOW_TASK_TIMEOUT,
+                    search_attributes=search_attributes(plan),
+                    static_summary=f"{plan.execution_method.value} {plan.strategy.value} {plan.opportunity_id}",
+                )
+                eager = bool(getattr(handle, EAGERLY_STARTED, False))
+                if ahead.started(eager=eager):
+                    self.sent_ahead += 1  # persisted, and its first workflow task is this process's
+                self.started += 1
+                log.info("plan=%s stage=bridge event=started_workflow method=%s eager=%s", plan.plan_id, plan.execution_method.value, eager)
+            except WorkflowAlreadyStartedError:
+                log.info("plan=%s stage=bridge event=duplicate_plan already started", plan.plan_id)
+            except RPCError as error:
+                if error.status == RPCStatusCode.INVALID_ARGUMENT:
+                    # Temporal refuses this start for what it holds, and would again: the plan is answered, not retried.
+                    await self.reject(message, InvalidPlan(ErrorCode.INVALID_PLAN, f"invalid plan: Temporal refused its workflow: {error.message[:300]}"))
+                    return
+                log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
+                await message.nak(delay=START_RETRY_S)
                 return
-            log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
-            await message.nak(delay=START_RETRY_S)
-            return
-        except Exception as error:
-            self._abandon(ahead)
-            log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
-            await message.nak(delay=START_RETRY_S)
-            return
-        finally:
-            self._starting -= 1
+            except Exception as error:
+                log.warning("plan=%s stage=bridge event=start_failed error=%s; redelivering", plan.plan_id, error)
+                await message.nak(delay=START_RETRY_S)
+                return
         await message.ack()
-
-    def _abandon(self, ahead: Dispatch | None) -> None:
-        """Undo only what this delivery opened: a duplicate must not touch the running plan's dispatch."""
-        if ahead is not None:
-            self.dispatcher.abandon(ahead)
 
     async def _in_progress(self, message: Msg) -> None:
         """A start can take longer than the ack wait (a busy or restarting server): keep the plan ours."""

@@ -2,6 +2,9 @@
 
 Each command's module is imported only when that command runs: `hft-executor worker` loads
 the production process and nothing of the developer tools (devtools, localnet, bench, chaos).
+Only this module ends the process: commands raise `settings.CommandError` (a `SettingsError` is
+one), and `main` turns it into exit status 1 with its message, what a SystemExit with the message
+in each command did before.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+
+from settings import CommandError
 
 TEMPORAL_COMMANDS = {"dev", "worker", "halt", "status", "bench", "chaos"}
 #: The exit code when stdout's reader went away (`hft-executor status | head -1`): 128 + SIGPIPE, what a
@@ -113,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             code = args.run(args)
         finally:
             sys.stdout.flush()  # here, not at exit: a closed pipe then shows as the BrokenPipeError below
+    except CommandError as error:
+        # The one place a refusal becomes an exit (a bad setting, a missing stream, a refused login): the library
+        # raises, the command line ends the process, with the message on stderr and status 1.
+        raise SystemExit(str(error)) from None
     except BrokenPipeError:
         # The reader has gone: drop what it did not read, quietly, as the Python docs recommend (signal, "Note on
         # SIGPIPE"): stdout onto devnull, so that the interpreter's own flush at exit cannot fail again.

@@ -45,6 +45,8 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
 from workflows.codec import HistoryCodec, HistoryKeyError, HistoryKeys
+from settings import SettingsError, load
+from settings.executor import CodecSettings
 
 from . import logs
 
@@ -199,22 +201,21 @@ def check_token(token: str, allow_path_token: bool) -> None:
         raise ValueError("a token used in the endpoint's path may hold only A-Z a-z 0-9 _ - (secrets.token_urlsafe makes one)")
 
 
-def token_from_environment(env) -> str | None:
+def token_from_environment(env=None) -> str | None:
     """CODEC_AUTH_TOKEN, else the first line of the file CODEC_AUTH_TOKEN_FILE (mode 0600)."""
-    token = env.get("CODEC_AUTH_TOKEN", "").strip()
-    if token:
-        return token
-    path_text = env.get("CODEC_AUTH_TOKEN_FILE", "").strip()
-    if not path_text:
+    declared = load(CodecSettings, env)
+    if declared.codec_auth_token:
+        return declared.codec_auth_token.strip()
+    if not declared.codec_auth_token_file:
         return None
-    path = Path(path_text).expanduser()
+    path = Path(declared.codec_auth_token_file.strip()).expanduser()
     try:
         mode = path.stat().st_mode
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        raise SystemExit(f"CODEC_AUTH_TOKEN_FILE={path} is not readable") from None
+        raise SettingsError(f"CODEC_AUTH_TOKEN_FILE={path} is not readable") from None
     if os.name != "nt" and mode & 0o077:
-        raise SystemExit(f"CODEC_AUTH_TOKEN_FILE={path} is accessible by group/others (mode {stat.S_IMODE(mode):04o}). Fix: chmod 600 {path}")
+        raise SettingsError(f"CODEC_AUTH_TOKEN_FILE={path} is accessible by group/others (mode {stat.S_IMODE(mode):04o}). Fix: chmod 600 {path}")
     return text.strip().splitlines()[0].strip() if text.strip() else None
 
 
@@ -244,21 +245,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
-    env = os.environ
     try:
-        keys = HistoryKeys.from_environment(env)
+        keys = HistoryKeys.from_environment()
     except HistoryKeyError as error:
-        raise SystemExit(str(error)) from None
+        raise SettingsError(str(error)) from None
     if keys is None:
-        raise SystemExit("no history key: set HISTORY_KEYS or HISTORY_KEYS_FILE (the worker's keys)")
-    token = token_from_environment(env)
+        raise SettingsError("no history key: set HISTORY_KEYS or HISTORY_KEYS_FILE (the worker's keys)")
+    token = token_from_environment()
     if token is None:
-        raise SystemExit("no token: set CODEC_AUTH_TOKEN or CODEC_AUTH_TOKEN_FILE; the codec server never runs open")
-    origins = args.origin or [o.strip() for o in env.get("CODEC_CORS_ORIGINS", "").split(",") if o.strip()] or list(DEFAULT_ORIGINS)
+        raise SettingsError("no token: set CODEC_AUTH_TOKEN or CODEC_AUTH_TOKEN_FILE; the codec server never runs open")
+    origins = args.origin or list(load(CodecSettings).codec_cors_origins) or list(DEFAULT_ORIGINS)
     try:
         server = CodecServer(keys, token, origins=origins, allow_path_token=args.allow_path_token, host=args.host, port=args.port)
     except ValueError as error:
-        raise SystemExit(str(error)) from None
+        raise SettingsError(str(error)) from None
     return asyncio.run(_serve(server))
 
 

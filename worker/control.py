@@ -29,6 +29,7 @@ from .main import EXIT_CONNECTION_LOST, ConnectionLost, ExecutorWorker, connect_
 from .nats_connection import connect as nats_connect, redact_url
 from .presence import SILENCE_S, WorkerTable
 from .streams import ensure_streams
+from settings import CommandError
 
 WALLET_BUCKET = "wallet_leases"
 DEV_ENVIRONMENT = Path(".data") / "dev-environment.json"
@@ -58,7 +59,7 @@ async def _nats(config: ExecutorConfig):
         # nats-py keeps retrying a refused first connect on its own; the deadline is ours.
         return await asyncio.wait_for(nats_connect(config.nats_url, config.nats_auth, connect_timeout=3, allow_reconnect=False, error_cb=note), 5)
     except Exception as error:
-        raise SystemExit(
+        raise CommandError(
             f"cannot reach NATS at {redact_url(config.nats_url)} ({str(error) or type(error).__name__}); set NATS_URL "
             "(and NATS_USER/NATS_PASSWORD, NATS_TLS_*: see README, NATS security) or start `hft-executor dev`"
         ) from None
@@ -70,7 +71,7 @@ def _run(command) -> object:
         return asyncio.run(command)
     except (TimeoutError, nats.errors.TimeoutError):
         if _refusals:
-            raise SystemExit(f"NATS refused: {_refusals[-1].removeprefix('nats: ')} (not allowed for this user)") from None
+            raise CommandError(f"NATS refused: {_refusals[-1].removeprefix('nats: ')} (not allowed for this user)") from None
         raise
 
 
@@ -91,9 +92,9 @@ async def _worker() -> int:
     try:
         keys = KeyStore.from_environment(env)
     except (ValueError, OSError) as error:
-        raise SystemExit(f"wallet keys: {error}") from None
+        raise CommandError(f"wallet keys: {error}") from None
     if not len(keys):
-        raise SystemExit("no wallet keys: set WALLET_1..WALLET_N or WALLET_KEYS_DIR")
+        raise CommandError("no wallet keys: set WALLET_1..WALLET_N or WALLET_KEYS_DIR")
     worker = ExecutorWorker(config, keys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,7 +125,7 @@ def history_key(args: argparse.Namespace) -> int:
     try:
         print(new_key_line(args.id or time.strftime("hk-%Y%m%d", time.gmtime())), flush=True)
     except HistoryKeyError as error:
-        raise SystemExit(str(error)) from None
+        raise CommandError(str(error)) from None
     return 0
 
 
@@ -157,7 +158,7 @@ async def _send_plan(args: argparse.Namespace) -> int:
         try:
             ack = await js.publish(subject, json.dumps(plan).encode())
         except NoStreamResponseError:
-            raise SystemExit(f"no stream takes {subject}: start a worker first (it creates PLANNED)") from None
+            raise CommandError(f"no stream takes {subject}: start a worker first (it creates PLANNED)") from None
         print(json.dumps({"planId": plan.get("planId") if isinstance(plan, dict) else None, "subject": subject, "seq": ack.seq}), flush=True)
     await nc.drain()
     return 0

@@ -10,15 +10,22 @@ its own deterministic loop either way. EVENT_LOOP=asyncio runs the standard loop
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from settings import SettingsError, load
+from settings.executor import ProcessSettings
 
 T = TypeVar("T")
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    if os.environ.get("EVENT_LOOP", "uvloop") == "asyncio":
+    try:
+        loop = load(ProcessSettings).event_loop
+    except SettingsError:
+        main.close()  # never started: no "coroutine was never awaited" warning on top of the error
+        raise
+    if loop == "asyncio":
         return asyncio.run(main)
     import uvloop
 

@@ -46,6 +46,8 @@ from .killswitch import KillSwitch
 from .metrics import ExecutorMetrics
 from .nats_connection import connect as nats_connect
 from .streams import ensure_streams
+from settings import CommandError, SettingsError, load
+from settings.executor import ProcessSettings
 
 log = logging.getLogger("hft.worker")
 STICKY_SCHEDULE_TO_START = timedelta(seconds=1)
@@ -96,6 +98,8 @@ async def _patiently(step_name: str, step, *, undo=None):
     while True:
         try:
             return await step()
+        except CommandError:
+            raise  # a refusal in words (a PEM file that cannot be read): no retry makes it readable
         except Exception as error:
             if time.monotonic() > deadline:
                 raise
@@ -150,11 +154,11 @@ def _read_pem(variable: str, path_text: str, *, secret: bool = False) -> bytes:
     except OSError as error:
         reason = error.strerror or type(error).__name__
     if data is None:
-        raise SystemExit(f"{variable}={path}: cannot read it ({reason})")
+        raise SettingsError(f"{variable}={path}: cannot read it ({reason})")
     if secret and os.name != "nt" and mode & 0o077:
-        raise SystemExit(f"{variable}={path} is accessible by group/others (mode {mode & 0o777:04o}); refusing to use it. Fix: chmod 600 {path}")
+        raise SettingsError(f"{variable}={path} is accessible by group/others (mode {mode & 0o777:04o}); refusing to use it. Fix: chmod 600 {path}")
     if b"-----BEGIN " not in data:
-        raise SystemExit(f"{variable}={path} is not a PEM file")
+        raise SettingsError(f"{variable}={path} is not a PEM file")
     return data
 
 
@@ -162,13 +166,13 @@ def check_history_encryption(config: ExecutorConfig, keys: KeyStore) -> None:
     """A desk expects ciphertext in Temporal by default: no key, no worker (unless HISTORY_ENCRYPTION=off).
     And a history key is never a wallet's secret (a 32-byte seed pasted as an AES key would look valid)."""
     if config.history_encryption and config.history_keys is None:
-        raise SystemExit(
+        raise SettingsError(
             "history encryption is on and no key is loaded: set HISTORY_KEYS (id:base64 of 32 random bytes; "
             "`hft-executor history-key` prints one) or HISTORY_KEYS_FILE, or set HISTORY_ENCRYPTION=off to write "
             "plans, signed transactions and results to Temporal in plain text"
         )
     if config.history_keys is not None and config.history_keys.seed_public_keys() & set(keys.public_keys()):
-        raise SystemExit("a history key is the secret key of one of the worker's wallets: history keys must be their own random keys")
+        raise SettingsError("a history key is the secret key of one of the worker's wallets: history keys must be their own random keys")
 
 
 def transaction_builder(config: ExecutorConfig, rpc: SolanaRpc, hot_rpc: SolanaRpc, blockhashes: BlockhashCache, tip_accounts) -> TransactionBuilder:
@@ -211,7 +215,7 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
         log.info("stage=worker event=search_attributes_registered names=%s", ",".join(missing))
     except Exception as error:
         names = " ".join(f"--name {name} --type {kind}" for name, kind in missing.items())
-        raise SystemExit(
+        raise CommandError(
             f"search attributes {', '.join(missing)} are not registered in namespace {namespace} and could not be added ({error}); "
             f"run: temporal operator search-attribute create --namespace {namespace} {names}"
         ) from None
@@ -284,7 +288,7 @@ class ExecutorWorker:
             builder=builder,
             records=self.records,
             submitter=Submitter(self.hot_rpc, self.jito, self.killswitch.halted, self.backups, self.tpu, unheard=self.killswitch.unheard),
-            crash_after=os.environ.get("HFT_TEST_CRASH_AFTER") or None,
+            crash_after=load(ProcessSettings).test_crash_after,
             policy=self.policy,
         )
         self.activities = ExecutionActivities(
@@ -356,7 +360,7 @@ class ExecutorWorker:
             try:
                 identity = load_keypair_file(Path(config.tpu_identity_keypair), "TPU_IDENTITY_KEYPAIR")
             except KeyStoreError as error:
-                raise SystemExit(f"TPU identity: {error}") from None
+                raise SettingsError(f"TPU identity: {error}") from None
         tpu = TpuClient(
             config.rpc_endpoint,
             config.websocket_endpoint(),

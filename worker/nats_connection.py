@@ -28,6 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
+from settings import SettingsError, load
+from settings.executor import NatsSettings
+
 class _SslEofNoise(logging.Filter):
     """asyncio warns "returning true from eof_received() has no effect when using ssl" whenever a TLS peer closes
     a connection read through a StreamReader, which is how nats-py reads: once per NATS restart or close, and it
@@ -85,15 +88,16 @@ class NatsAuth:
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> NatsAuth:
-        env = os.environ if env is None else env
-        if any(urlsplit(server).username or urlsplit(server).password for server in nats_servers(env.get("NATS_URL") or "x")):
+        """The login and TLS settings declared in settings/executor.py `NatsSettings`; refused (SettingsError) when they cannot work."""
+        declared = load(NatsSettings, env)
+        if any(urlsplit(server).username or urlsplit(server).password for server in nats_servers(declared.nats_url)):
             # A URL is printed everywhere (endpoints, errors, describe()): credentials have their own variables.
-            raise SystemExit("NATS_URL carries credentials (user:password@ or token@): use NATS_USER/NATS_PASSWORD or NATS_TOKEN")
-        auth = cls(**{name: env.get(variable) or None for name, variable in cls.VARIABLES.items()})
+            raise SettingsError("NATS_URL carries credentials (user:password@ or token@): use NATS_USER/NATS_PASSWORD or NATS_TOKEN")
+        auth = cls(**{name: getattr(declared, f"nats_{name}") for name in cls.VARIABLES})
         try:
             auth.check()
         except ValueError as error:
-            raise SystemExit(str(error)) from None
+            raise SettingsError(str(error)) from None
         return auth
 
     def check(self) -> None:

@@ -31,6 +31,7 @@ from .config import ExecutorConfig
 from .control import _nats, _run, environment
 from .nats_connection import redact_url
 from .streams import EXECUTED_SUBJECTS
+from settings import CommandError
 
 STREAM = "EXECUTED"
 DEFAULT_LAST = 20
@@ -97,7 +98,7 @@ async def _results(args: argparse.Namespace) -> int:
         try:
             state = (await js.stream_info(STREAM)).state
         except NotFoundError:
-            raise SystemExit(f"no {STREAM} stream at {redact_url(config.nats_url)}: no worker has run yet (a worker creates it)") from None
+            raise CommandError(f"no {STREAM} stream at {redact_url(config.nats_url)}: no worker has run yet (a worker creates it)") from None
         if args.json:
             emit = _print_json
         else:

@@ -45,6 +45,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
+from settings import load
+from settings.executor import HistorySettings
+
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
 # Set on decode on a payload that came in plain text while encryption is on (never written to Temporal).
@@ -122,12 +125,12 @@ class HistoryKeys:
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> HistoryKeys | None:
         """``HISTORY_KEYS`` (``id:base64,...``) then the lines of ``HISTORY_KEYS_FILE``; None if neither is set."""
-        env = os.environ if env is None else env
+        declared = load(HistorySettings, env)
         keys: list[tuple[str, bytes]] = []
-        inline = env.get("HISTORY_KEYS", "").strip()
+        inline = (declared.history_keys or "").strip()
         if inline:
             keys += parse_keys(inline.split(","), "HISTORY_KEYS")
-        path = env.get("HISTORY_KEYS_FILE", "").strip()
+        path = (declared.history_keys_file or "").strip()
         if path:
             keys += parse_keys(_read_key_file(Path(path).expanduser(), "HISTORY_KEYS_FILE").splitlines(), f"HISTORY_KEYS_FILE {path}")
         return cls(keys) if keys else None

@@ -18,8 +18,6 @@ import dataclasses
 import json
 from datetime import timedelta
 
-from pydantic import TypeAdapter
-
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
@@ -38,13 +36,13 @@ with workflow.unsafe.imports_passed_through():
         parse_plan,
         rejection,
     )
+    from workflows.plan_activities import PlanActivities
     from workflows.stages import (
         Confirmation,
         ConfirmRequest,
         Executed,
         ExecuteRequest,
         Following,
-        PlanActivities,
         PublishRequest,
         ReleaseRequest,
         ResolveRequest,
@@ -54,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         Submission,
         WalletLeaseInfo,
     )
+    from workflows.submitted import SubmittedPlan
 
 PLAN_ID = SearchAttributeKey.for_keyword("PlanId")
 OPPORTUNITY_ID = SearchAttributeKey.for_keyword("OpportunityId")
@@ -153,14 +152,15 @@ class ExecutePlan:
 
     @workflow.run
     async def run(self, *submitted: object) -> ExecutionResultEvent:
-        """`submitted`: whatever the workflow was started with; a plan is checked here as the bridge
-        checks it, since a client can start this workflow without the bridge.
+        """`submitted`: whatever the workflow was started with, any number of values (why not a typed
+        parameter: workflows/submitted.py), read once into a `SubmittedPlan`; a plan is checked here as
+        the bridge checks it, since a client can start this workflow without the bridge.
 
         A cancel request (the UI, `temporal workflow cancel`) is obeyed as a halt, never by dropping
         the plan: a cancelled workflow would end without a result, while its transaction may be out.
         The plan goes on under the halt: nothing unsent goes out, what is out is followed to its
         true outcome, and the one result is published (issue 20)."""
-        plan_run = asyncio.ensure_future(self._run(submitted))
+        plan_run = asyncio.ensure_future(self._run(SubmittedPlan.read(submitted, continued=workflow.info().continued_run_id is not None)))
         while True:
             try:
                 return await asyncio.shield(plan_run)
@@ -170,20 +170,19 @@ class ExecutePlan:
                 self.halt_reason = self.halt_reason or "cancelled through Temporal"
                 workflow.logger.info("plan=%s stage=%s event=cancel_requested treated_as=halt", workflow.info().workflow_id, self.stage)
 
-    async def _run(self, submitted: tuple) -> ExecutionResultEvent:
+    async def _run(self, submitted: SubmittedPlan) -> ExecutionResultEvent:
         # One bare turn of the event loop (no timer, no command: replay-safe) before anything is read:
         # a cancel that came with the start is delivered to `run` one turn after it starts this task,
         # and must be a halt before `execute` reads the halt reason.
         await asyncio.sleep(0)
         started_ms = _now_ms()
-        if any(isinstance(given, Unencrypted) for given in submitted):
+        if submitted.plain:
             # Written by a client without the history keys while encryption is on (workflows/codec.py):
             # whoever reaches Temporal is not thereby a planner. Told under this execution's id; nothing sent.
             return await self._reject(b"", InvalidPlan(
                 ErrorCode.INVALID_PLAN, "refused: started in plain text by a client without the history keys, while history encryption is on",
             ))  # fmt: skip
-        following = _following(submitted)
-        data = json.dumps(submitted[0]).encode() if len(submitted) == 1 or following is not None else b""
+        data, following = submitted.data, submitted.following
         try:
             plan = parse_plan(data, now_ms=started_ms)
         except InvalidPlan as invalid:
@@ -213,7 +212,7 @@ class ExecutePlan:
             confirmation = await self._confirm(plan, Following(
                 started_ms, self.signed, self.submission, self.lease, executed,
                 stopped.code.value if stopped else None, stopped.message if stopped else None, self.halt_reason,
-            ), submitted[0])  # fmt: skip
+            ), submitted)  # fmt: skip
             if confirmation.landed:
                 stopped = None  # whatever this run went through, the chain says the trade happened
                 settlement = await self._settle(plan)
@@ -252,7 +251,7 @@ class ExecutePlan:
             withheld = f"{stopped.message}; its recorded transaction was followed and did not land"
             self.submission = Submission(signed.signature, None, _now_ms(), withheld_code=stopped.code.value, withheld=withheld)
 
-    async def _confirm(self, plan: ExecutionPlanEvent, following: Following, submitted: object) -> Confirmation:
+    async def _confirm(self, plan: ExecutionPlanEvent, following: Following, submitted: SubmittedPlan) -> Confirmation:
         """Until the chain decides, however long that takes: a silent chain is asked again after a
         durable timer (1 s doubling to 30 s), and a history grown long continues as new."""
         # A local activity too (measured: Temporal server CPU per plan 24.5 -> 13.6 ms, history
@@ -274,7 +273,7 @@ class ExecutePlan:
             events = workflow.info().get_current_history_length()
             if events > FOLLOW_ON_AFTER_EVENTS:
                 workflow.logger.info("plan=%s stage=confirm event=continue_as_new events=%d", plan.plan_id, events)
-                workflow.continue_as_new(args=[submitted, dataclasses.replace(following, halt_reason=self.halt_reason)])
+                workflow.continue_as_new(args=submitted.follow_on(dataclasses.replace(following, halt_reason=self.halt_reason)))
             await workflow.sleep(wait)
             wait = min(wait * 2, CONFIRM_WAIT_MAX)
 
@@ -405,17 +404,6 @@ class ExecutePlan:
             tip_lamports=self.signed.tip_lamports if sent else None,
             stage_timings=timings,
         )
-
-
-_FOLLOWING = TypeAdapter(Following)
-
-
-def _following(submitted: tuple) -> Following | None:
-    """What a run continued by `_confirm` carries. Only such a run has it: a client cannot start a
-    workflow as continued, so a second input from outside is refused like any input that is not a plan."""
-    if len(submitted) != 2 or workflow.info().continued_run_id is None:
-        return None
-    return _FOLLOWING.validate_json(json.dumps(submitted[1]))
 
 
 def _now_ms() -> int:

@@ -1,16 +1,13 @@
-"""What the ExecutePlan workflow asks of its activities: each one's name and types
-(`PlanActivities`), and the plain data passed to and from them. No secrets: only public keys
-and signed transactions appear here; private keys stay in the worker's key store.
+"""The plain data passed to and from the ExecutePlan workflow's activities (their names and
+signatures: workflows/plan_activities.py). No secrets: only public keys and signed transactions
+appear here; private keys stay in the worker's key store.
 
-The workflow calls the activities through `PlanActivities`, by typed reference, and
-`activities.execution.ExecutionActivities` implements them: so the workflow imports nothing
-of the side that does the work, and the imports point one way.
+Plain dataclasses and nothing of Temporal: `executor/` builds and reads these, and imports nothing
+of temporalio (tests/test_wire_state.py checks it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from temporalio import activity
 
 from workflows.events import ExecutionPlanEvent, ExecutionResultEvent
 
@@ -143,37 +140,3 @@ class PublishRequest:
     result: ExecutionResultEvent
     message_id: str  # Nats-Msg-Id: JetStream drops a repeat within its dedupe window
     keep: bool = True  # store it as the plan's one result (a rejected input has no plan to keep it for)
-
-
-class PlanActivities:
-    """The activities of one plan, as the workflow calls them (each a local activity)."""
-
-    @activity.defn(name="execute")
-    async def execute(self, request: ExecuteRequest) -> Executed:
-        """Lease, build, policy, sign, record, the send gate, the send."""
-        raise NotImplementedError
-
-    @activity.defn(name="resolve_record")
-    async def resolve_record(self, request: ResolveRequest) -> SignedTransaction | None:
-        """After a failed execute: None if the plan's record is void, else the recorded transaction."""
-        raise NotImplementedError
-
-    @activity.defn(name="confirm")
-    async def confirm(self, request: ConfirmRequest) -> Confirmation:
-        """Follow the recorded signature until the chain decides."""
-        raise NotImplementedError
-
-    @activity.defn(name="settle")
-    async def settle(self, request: SettleRequest) -> Settlement:
-        """What the landed transaction cost and earned."""
-        raise NotImplementedError
-
-    @activity.defn(name="release_wallet")
-    async def release_wallet(self, request: ReleaseRequest) -> None:
-        """Give the plan's lease back, wherever it is."""
-        raise NotImplementedError
-
-    @activity.defn(name="publish")
-    async def publish(self, request: PublishRequest) -> ExecutionResultEvent:
-        """Store the plan's one result and publish it on EXECUTED."""
-        raise NotImplementedError

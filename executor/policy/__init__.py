@@ -9,18 +9,19 @@ One job per module:
 
 - `check`: `PlanPolicy`, the check `Dispatch` runs (and `inspect-plan` reports), and `open_policy`;
 - `rules`: the static rules on the compiled message (the rule list is its docstring);
-- `settings`: `PolicySettings`, from POLICY_FILE and POLICY_* variables;
 - `ledger`: `SpendLedger`, the per-wallet, per-minute spend shared by every worker on NATS KV;
 - `simulation`: POLICY_SIMULATE, the unsigned transaction simulated and the wallet's losses capped;
-- `programs`: the programs allowed by default; `violation`: `PolicyViolation` and the rules' names.
+- `programs`: the programs the rules decode, by name; `violation`: `PolicyViolation` and the rules' names.
 
-The instruction vocabularies the rules read are the venue's (venue/instructions.py).
+The rules' parameters, `PolicySettings`, are declared with every other setting (settings/policy.py);
+the instruction vocabularies the rules read are the venue's (venue/instructions.py).
 """
+from settings.policy import DEFAULT_PROGRAMS, FILE_KEYS, PolicySettings
+
 from .check import PlanPolicy, declared_outflows, open_policy
 from .ledger import SPEND_BUCKET, SPEND_PREFIX, SpendLedger
-from .programs import COMPUTE_BUDGET_PROGRAM, DEFAULT_PROGRAMS, PROGRAM_NAMES, TOKEN_PROGRAMS
+from .programs import COMPUTE_BUDGET_PROGRAM, PROGRAM_NAMES, TOKEN_PROGRAMS
 from .rules import SYSTEM_REFUSED_WHY, TOKEN_2022_PLAIN, TOKEN_PLAIN, Examined, Spend, message_keys, writable_keys
-from .settings import FILE_KEYS, PolicySettings
 from .simulation import TOKEN_ACCOUNT_SIZE, balance_losses, simulate
 from .violation import RULES, PolicyViolation
 

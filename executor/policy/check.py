@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from solders.message import MessageV0, from_bytes_versioned
 from solders.pubkey import Pubkey
 
+from settings.policy import PolicySettings
 from venue import klend
 from venue.programs import NATIVE_MINT, associated_token_address
 from workflows.events import ErrorCode, ExecutionPlanEvent
@@ -22,7 +23,6 @@ from ..errors import fail
 from .ledger import SpendLedger
 from .programs import TOKEN_PROGRAMS
 from .rules import Examined, Spend, _MessageCheck, message_keys
-from .settings import PolicySettings
 from .simulation import simulate
 from .violation import PolicyViolation
 

@@ -1,5 +1,6 @@
-"""The programs a plan's transaction may call at top level by default (rule `program`), and their
-names as violation messages print them. POLICY_ALLOWED_PROGRAMS adds to DEFAULT_PROGRAMS."""
+"""The programs the rules decode, and their names as violation messages print them. Which programs a
+plan may call at top level (rule `program`) is DEFAULT_PROGRAMS, declared with the policy's settings
+(settings/policy.py), plus POLICY_ALLOWED_PROGRAMS."""
 from __future__ import annotations
 
 from solders.pubkey import Pubkey
@@ -18,19 +19,6 @@ from venue.programs import (
 COMPUTE_BUDGET_PROGRAM = Pubkey.from_string(COMPUTE_BUDGET_PROGRAM_ID)
 TOKEN_PROGRAMS = frozenset({TOKEN_PROGRAM, TOKEN_2022_PROGRAM})
 
-DEFAULT_PROGRAMS = frozenset(
-    {
-        SYSTEM_PROGRAM,
-        COMPUTE_BUDGET_PROGRAM,
-        TOKEN_PROGRAM,
-        TOKEN_2022_PROGRAM,
-        ATA_PROGRAM,
-        MEMO_PROGRAM,
-        MEMO_V1_PROGRAM,
-        klend.KLEND_PROGRAM_ID,
-        LOOKUP_TABLE_PROGRAM,
-    }
-)
 PROGRAM_NAMES = {
     SYSTEM_PROGRAM: "System",
     COMPUTE_BUDGET_PROGRAM: "Compute Budget",

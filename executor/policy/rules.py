@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from solders.message import MessageV0
 from solders.pubkey import Pubkey
 
+from settings.policy import PolicySettings
 from venue import (
     DEFAULT_INSTRUCTION_COMPUTE_UNITS,
     LAMPORTS_PER_SIGNATURE,
@@ -59,7 +60,6 @@ from venue.programs import (
 )
 
 from .programs import COMPUTE_BUDGET_PROGRAM, PROGRAM_NAMES, TOKEN_PROGRAMS
-from .settings import PolicySettings
 from .violation import PolicyViolation
 
 # Why each System instruction other than the two transfers is refused.

@@ -9,10 +9,10 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
+from settings.policy import PolicySettings
 from venue.programs import NATIVE_MINT, TOKEN_2022_PROGRAM, TOKEN_PROGRAM
 
 from .rules import Examined, _u64, writable_keys
-from .settings import PolicySettings
 from .violation import PolicyViolation
 
 TOKEN_ACCOUNT_SIZE = 165  # spl-token Account::LEN; Token-2022 accounts start with the same layout

@@ -1,0 +1,194 @@
+"""The executor's settings, one group per concern: each with its environment name, type, unit and doc.
+
+`worker/config.py` `ExecutorConfig` is the flat view the code passes around; its field names are
+these fields' names, and its defaults are read from here (`Group.default`), so each default sits here only.
+"""
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BeforeValidator
+
+from .base import CommaList, Flag, Group, OptionalText, none_if_blank, setting
+
+
+class WorkerSettings(Group):
+    title: ClassVar[str] = "worker"
+    executor_name: str = setting("hft-executor", "EXECUTOR_NAME", "NATS connection name; in logs and in the `metrics.executor.stopped` message")
+    balance_refresh_s: float = setting(30.0, "BALANCE_REFRESH_S", "wallet balance refresh interval", unit="s")
+    max_plans_in_flight: int = setting(256, "MAX_PLANS_IN_FLIGHT", "max un-acked plans on the bridge's PLANNED consumer (backpressure)", unit="plans")
+
+
+class RpcSettings(Group):
+    title: ClassVar[str] = "rpc"
+    rpc_endpoint: str = setting(
+        "http://127.0.0.1:8899", "RPC_ENDPOINT",
+        "Solana JSON-RPC: blockhashes, sendTransaction, signature statuses, block height, getTransaction, balances, lookup tables; "
+        "for `tpu_direct` also getSlot, getSlotLeaders, getClusterNodes",
+    )  # fmt: skip
+    rpc_ws_endpoint: OptionalText = setting(
+        None, "RPC_WS_ENDPOINT", "Solana PubSub websocket; the TPU client's slotSubscribe",
+        shown_default="`RPC_ENDPOINT` with scheme `ws` (`wss` for `https`) and port + 1 (no port: none added)",
+    )  # fmt: skip
+    rpc_backups: CommaList = setting(
+        (), "RPC_BACKUPS",
+        "comma-separated RPC URLs; every `rpc` send the primary did not refuse, and every rebroadcast, also goes to each of them, in the "
+        "background (never waited on, errors ignored). A send the primary refuses goes nowhere else, so SUBMIT_REJECTED means nothing left",
+    )  # fmt: skip
+
+
+class JitoSettings(Group):
+    title: ClassVar[str] = "jito"
+    jito_block_engine_url: str = setting("http://127.0.0.1:8910", "JITO_BLOCK_ENGINE_URL", "block engine root (a trailing `/api/v1` is accepted)")
+    jito_uuid: OptionalText = setting(None, "JITO_UUID", "sent in the `x-jito-auth` header", secret=True)
+    jito_tip_base: int = setting(10_000, "JITO_TIP_BASE", "minimum Jito tip", unit="lamports")
+    jito_tip_profit_share: float = setting(0.05, "JITO_TIP_PROFIT_SHARE", "share of the plan's expected profit paid as tip (see below)", unit="fraction")
+
+
+class FeeSettings(Group):
+    title: ClassVar[str] = "fees"
+    compute_unit_limit: int = setting(200_000, "COMPUTE_UNIT_LIMIT", "compute-unit limit when the plan has no `gasEstimate` (flash-loan plans: 600000)", unit="CU")
+    compute_unit_margin: float = setting(0.10, "COMPUTE_UNIT_MARGIN", "added to the plan's `gasEstimate` (capped at 1,400,000)", unit="fraction")
+    compute_unit_price: int = setting(1_000, "COMPUTE_UNIT_PRICE", "when the plan has no `priorityFee` and the estimate below fails", unit="micro-lamports/CU")
+    priority_fee_percentile: float = setting(75.0, "PRIORITY_FEE_PERCENTILE", "percentile of getRecentPrioritizationFees over the plan's writable accounts, for plans without `priorityFee`", unit="percentile")
+    priority_fee_floor: int = setting(1_000, "PRIORITY_FEE_FLOOR", "lower clamp of that estimate", unit="micro-lamports/CU")
+    priority_fee_ceiling: int = setting(2_000_000, "PRIORITY_FEE_CEILING", "upper clamp of that estimate (`POLICY_MAX_CU_PRICE`'s default: raise both together)", unit="micro-lamports/CU")
+    priority_fee_congestion: Flag = setting(False, "PRIORITY_FEE_CONGESTION", "on: scale the estimate by the seed's congestion levels (x2 when > 75% of recent slots paid a fee, x1.5 when > 25%)")
+    executor_lookup_tables: CommaList = setting(
+        (), "EXECUTOR_LOOKUP_TABLES",
+        "comma-separated addresses of the executor's own lookup tables (tip accounts, programs, sysvars), used for every plan besides the plan's and routes' tables",
+    )  # fmt: skip
+    sol_price_usd: float = setting(150.0, "SOL_PRICE_USD", "SOL price when the plan gives no `solPriceUsd`; used for the tip and the cost in USD", unit="USD")
+
+
+class ConfirmationSettings(Group):
+    title: ClassVar[str] = "confirmation"
+    confirmation_timeout_ms: int = setting(
+        30_000, "CONFIRMATION_TIMEOUT_MS",
+        "after the send, how long copies of the transaction may still be resent (the plan's `deadline` ends them too, whichever comes first). "
+        "Confirmation itself waits for the chain's answer however long it takes: landed, failed on chain, or blockhash expired",
+        unit="ms", old=("CONFIRMATION_TIMEOUT",),
+    )  # fmt: skip
+    confirmation_commitment: Literal["processed", "confirmed", "finalized"] = setting(
+        "confirmed", "CONFIRMATION_COMMITMENT", "the level a transaction must reach to count as landed (anything else refused at start)"
+    )
+    confirmation_poll_ms: int = setting(
+        200, "CONFIRMATION_POLL_MS",
+        "how often the worker's one poller asks getSignatureStatuses (256 signatures a request) and getBlockHeight; `dev` sets half the slot time, 20-200",
+        unit="ms",
+    )  # fmt: skip
+    rebroadcast_ms: int = setting(1_000, "REBROADCAST_MS", "for `rpc` plans, resend the same bytes this often until the signature is seen, while the plan may send (before its deadline, no halt in force)", unit="ms")
+
+
+class TpuSettings(Group):
+    title: ClassVar[str] = "tpu"
+    tpu_timeout_ms: int = setting(2_000, "TPU_TIMEOUT_MS", "how long a `tpu_direct` send waits at most for the leaders' acknowledgements (one deadline for all leaders of a send)", unit="ms", old=("TPU_TIMEOUT",))
+    tpu_retry_count: int = setting(2, "TPU_RETRY_COUNT", "reconnects to one leader within a send when its connection drops")
+    tpu_fanout_slots: int = setting(4, "TPU_FANOUT_SLOTS", "a `tpu_direct` send goes to the distinct leaders of this many upcoming slots", unit="slots")
+    tpu_rebroadcast_ms: int = setting(400, "TPU_REBROADCAST_MS", "for `tpu_direct` plans, confirm resends the same bytes this often (each leader window gets a copy)", unit="ms")
+    tpu_identity_keypair: OptionalText = setting(
+        None, "TPU_IDENTITY_KEYPAIR",
+        "path of a Solana keypair JSON file: the QUIC client identity presented to leaders. Never a wallet key. Refused (the worker does not start) "
+        "if group or others can access it, like a wallet file. Unset: a fresh keypair at every start",
+    )  # fmt: skip
+
+
+class NatsSettings(Group):
+    title: ClassVar[str] = "nats"
+    nats_url: str = setting("nats://127.0.0.1:4222", "NATS_URL", "NATS server with JetStream; a cluster as a comma-separated list (`nats://n1:4222,nats://n2:4222,nats://n3:4222`)")
+    nats_replicas: int = setting(
+        1, "NATS_REPLICAS",
+        "replicas (1-5, JetStream's limit) of every stream and bucket the executor creates: `3` on a 3-node cluster. An existing stream keeps its replicas (`nats stream edit` changes them)",
+        must="1 to 5 (JetStream's limit)", ge=1, le=5,
+    )  # fmt: skip
+    nats_user: OptionalText = setting(None, "NATS_USER", "NATS user, with `NATS_PASSWORD` (both or neither). Credentials in `NATS_URL` itself are refused")
+    nats_password: OptionalText = setting(None, "NATS_PASSWORD", "its password; never logged, nor shown by `describe()` or in an error", secret=True)
+    nats_token: OptionalText = setting(None, "NATS_TOKEN", "NATS token authentication, instead of a user", secret=True)
+    nats_nkey_seed: OptionalText = setting(None, "NATS_NKEY_SEED", "path of an nkey seed file (`SU...`), mode 0600: the client signs the server's nonce, nothing secret goes on the wire")
+    nats_creds: OptionalText = setting(None, "NATS_CREDS", "path of a `.creds` file (user JWT + seed, from `nsc`), mode 0600. At most one of user/password, token, nkey seed and creds")
+    nats_tls_ca: OptionalText = setting(
+        None, "NATS_TLS_CA",
+        "CA file that verifies the server's certificate. Setting it, or a client certificate, or a `tls://` URL makes TLS required: "
+        "a server that does not require TLS is refused before any credential is sent",
+        shown_default="none (system roots)",
+    )  # fmt: skip
+    nats_tls_cert: OptionalText = setting(None, "NATS_TLS_CERT", "client certificate, with `NATS_TLS_KEY`, for a server with mutual TLS (`verify: true`)")
+    nats_tls_key: OptionalText = setting(None, "NATS_TLS_KEY", "its key file (mode 0600)")
+    nats_tls_server_name: OptionalText = setting(None, "NATS_TLS_SERVER_NAME", "the name to verify in the server's certificate, when the URL's host is not in it", shown_default="the URL's host")
+    nats_inbox_prefix: OptionalText = setting(
+        None, "NATS_INBOX_PREFIX",
+        "prefix of the client's reply subjects; with the shipped permissions each user has its own (`_INBOX.worker`, `_INBOX.planner`, `_INBOX.operator`)",
+        shown_default="`_INBOX`",
+    )  # fmt: skip
+
+
+class MetricsSettings(Group):
+    title: ClassVar[str] = "metrics"
+    metrics_port: int = setting(9464, "METRICS_PORT", "Prometheus metrics of the executor; `0` turns off both metrics listeners", unit="port")
+    metrics_host: str = setting("127.0.0.1", "METRICS_HOST", "address both metrics listeners bind; `0.0.0.0` to be scraped from other hosts (compose sets it)")
+    temporal_metrics_port: int = setting(9465, "TEMPORAL_METRICS_PORT", "the Temporal SDK's own Prometheus metrics", unit="port")
+
+
+class TemporalSettings(Group):
+    title: ClassVar[str] = "temporal"
+    temporal_address: str = setting("127.0.0.1:7233", "TEMPORAL_ADDRESS", "Temporal frontend")
+    temporal_namespace: str = setting("default", "TEMPORAL_NAMESPACE", "Temporal namespace")
+    temporal_task_queue: str = setting("hft-executor", "TEMPORAL_TASK_QUEUE", "task queue the workers poll and the bridge starts on")
+    temporal_tls: Flag = setting(False, "TEMPORAL_TLS", "on: connect with TLS (system roots)")
+    temporal_api_key: OptionalText = setting(None, "TEMPORAL_API_KEY", "Temporal Cloud API key (implies TLS); never logged", secret=True)
+    temporal_tls_cert: OptionalText = setting(
+        None, "TEMPORAL_TLS_CERT",
+        "PEM file: the client certificate for mutual TLS, with `TEMPORAL_TLS_KEY` (both or neither; imply TLS). Read at every connect, "
+        "so a renewed certificate is picked up by the next connection",
+    )  # fmt: skip
+    temporal_tls_key: OptionalText = setting(None, "TEMPORAL_TLS_KEY", "PEM file: its private key, mode 0600 like a wallet file")
+    temporal_tls_ca: OptionalText = setting(None, "TEMPORAL_TLS_CA", "PEM file: the CA that signed the Temporal frontend's certificate (implies TLS)", shown_default="system roots")
+    temporal_tls_server_name: OptionalText = setting(
+        None, "TEMPORAL_TLS_SERVER_NAME", "the name the frontend's certificate must carry, when it differs from the address (implies TLS)", shown_default="the host of `TEMPORAL_ADDRESS`"
+    )
+
+
+class HistorySettings(Group):
+    title: ClassVar[str] = "history"
+    history_keys: OptionalText = setting(
+        None, "HISTORY_KEYS",
+        "history encryption keys, `id:base64key,id2:base64key2` (each 32 random bytes, standard or url-safe base64; id 1-64 of `A-Za-z0-9_.-`). "
+        "The first encrypts, all decrypt",
+        secret=True,
+    )  # fmt: skip
+    history_keys_file: OptionalText = setting(
+        None, "HISTORY_KEYS_FILE", "a file of `id:base64key` lines (`#` comments), mode 0600; its keys come after `HISTORY_KEYS`'s. With neither set the worker refuses to start"
+    )
+    history_encryption: Flag = setting(
+        True, "HISTORY_ENCRYPTION",
+        "off: payloads go to Temporal in plain text (keys, if loaded, still decrypt older histories). The only way to run a worker without a key",
+    )  # fmt: skip
+
+
+class CodecSettings(Group):
+    title: ClassVar[str] = "codec server"
+    codec_auth_token: OptionalText = setting(None, "CODEC_AUTH_TOKEN", "read by `codec-server`: the token callers must present (at least 24 characters; `secrets.token_urlsafe(32)`)", secret=True)
+    codec_auth_token_file: OptionalText = setting(None, "CODEC_AUTH_TOKEN_FILE", "a file (mode 0600) holding that token on its first line")
+    codec_cors_origins: CommaList = setting(
+        (), "CODEC_CORS_ORIGINS", "comma-separated Temporal UI origins a browser may call `codec-server` from (`--origin` overrides)",
+        shown_default="`http://127.0.0.1:8233,http://localhost:8233`",
+    )  # fmt: skip
+
+
+class ProcessSettings(Group):
+    title: ClassVar[str] = "process"
+    event_loop: Literal["uvloop", "asyncio"] = setting("uvloop", "EVENT_LOOP", "the event loop of the worker, `dev` and `bench` (`worker/event_loop.py`); `asyncio` to compare or to use asyncio's debug mode")
+    test_crash_after: Annotated[Literal["received", "sign", "submit", "confirm", "publish"] | None, BeforeValidator(none_if_blank)] = setting(
+        None, "HFT_TEST_CRASH_AFTER",
+        "fault injection for the durability tests (tests/test_durability.py): `received` makes the worker SIGKILL itself when its bridge has taken a plan "
+        "(before the start), `sign` after the record and before the send (in the bridge's send ahead or in `execute`), `submit` right after the send, "
+        "`confirm` at the start of confirm, `publish` right after the result is published (before Temporal hears of it). Never set it outside those tests",
+    )  # fmt: skip
+
+
+#: What `ExecutorConfig.from_environment` reads, in the docs' order.
+CONFIG_GROUPS: tuple[type[Group], ...] = (
+    WorkerSettings, RpcSettings, JitoSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, MetricsSettings, TemporalSettings, HistorySettings,
+)  # fmt: skip
+#: Every group of the executor's environment (the policy's is `settings.policy.PolicySettings`).
+GROUPS: tuple[type[Group], ...] = (*CONFIG_GROUPS, CodecSettings, ProcessSettings)
