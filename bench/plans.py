@@ -10,10 +10,10 @@ import base64
 import time
 
 from devtools.demo import MEMO_PROGRAM, plan_memo
+from venue.instructions import SystemInstruction
 
 SYSTEM_PROGRAM = "11111111111111111111111111111111"
 NATIVE_MINT = "So11111111111111111111111111111111111111112"
-TRANSFER = 2  # system program instruction index
 
 
 def bench_plan(plan_id: str, method: str, sink: str, *, lamports: int = 5_000, deadline_ms: int = 30_000, max_latency_ms: int = 30_000) -> dict:
@@ -24,7 +24,7 @@ def bench_plan(plan_id: str, method: str, sink: str, *, lamports: int = 5_000, d
             {"pubkey": "$WALLET", "isSigner": True, "isWritable": True},
             {"pubkey": sink, "isSigner": False, "isWritable": True},
         ],
-        "data": base64.b64encode(TRANSFER.to_bytes(4, "little") + lamports.to_bytes(8, "little")).decode(),
+        "data": base64.b64encode(SystemInstruction.TRANSFER.to_bytes(4, "little") + lamports.to_bytes(8, "little")).decode(),
     }
     memo = {
         "programId": MEMO_PROGRAM,

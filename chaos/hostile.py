@@ -27,6 +27,7 @@ import json
 import struct
 from dataclasses import dataclass
 
+from venue.instructions import SystemInstruction
 from workflows.events import is_valid_plan
 from workflows.limits import MAX_ID_CHARS, MAX_PLAN_BYTES, is_plan_id
 
@@ -110,6 +111,7 @@ def hostile_plans(base_plan, seed: int | None = None):
             return HostilePlan(_raw(form, plan, depth), tail, f"raw:{form}", plan_id)
         changes = draw(mutations)
         text_tokens: list[tuple[str, str]] = []
+        attacked = False  # an instruction attack still in the routes (a later huge_array starts from fresh routes)
         for op, name, value in changes:
             if op in ("set", "extra") and name == "planId" and is_plan_id(value):
                 value = plan_id  # a usable id stays this message's own, so that its one result can be found
@@ -126,13 +128,15 @@ def hostile_plans(base_plan, seed: int | None = None):
             elif op == "instructions":
                 plan["routes"] = copy.deepcopy(fresh["routes"])  # an earlier change may have broken them
                 _hostile_instructions(plan, name)
+                attacked = True
             elif op == "huge_array":
                 plan["routes"] = copy.deepcopy(fresh["routes"])
                 _huge_array(plan, name, value)
+                attacked = False
         data = json.dumps(plan, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
         for placeholder, token in text_tokens:
             data = data.replace(f'"{placeholder}"'.encode(), token.encode())
-        if not any(op == "instructions" for op, _, _ in changes):
+        if not attacked:
             assume(not is_valid_plan(data))  # dropping an optional field, say, leaves a valid plan: not hostile
         return HostilePlan(data, tail, "+".join(f"{op}:{name}" for op, name, _ in changes), plan_id)
 
@@ -161,7 +165,7 @@ def generate(base_plan, count: int, seed: int) -> list[HostilePlan]:
 def _hostile_instructions(plan: dict, kind: str) -> None:
     route = plan["routes"][0]
     if kind == "drain":  # a System transfer of 1,000 SOL from the wallet to an account outside it: value the plan does not declare
-        data = base64.b64encode(struct.pack("<IQ", 2, 1_000 * 10**9)).decode()
+        data = base64.b64encode(struct.pack("<IQ", SystemInstruction.TRANSFER, 1_000 * 10**9)).decode()
         route["instructions"].append({
             "programId": SYSTEM_PROGRAM,
             "accounts": [{"pubkey": "$WALLET", "isSigner": True, "isWritable": True}, {"pubkey": OUTSIDE_ACCOUNT, "isSigner": False, "isWritable": True}],

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 from solders.pubkey import Pubkey
 
+from venue.instructions import TokenInstruction
 from workflows.events import ExecutionPlanEvent
 
 TOKEN_PROGRAM = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
 MEMO_PROGRAM = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"  # SPL Memo v2 (built into LiteSVM)
-TRANSFER_CHECKED = 12
 
 
 def _transfer_checked(source: str, mint: str, destination: str, amount: int, decimals: int) -> dict:
-    data = bytes([TRANSFER_CHECKED]) + amount.to_bytes(8, "little") + bytes([decimals])
+    data = bytes([TokenInstruction.TRANSFER_CHECKED]) + amount.to_bytes(8, "little") + bytes([decimals])
     return {
         "programId": TOKEN_PROGRAM,
         "accounts": [

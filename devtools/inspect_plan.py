@@ -32,10 +32,10 @@ from venue import (
     COMPUTE_BUDGET_PROGRAM_ID,
     LAMPORTS_PER_SIGNATURE,
     PACKET_DATA_SIZE,
-    SET_COMPUTE_UNIT_LIMIT,
-    SET_COMPUTE_UNIT_PRICE,
+    ComputeBudgetInstruction,
     parse_compute_budget,
 )
+from venue.instructions import AssociatedTokenAccountInstruction, SystemInstruction, TokenInstruction
 from workflows.events import InvalidPlan, parse_plan
 from worker.config import ExecutorConfig
 from worker.control import environment
@@ -52,7 +52,21 @@ PROGRAMS = {
     "Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo": "memo v1",
     str(klend.KLEND_PROGRAM_ID): "kamino lending",
 }
-TOKEN_INSTRUCTIONS = {3: "transfer", 7: "mint_to", 8: "burn", 9: "close_account", 12: "transfer_checked", 17: "sync_native"}
+TOKEN_INSTRUCTIONS = {
+    TokenInstruction.TRANSFER: "transfer",
+    TokenInstruction.MINT_TO: "mint_to",
+    TokenInstruction.BURN: "burn",
+    TokenInstruction.CLOSE_ACCOUNT: "close_account",
+    TokenInstruction.TRANSFER_CHECKED: "transfer_checked",
+    TokenInstruction.SYNC_NATIVE: "sync_native",
+}
+# The token instructions whose data is the tag and an amount (u64 LE)
+TOKEN_AMOUNT_INSTRUCTIONS = (TokenInstruction.TRANSFER, TokenInstruction.MINT_TO, TokenInstruction.BURN, TokenInstruction.TRANSFER_CHECKED)
+ATA_INSTRUCTIONS = {
+    b"": "create",  # empty data: the original Create
+    bytes([AssociatedTokenAccountInstruction.CREATE]): "create",
+    bytes([AssociatedTokenAccountInstruction.CREATE_IDEMPOTENT]): "create_idempotent",
+}
 
 
 def decode(ix: Instruction) -> dict:
@@ -60,21 +74,21 @@ def decode(ix: Instruction) -> dict:
     program, data = str(ix.program_id), bytes(ix.data)
     if program == COMPUTE_BUDGET_PROGRAM_ID:
         budget = parse_compute_budget(data)
-        if budget is not None and budget.tag == SET_COMPUTE_UNIT_LIMIT:
+        if budget is not None and budget.tag == ComputeBudgetInstruction.SET_COMPUTE_UNIT_LIMIT:
             return {"name": "set_compute_unit_limit", "units": budget.value}
-        if budget is not None and budget.tag == SET_COMPUTE_UNIT_PRICE:
+        if budget is not None and budget.tag == ComputeBudgetInstruction.SET_COMPUTE_UNIT_PRICE:
             return {"name": "set_compute_unit_price", "microLamports": budget.value}
-    if program == "11111111111111111111111111111111" and len(data) >= 12 and int.from_bytes(data[:4], "little") == 2:
+    if program == "11111111111111111111111111111111" and len(data) >= 12 and int.from_bytes(data[:4], "little") == SystemInstruction.TRANSFER:
         lamports = int.from_bytes(data[4:12], "little")
         to = str(ix.accounts[1].pubkey) if len(ix.accounts) > 1 else None
         return {"name": "jito tip" if to in STATIC_TIP_ACCOUNTS else "transfer", "lamports": lamports, "to": to}
     if program in ("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA", "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb") and data:
         decoded = {"name": TOKEN_INSTRUCTIONS.get(data[0], f"instruction {data[0]}")}
-        if data[0] in (3, 7, 8, 12) and len(data) >= 9:
+        if data[0] in TOKEN_AMOUNT_INSTRUCTIONS and len(data) >= 9:
             decoded["amount"] = int.from_bytes(data[1:9], "little")
         return decoded
     if program == "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL":
-        return {"name": {b"": "create", b"\x00": "create", b"\x01": "create_idempotent"}.get(data[:1], "instruction")}
+        return {"name": ATA_INSTRUCTIONS.get(data[:1], "instruction")}
     if program.startswith("Memo"):
         return {"name": "memo", "text": data.decode("utf-8", errors="replace")}
     known = klend.decode_instruction(ix)

@@ -19,6 +19,7 @@ from solders.pubkey import Pubkey
 from solders.token.associated import get_associated_token_address
 from solders.token.state import Mint, TokenAccount, TokenAccountState
 
+from venue.instructions import TokenInstruction
 from venue.programs import TOKEN_PROGRAM
 
 from .ledger import Ledger
@@ -26,7 +27,6 @@ from .ledger import Ledger
 MINT_LEN = 82
 TOKEN_ACCOUNT_LEN = 165
 # spl-token instruction tags (token/program/src/instruction.rs)
-TRANSFER_CHECKED = 12
 
 
 def _rent_exempt(ledger: Ledger, size: int) -> int:
@@ -81,7 +81,7 @@ def token_balance(ledger: Ledger, address: Pubkey) -> int:
 def transfer_checked(source: Pubkey, mint: Pubkey, destination: Pubkey, authority: Pubkey, amount: int, decimals: int) -> Instruction:
     return Instruction(
         TOKEN_PROGRAM,
-        struct.pack("<BQB", TRANSFER_CHECKED, amount, decimals),
+        struct.pack("<BQB", TokenInstruction.TRANSFER_CHECKED, amount, decimals),
         [
             AccountMeta(source, is_signer=False, is_writable=True),
             AccountMeta(mint, is_signer=False, is_writable=False),

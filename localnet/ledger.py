@@ -36,7 +36,7 @@ from solders.transaction_status import (
     TransactionStatus,
 )
 
-from venue import COMPUTE_BUDGET_PROGRAM_ID, SET_COMPUTE_UNIT_PRICE, parse_compute_budget
+from venue import COMPUTE_BUDGET_PROGRAM_ID, ComputeBudgetInstruction, parse_compute_budget
 from venue.programs import SYSTEM_PROGRAM, TOKEN_PROGRAMS
 
 log = logging.getLogger("localnet.ledger")
@@ -585,6 +585,6 @@ def compute_unit_price(tx: VersionedTransaction) -> int:
     for ix in message.instructions:
         if keys[ix.program_id_index] == COMPUTE_BUDGET_PROGRAM:
             parsed = parse_compute_budget(bytes(ix.data))
-            if parsed is not None and parsed.exact and parsed.tag == SET_COMPUTE_UNIT_PRICE:
+            if parsed is not None and parsed.exact and parsed.tag == ComputeBudgetInstruction.SET_COMPUTE_UNIT_PRICE:
                 return parsed.value
     return 0

@@ -25,8 +25,7 @@ from venue import (
     LAMPORTS_PER_SIGNATURE,
     MAX_COMPUTE_UNITS,
     PACKET_DATA_SIZE,
-    SET_COMPUTE_UNIT_LIMIT,
-    SET_COMPUTE_UNIT_PRICE,
+    ComputeBudgetInstruction,
     parse_compute_budget,
 )
 
@@ -117,9 +116,9 @@ def fee_for_message(message) -> int:
     for ix in message.instructions:
         if str(keys[ix.program_id_index]) == COMPUTE_BUDGET_PROGRAM_ID:
             parsed = parse_compute_budget(bytes(ix.data))  # trailing bytes ignored, as the runtime's borsh does
-            if parsed is not None and parsed.tag == SET_COMPUTE_UNIT_LIMIT:
+            if parsed is not None and parsed.tag == ComputeBudgetInstruction.SET_COMPUTE_UNIT_LIMIT:
                 limit = parsed.value
-            elif parsed is not None and parsed.tag == SET_COMPUTE_UNIT_PRICE:
+            elif parsed is not None and parsed.tag == ComputeBudgetInstruction.SET_COMPUTE_UNIT_PRICE:
                 price = parsed.value
         else:
             other += 1

@@ -1,4 +1,4 @@
-"""The plan policy's settings (`executor/policy.py` checks a transaction against them).
+"""The plan policy's settings (`executor/policy/` checks a transaction against them).
 
 A pydantic model declared like the other groups (`setting`: environment name, file key, unit,
 doc), but read by its own `from_environment`, not by pydantic-settings' sources: the policy also
@@ -24,7 +24,7 @@ from venue.programs import ATA_PROGRAM, LOOKUP_TABLE_PROGRAM, MEMO_PROGRAM, MEMO
 
 from .base import SettingsError, flag, meta, setting
 
-#: The programs a plan may call without POLICY_ALLOWED_PROGRAMS (executor/policy.py decodes each of them).
+#: The programs a plan may call without POLICY_ALLOWED_PROGRAMS (executor/policy/ decodes each of them).
 DEFAULT_PROGRAMS = frozenset(
     {
         SYSTEM_PROGRAM, Pubkey.from_string(COMPUTE_BUDGET_PROGRAM_ID), TOKEN_PROGRAM, TOKEN_2022_PROGRAM, ATA_PROGRAM, MEMO_PROGRAM, MEMO_V1_PROGRAM,

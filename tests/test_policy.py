@@ -1,4 +1,4 @@
-"""The plan policy (executor/policy.py): what a built transaction may do with a hot wallet.
+"""The plan policy (executor/policy/): what a built transaction may do with a hot wallet.
 
 Three layers, each able to fail:
 - the decoder and rules on hand-built compiled messages (no servers): every rule fires where
@@ -914,3 +914,14 @@ async def test_simulation_cost_per_plan(stack):
     print(f"\npolicy check p50: static {static_ms * 1000:.0f} us; with POLICY_SIMULATE {simulate_ms:.2f} ms per plan (40 plans, interleaved)")
     assert simulate_ms > static_ms, "a simulation is an RPC round trip"
     assert simulate_ms < 100
+
+
+def test_the_rules_instruction_sets_are_the_numbers_they_were():
+    """The policy's sets are written in the venue's names (venue/instructions.py); these are the
+    numbers they held when they were written as numbers (issue 21), so a renamed or renumbered
+    member cannot quietly widen what passes."""
+    from executor.policy import SYSTEM_REFUSED_WHY, TOKEN_2022_PLAIN, TOKEN_PLAIN
+
+    assert TOKEN_PLAIN == {0, 1, 2, 5, 7, 10, 11, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24}
+    assert TOKEN_2022_PLAIN == {25, 29, 30, 34}
+    assert set(SYSTEM_REFUSED_WHY) == {0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 12}

@@ -253,7 +253,7 @@ async def test_start_fails_fast_and_clearly_when_a_port_is_taken(tmp_path):
 async def test_a_picked_port_taken_before_the_server_binds_it_is_picked_again(tmp_path, monkeypatch):
     """free_port() only says a port was free a moment ago; any outgoing connection may take it
     before the child binds it. Auto-picked ports are then picked again, not a failed stack."""
-    import devtools.services as services
+    import devtools.services.nats as services  # where NatsServer looks free_port up
 
     real_free_port = services.free_port
     with socket.socket() as taken:

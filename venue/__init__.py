@@ -2,7 +2,8 @@
 
 Named as a desk names it: the execution venue is where orders land, for this executor one chain,
 Solana. This package holds what is the venue's rather than the executor's: the protocol's facts
-(`protocol`: sizes, fees, the compute-budget encoding), the product's one JSON-RPC client (`rpc`), the Jito
+(`protocol`: sizes, fees, the compute-budget encoding), the programs' instruction vocabularies
+(`instructions`: named enums of their discriminants), the product's one JSON-RPC client (`rpc`), the Jito
 block-engine client (`jito`), TPU over QUIC (`tpu`: leaders, connections, sender), the blockhash
 and lookup-table caches (`chain`), priority fees (`fees`) and the Kamino lending program's
 layouts (`klend`). It imports nothing else of the project, so the product (executor, worker,
@@ -11,32 +12,28 @@ programs a transaction may touch and the token-account derivation are `programs`
 transaction builder is executor/build.py: it turns a plan (the wire model) into
 instructions, and venue knows no plan.
 """
+from .instructions import ComputeBudgetInstruction
 from .protocol import (
     COMPUTE_BUDGET_DATA_LENGTH,
-    COMPUTE_BUDGET_INSTRUCTIONS,
     COMPUTE_BUDGET_PROGRAM_ID,
     DEFAULT_INSTRUCTION_COMPUTE_UNITS,
     LAMPORTS_PER_SIGNATURE,
     LAMPORTS_PER_SOL,
     MAX_COMPUTE_UNITS,
     PACKET_DATA_SIZE,
-    SET_COMPUTE_UNIT_LIMIT,
-    SET_COMPUTE_UNIT_PRICE,
-    ComputeBudgetInstruction,
+    ComputeBudgetRequest,
     parse_compute_budget,
 )
 
 __all__ = [
     "COMPUTE_BUDGET_DATA_LENGTH",
-    "COMPUTE_BUDGET_INSTRUCTIONS",
     "COMPUTE_BUDGET_PROGRAM_ID",
     "DEFAULT_INSTRUCTION_COMPUTE_UNITS",
     "LAMPORTS_PER_SIGNATURE",
     "LAMPORTS_PER_SOL",
     "MAX_COMPUTE_UNITS",
     "PACKET_DATA_SIZE",
-    "SET_COMPUTE_UNIT_LIMIT",
-    "SET_COMPUTE_UNIT_PRICE",
     "ComputeBudgetInstruction",
+    "ComputeBudgetRequest",
     "parse_compute_budget",
 ]

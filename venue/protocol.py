@@ -1,11 +1,13 @@
 """Solana protocol facts, each once, with the agave / solana-sdk name it comes from.
 
-Plain values and one parser, no project imports and no solders: the executor's activities, its
+Plain values and one parser, no project imports (but the venue's instruction vocabularies) and no solders: the executor's activities, its
 operator tools, the benchmarks and the local cluster all import from here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .instructions import ComputeBudgetInstruction
 
 # solana-native-token LAMPORTS_PER_SOL (solana_sdk::native_token).
 LAMPORTS_PER_SOL = 1_000_000_000
@@ -28,45 +30,43 @@ DEFAULT_INSTRUCTION_COMPUTE_UNITS = 200_000
 # solana-sdk-ids compute_budget::ID.
 COMPUTE_BUDGET_PROGRAM_ID = "ComputeBudget111111111111111111111111111111"
 
-# solana-compute-budget-interface ComputeBudgetInstruction, borsh: a u8 variant tag, then the
-# variant's field little-endian (u32, or u64 for the price). Tag 0 is the deprecated
-# RequestUnitsDeprecated, which the runtime no longer accepts.
-REQUEST_HEAP_FRAME = 1
-SET_COMPUTE_UNIT_LIMIT = 2
-SET_COMPUTE_UNIT_PRICE = 3
-SET_LOADED_ACCOUNTS_DATA_SIZE_LIMIT = 4
-COMPUTE_BUDGET_INSTRUCTIONS = {
-    REQUEST_HEAP_FRAME: "RequestHeapFrame",
-    SET_COMPUTE_UNIT_LIMIT: "SetComputeUnitLimit",
-    SET_COMPUTE_UNIT_PRICE: "SetComputeUnitPrice",
-    SET_LOADED_ACCOUNTS_DATA_SIZE_LIMIT: "SetLoadedAccountsDataSizeLimit",
+# The compute-budget encoding (solana-compute-budget-interface, borsh): the u8 variant tag
+# (`ComputeBudgetInstruction`, venue/instructions.py), then the variant's field little-endian
+# (u32, or u64 for the price). The encoded length of each variant the runtime still accepts:
+# the tag byte and its field. RequestUnitsDeprecated (0) is not here: the runtime refuses it.
+COMPUTE_BUDGET_DATA_LENGTH = {
+    ComputeBudgetInstruction.REQUEST_HEAP_FRAME: 5,
+    ComputeBudgetInstruction.SET_COMPUTE_UNIT_LIMIT: 5,
+    ComputeBudgetInstruction.SET_COMPUTE_UNIT_PRICE: 9,
+    ComputeBudgetInstruction.SET_LOADED_ACCOUNTS_DATA_SIZE_LIMIT: 5,
 }
-# The encoded length of each variant: the tag byte and its field.
-COMPUTE_BUDGET_DATA_LENGTH = {REQUEST_HEAP_FRAME: 5, SET_COMPUTE_UNIT_LIMIT: 5, SET_COMPUTE_UNIT_PRICE: 9, SET_LOADED_ACCOUNTS_DATA_SIZE_LIMIT: 5}
 
 
 @dataclass(frozen=True)
-class ComputeBudgetInstruction:
+class ComputeBudgetRequest:
     """One decoded compute-budget instruction: `value` is its field (bytes, units or micro-lamports).
 
     `exact` is False when the data carries bytes past the encoding: the runtime's borsh decoding
     ignores them, the executor's policy refuses them.
     """
 
-    tag: int
+    tag: ComputeBudgetInstruction
     name: str
     value: int
     exact: bool
 
 
-def parse_compute_budget(data: bytes) -> ComputeBudgetInstruction | None:
+# tag -> (variant, its name, encoded length): one lookup per instruction (the policy parses every one)
+_VARIANTS = {int(variant): (variant, variant.label, length) for variant, length in COMPUTE_BUDGET_DATA_LENGTH.items()}
+
+
+def parse_compute_budget(data: bytes) -> ComputeBudgetRequest | None:
     """The compute-budget instruction in `data`, or None for an unknown tag or data too short for it."""
     data = bytes(data)
-    tag = data[0] if data else None
-    name = COMPUTE_BUDGET_INSTRUCTIONS.get(tag)
-    if name is None:
+    variant = _VARIANTS.get(data[0]) if data else None
+    if variant is None:
         return None
-    length = COMPUTE_BUDGET_DATA_LENGTH[tag]
+    tag, name, length = variant
     if len(data) < length:
         return None
-    return ComputeBudgetInstruction(tag, name, int.from_bytes(data[1:length], "little"), len(data) == length)
+    return ComputeBudgetRequest(tag, name, int.from_bytes(data[1:length], "little"), len(data) == length)

@@ -278,7 +278,7 @@ class ExecutorWorker:
         self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000, commitment=config.confirmation_commitment)
         self.watcher.start()
         builder = transaction_builder(config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts)
-        # Plan policy (executor/policy.py): every built transaction is checked before it is signed.
+        # Plan policy (executor/policy/): every built transaction is checked before it is signed.
         self.policy = await _patiently(
             "policy", lambda: open_policy(policy_settings, self.js, builder, self.hot_rpc, worker_name=config.executor_name, replicas=config.nats_replicas)
         )

@@ -56,7 +56,7 @@ class ErrorCode(str, Enum):
     TX_FAILED = "TX_FAILED"
     BLOCKHASH_EXPIRED = "BLOCKHASH_EXPIRED"
     CONFIRMATION_TIMEOUT = "CONFIRMATION_TIMEOUT"
-    POLICY_VIOLATION = "POLICY_VIOLATION"  # the built transaction breaks the plan policy (executor/policy.py); nothing signed
+    POLICY_VIOLATION = "POLICY_VIOLATION"  # the built transaction breaks the plan policy (executor/policy/); nothing signed
 
 
 class ExecutionMethod(str, Enum):
