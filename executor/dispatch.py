@@ -7,7 +7,7 @@ table; the dispatch itself is open here until it is claimed or abandoned:
 - prepare: read the plan's record first. If the plan already has a transaction (an earlier
   run, another worker, a dead bridge), that transaction is the plan's fate: its wallet's lease
   is adopted, nothing is built or signed. Otherwise lease a wallet, build, check the plan
-  policy on the built message (policy.py: a violation fails POLICY_VIOLATION, nothing signed),
+  policy on the built message (executor/policy/: a violation fails POLICY_VIOLATION, nothing signed),
   sign and record (create-only). A void record ends the plan: it sends nothing, ever.
 - send: the send gate (the halt flag or signal, the plan's deadline) right before the bytes
   leave. A transaction this dispatch recorded and never sent is still provably unsent: a
