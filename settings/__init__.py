@@ -15,8 +15,8 @@ executor the policy, worker the rest), and `executor/` may not import `worker/`.
 imports only pydantic, the standard library, solders and `venue/` (the policy's default programs
 and Jito's tip accounts are venue facts), so it sits between venue and workflows:
 venue -> settings -> workflows -> executor -> activities -> worker -> devtools/bench/chaos.
-The consumers keep their own shapes (`worker/config.py` `ExecutorConfig`, `NatsAuth`, `HistoryKeys`)
-and take their defaults from here. `python -m settings.docs` writes the tables of
+`worker/config.py` `ExecutorConfig` is made of the worker's groups (a field each, by inheritance);
+`NatsAuth` and `HistoryKeys` read their own groups. `python -m settings.docs` writes the tables of
 docs/operations.md from these declarations; tests/test_settings.py fails when they differ.
 """
 from .base import CommandError, SettingsError, check_names, flag, load

@@ -111,11 +111,6 @@ class Group(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
         return init_settings, _Environment(settings_cls)
 
-    @classmethod
-    def default(cls, name: str) -> Any:
-        """The declared default of a field: what a config object built in code (`dev`, tests) starts from."""
-        return cls.model_fields[name].default
-
 
 G = TypeVar("G", bound=Group)
 

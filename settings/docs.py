@@ -46,8 +46,11 @@ def _default(info: FieldInfo) -> str:
 
 def executor_table() -> str:
     lines = ["| variable | default | unit | meaning |", "|---|---|---|---|"]
+    title = None
     for group in GROUPS:
-        lines.append(f"| **{group.title}** | | | |")
+        if group.title != title:  # a concern split in two groups (the NATS login, the history keys) is one part of the table
+            title = group.title
+            lines.append(f"| **{title}** | | | |")
         for _, info in declared(group):
             lines.append(f"| {_variable(info)} | {_cell(_default(info))} | {meta(info)['unit'] or ''} | {_cell(info.description or '')} |")
     return "\n".join(lines)

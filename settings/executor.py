@@ -1,7 +1,9 @@
 """The executor's settings, one group per concern: each with its environment name, type, unit and doc.
 
-`worker/config.py` `ExecutorConfig` is the flat view the code passes around; its field names are
-these fields' names, and its defaults are read from here (`Group.default`), so each default sits here only.
+`worker/config.py` `ExecutorConfig` is the flat view the code passes around: a model made of the
+groups below by inheritance, so a setting written here is a field of the config with nothing more
+to write. What the config holds as an object of its own is a group apart: the NATS login
+(`NatsAuthSettings`, read by `NatsAuth`) and the history keys (`HistoryKeySettings`, read by `HistoryKeys`).
 """
 from __future__ import annotations
 
@@ -101,6 +103,13 @@ class NatsSettings(Group):
         "replicas (1-5, JetStream's limit) of every stream and bucket the executor creates: `3` on a 3-node cluster. An existing stream keeps its replicas (`nats stream edit` changes them)",
         must="1 to 5 (JetStream's limit)", ge=1, le=5,
     )  # fmt: skip
+
+
+class NatsAuthSettings(Group):
+    """How the client proves who it is and checks the server: `worker/nats_connection.py` `NatsAuth` reads
+    and checks them, and the config carries that object (`nats_auth`), never these fields."""
+
+    title: ClassVar[str] = "nats"  # the same part of the docs' table as NatsSettings
     nats_user: OptionalText = setting(None, "NATS_USER", "NATS user, with `NATS_PASSWORD` (both or neither). Credentials in `NATS_URL` itself are refused")
     nats_password: OptionalText = setting(None, "NATS_PASSWORD", "its password; never logged, nor shown by `describe()` or in an error", secret=True)
     nats_token: OptionalText = setting(None, "NATS_TOKEN", "NATS token authentication, instead of a user", secret=True)
@@ -148,7 +157,10 @@ class TemporalSettings(Group):
     )
 
 
-class HistorySettings(Group):
+class HistoryKeySettings(Group):
+    """Where the history keys come from: `workflows/codec.py` `HistoryKeys` reads and checks them, and the
+    config carries that object (`history_keys`), never these fields."""
+
     title: ClassVar[str] = "history"
     history_keys: OptionalText = setting(
         None, "HISTORY_KEYS",
@@ -159,6 +171,10 @@ class HistorySettings(Group):
     history_keys_file: OptionalText = setting(
         None, "HISTORY_KEYS_FILE", "a file of `id:base64key` lines (`#` comments), mode 0600; its keys come after `HISTORY_KEYS`'s. With neither set the worker refuses to start"
     )
+
+
+class HistorySettings(Group):
+    title: ClassVar[str] = "history"  # the same part of the docs' table as HistoryKeySettings
     history_encryption: Flag = setting(
         True, "HISTORY_ENCRYPTION",
         "off: payloads go to Temporal in plain text (keys, if loaded, still decrypt older histories). The only way to run a worker without a key",
@@ -186,9 +202,9 @@ class ProcessSettings(Group):
     )  # fmt: skip
 
 
-#: What `ExecutorConfig.from_environment` reads, in the docs' order.
-CONFIG_GROUPS: tuple[type[Group], ...] = (
-    WorkerSettings, RpcSettings, JitoSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, MetricsSettings, TemporalSettings, HistorySettings,
+#: Every group of the executor's environment, in the docs' order (the policy's is `settings.policy.PolicySettings`).
+#: `worker/config.py` `ExecutorConfig` is made of the worker's groups among them.
+GROUPS: tuple[type[Group], ...] = (
+    WorkerSettings, RpcSettings, JitoSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, NatsAuthSettings,
+    MetricsSettings, TemporalSettings, HistoryKeySettings, HistorySettings, CodecSettings, ProcessSettings,
 )  # fmt: skip
-#: Every group of the executor's environment (the policy's is `settings.policy.PolicySettings`).
-GROUPS: tuple[type[Group], ...] = (*CONFIG_GROUPS, CodecSettings, ProcessSettings)

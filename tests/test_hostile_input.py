@@ -5,7 +5,6 @@ The property-based fuzz of the same boundary is tests/test_hostile_fuzz.py."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import signal
@@ -117,7 +116,7 @@ async def test_a_worker_whose_nats_connection_the_server_closes_ends_with_the_re
     """Case 4, from the same cause as case 1: the server closes a connection that sends a control line
     past its limit. When nats-py reads the -ERR first it never reconnects, and the worker must not live
     on with it: run_until ends with ConnectionLost, which the worker command turns into exit 75."""
-    config = dataclasses.replace(stack.config, executor_name=f"doomed-{uuid.uuid4().hex[:6]}")
+    config = stack.config.model_copy(update={"executor_name": f"doomed-{uuid.uuid4().hex[:6]}"})
     doomed = ExecutorWorker(config, stack.dev.keys)
     await doomed.start()
     try:

@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from settings import SettingsError, load
 from settings.base import declared, meta
 from settings.docs import OPERATIONS, rendered
-from settings.executor import GROUPS, ConfirmationSettings, ProcessSettings, TpuSettings
+from settings.executor import GROUPS, ConfirmationSettings, ProcessSettings, RpcSettings, TpuSettings
 from settings.policy import PolicySettings
 from worker import cli
 from worker.config import ExecutorConfig
@@ -36,6 +37,17 @@ def test_every_setting_is_declared_once_with_a_doc():
 def test_defaults_in_code_are_the_declared_ones():
     assert ExecutorConfig() == ExecutorConfig.from_environment({})
     assert PolicySettings() == PolicySettings.from_environment({})
+
+
+def test_the_config_is_made_of_the_groups_and_built_in_code_reads_no_environment(monkeypatch):
+    """`ExecutorConfig` inherits the declared groups' fields; built in code (`dev`, tests) it takes the
+    defaults and what it is given, never the process's environment, and refuses a misspelt keyword."""
+    monkeypatch.setenv("RPC_ENDPOINT", "http://elsewhere:1")
+    assert ExecutorConfig().rpc_endpoint == RpcSettings.model_fields["rpc_endpoint"].default
+    assert load(RpcSettings).rpc_endpoint == "http://elsewhere:1"  # what the environment says, read only when asked
+    assert set(ExecutorConfig.__bases__) <= set(GROUPS), "every group of the config is in the docs' table and known to check_names"
+    with pytest.raises(ValidationError, match="rpc_endpont"):
+        ExecutorConfig(rpc_endpont="http://typo:1")
 
 
 def test_a_malformed_value_names_the_variable_what_it_must_be_and_what_was_given():

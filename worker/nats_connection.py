@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from settings import SettingsError, load
-from settings.executor import NatsSettings
+from settings.executor import NatsAuthSettings, NatsSettings
 
 class _SslEofNoise(logging.Filter):
     """asyncio warns "returning true from eof_received() has no effect when using ssl" whenever a TLS peer closes
@@ -88,9 +88,9 @@ class NatsAuth:
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> NatsAuth:
-        """The login and TLS settings declared in settings/executor.py `NatsSettings`; refused (SettingsError) when they cannot work."""
-        declared = load(NatsSettings, env)
-        if any(urlsplit(server).username or urlsplit(server).password for server in nats_servers(declared.nats_url)):
+        """The login and TLS settings declared in settings/executor.py `NatsAuthSettings`; refused (SettingsError) when they cannot work."""
+        url, declared = load(NatsSettings, env).nats_url, load(NatsAuthSettings, env)
+        if any(urlsplit(server).username or urlsplit(server).password for server in nats_servers(url)):
             # A URL is printed everywhere (endpoints, errors, describe()): credentials have their own variables.
             raise SettingsError("NATS_URL carries credentials (user:password@ or token@): use NATS_USER/NATS_PASSWORD or NATS_TOKEN")
         auth = cls(**{name: getattr(declared, f"nats_{name}") for name in cls.VARIABLES})

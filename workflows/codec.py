@@ -46,7 +46,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
 from settings import load
-from settings.executor import HistorySettings
+from settings.executor import HistoryKeySettings
 
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
@@ -125,7 +125,7 @@ class HistoryKeys:
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> HistoryKeys | None:
         """``HISTORY_KEYS`` (``id:base64,...``) then the lines of ``HISTORY_KEYS_FILE``; None if neither is set."""
-        declared = load(HistorySettings, env)
+        declared = load(HistoryKeySettings, env)
         keys: list[tuple[str, bytes]] = []
         inline = (declared.history_keys or "").strip()
         if inline:
