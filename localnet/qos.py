@@ -7,10 +7,12 @@ down to 90 % by ``prune_oldest``, ``prune_random`` for staked peers, ``Connectio
 
 Off unless enabled: a ``TpuQuicServer`` whose ``Qos`` is disabled (or absent) behaves as before.
 
-Scaling: agave's numbers are for a validator reading ~250 streams per ms; a 2-core laptop
-running Python QUIC cannot, so every *rate* is divided by ``QosConfig.scale`` (10 by default:
-the unstaked budget of 200 TPS becomes 20, i.e. 2 streams per 100 ms interval) and the
-connection-table caps are set directly (8 unstaked / 32 staked instead of 500 / 2,000).
+Scaling: agave's numbers are for a validator reading 500 streams per ms; a 2-core machine
+running Python QUIC reads a few thousand per second. So the TPU's whole budget is
+``QosConfig.max_streams_per_ms`` (2 by default), the unstaked per-connection budget and the
+per-connection stream caps are divided by ``QosConfig.scale`` (10: 200 TPS becomes 20, i.e.
+2 streams per 100 ms interval, and 128 concurrent streams 12), and the connection-table caps
+are set directly (8 unstaked / 32 staked instead of 2,000 / 2,000).
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ STREAM_THROTTLING_INTERVAL_MS = 100  # stream_throttle.rs
 STREAM_LOAD_EMA_INTERVAL_MS = 5  # stream_throttle.rs
 STREAM_LOAD_EMA_INTERVAL_COUNT = 40  # stream_throttle.rs
 STAKED_THROTTLING_ON_LOAD_THRESHOLD_PERCENT = 95  # stream_throttle.rs
-DEFAULT_MAX_STREAMS_PER_MS = 250  # streamer/src/quic.rs
-DEFAULT_MAX_UNSTAKED_CONNECTIONS = 500  # streamer/src/quic.rs
-DEFAULT_MAX_STAKED_CONNECTIONS = 2000  # streamer/src/quic.rs
+# streamer/src/quic.rs: 500 in current agave (250 and 500 unstaked connections in earlier releases).
+DEFAULT_MAX_STREAMS_PER_MS = 500
+DEFAULT_MAX_UNSTAKED_CONNECTIONS = 2000
+DEFAULT_MAX_STAKED_CONNECTIONS = 2000
 QUIC_MAX_UNSTAKED_CONCURRENT_STREAMS = 128  # solana-quic-definitions
 QUIC_MAX_STAKED_CONCURRENT_STREAMS = 512  # solana-quic-definitions
 PRUNE_TABLE_TO_PERCENTAGE = 90  # swqos.rs prune_unstaked_connection_table
@@ -68,7 +71,8 @@ class FloodConfig:
 class QosConfig:
     enabled: bool = False
     stakes: dict[str, int] = field(default_factory=dict)  # identity (base58) -> lamports
-    scale: float = 10.0  # every agave rate is divided by this
+    scale: float = 10.0  # the unstaked TPS and per-connection stream caps are divided by this
+    max_streams_per_ms: float = 2.0  # the TPU's whole read budget; agave DEFAULT_MAX_STREAMS_PER_MS = 500
     max_unstaked_connections: int = 8  # agave 500
     max_staked_connections: int = 32  # agave 2,000
     flood: FloodConfig = field(default_factory=FloodConfig)
@@ -79,7 +83,7 @@ class QosConfig:
 
     def update(self, data: dict[str, Any]) -> None:
         """Apply a partial JSON update; ``stakes`` merges (stake 0 removes), ``flood`` merges."""
-        unknown = set(data) - {"enabled", "stakes", "scale", "max_unstaked_connections", "max_staked_connections", "flood", "seed"}
+        unknown = set(data) - {"enabled", "stakes", "scale", "max_streams_per_ms", "max_unstaked_connections", "max_staked_connections", "flood", "seed"}
         if unknown:
             raise ValueError(f"unknown qos keys: {sorted(unknown)}")
         if "stakes" in data:
@@ -108,7 +112,7 @@ class QosConfig:
                 raise ValueError("flood size must be 1..1232 bytes")
             if self.flood.on and "enabled" not in data:
                 self.enabled = True
-        for name in ("scale",):
+        for name in ("scale", "max_streams_per_ms"):
             if name in data:
                 value = float(data[name])
                 if value <= 0:
@@ -166,7 +170,7 @@ class Qos:
     # scaled agave limits ------------------------------------------------------------
     @property
     def max_streams_per_ms(self) -> float:
-        return DEFAULT_MAX_STREAMS_PER_MS / self.config.scale
+        return self.config.max_streams_per_ms
 
     @property
     def max_unstaked_per_interval(self) -> int:

@@ -1,8 +1,9 @@
 """Stake-weighted QoS on the TPU (localnet.qos): under an unstaked flood, an unstaked
 connection is throttled while a staked identity's streams all get through.
 
-Real QUIC on loopback: aioquic clients (the same helper as test_tpu_server.py) against the
-cluster's TpuQuicServer, and the cluster's own UnstakedFlood.
+Real QUIC on loopback: the executor's own TPU client (venue.tpu ConnectionCache, which
+presents TPU_IDENTITY_KEYPAIR in its certificate) for the staked identity, an aioquic client
+(the helper of test_tpu_server.py) for the unstaked one, and the cluster's UnstakedFlood.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from solders.keypair import Keypair
 
 from localnet.cluster import LocalCluster
 from localnet.command import add_arguments, config_from_args
-from localnet.qos import CONNECTION_CLOSE_CODE_DROPPED_ENTRY, FloodConfig, Qos, QosConfig, UnstakedFlood
+from localnet.qos import CONNECTION_CLOSE_CODE_DROPPED_ENTRY, FloodConfig, Qos, QosConfig, QosState, UnstakedFlood
+from venue.tpu import ConnectionCache
 
 from .test_tpu_server import HOST, eventually, running_server, tpu_client
 
@@ -32,14 +34,20 @@ async def test_flood_throttles_unstaked_while_staked_identity_gets_through() -> 
         try:
             # The flood fills the unstaked table (8 locally) and keeps evicting the oldest.
             await eventually(lambda: server.qos_stats()["evictions_unstaked"] > 0, timeout=10)
-            async with tpu_client(server, staked) as staked_client, tpu_client(server) as unstaked_client:
-                staked_txs = [b"S" + os.urandom(500) for _ in range(BURST)]
-                unstaked_txs = [b"U" + os.urandom(500) for _ in range(BURST)]
-                staked_client.send_transactions(*staked_txs)
-                unstaked_client.send_transactions(*unstaked_txs)
-                await eventually(lambda: sum(raw in staked_txs for raw, _ in harness.received) == BURST, timeout=10)
-                await asyncio.sleep(0.3)
-                assert not staked_client.terminated.done()  # never evicted by unstaked churn
+            cache = ConnectionCache(staked)  # the executor's client, identity = TPU_IDENTITY_KEYPAIR
+            try:
+                staked_connection = await cache.get((HOST, server.port))
+                async with tpu_client(server) as unstaked_client:
+                    staked_txs = [b"S" + os.urandom(500) for _ in range(BURST)]
+                    unstaked_txs = [b"U" + os.urandom(500) for _ in range(BURST)]
+                    unstaked_client.send_transactions(*unstaked_txs)
+                    await asyncio.wait_for(asyncio.gather(*(staked_connection.send_transaction(raw) for raw in staked_txs)), 10)
+                    await eventually(lambda: sum(raw in staked_txs for raw, _ in harness.received) == BURST, timeout=10)
+                    await asyncio.sleep(0.3)
+                    assert staked_connection.alive  # never evicted by unstaked churn
+            finally:
+                await cache.close()
+            assert {peer for raw, peer in harness.received if raw in staked_txs} == {str(staked.pubkey())}
             unstaked_delivered = sum(raw in unstaked_txs for raw, _ in harness.received)
         finally:
             await flood.stop()
@@ -86,3 +94,16 @@ async def test_qos_off_by_default_and_switchable_from_the_command_line_and_admin
         view = (await admin.post("/qos", json={"enabled": False, "flood": {"connections": 0}})).json()
         assert not view["enabled"] and view["flood_running"] is None
         assert (await admin.post("/qos", json={"stakes": {"not-a-key": 1}})).status_code == 400
+
+
+def test_staked_budget_follows_stake_share_under_load() -> None:
+    """available_load_capacity_in_throttling_duration, scaled: whole staked budget until the
+    staked load EMA passes 95 %, then budget x stake / total, never below unstaked + 1."""
+    big, small = str(Keypair().pubkey()), str(Keypair().pubkey())
+    qos = Qos(QosConfig(enabled=True, stakes={big: 900, small: 100}))
+    state = QosState(None, qos)  # type: ignore[arg-type]
+    assert state._capacity(0) == qos.max_unstaked_per_interval == 2
+    assert state._capacity(900) == state._capacity(100) == qos.max_staked_per_interval == 160
+    state.stats.staked_throttling = True
+    assert state._capacity(900) == 144 and state._capacity(100) == 16
+    assert state._capacity(1) == qos.max_unstaked_per_interval + 1
