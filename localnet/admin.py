@@ -73,6 +73,21 @@ def build_admin(cluster: ClusterView) -> web.Application:
             return bad_request(str(error))
         return web.json_response(cluster.faults.to_json())
 
+    @routes.get("/qos")
+    async def get_qos(request: web.Request) -> web.Response:
+        """Stake-weighted QoS: stakes, scaled limits, flood, and each leader's tables and counters."""
+        return web.json_response(cluster.qos_view())
+
+    @routes.put("/qos")
+    @routes.post("/qos")
+    async def set_qos(request: web.Request) -> web.Response:
+        """{"enabled"?, "stakes"?: {pubkey: lamports} (0 removes), "flood"?: {"connections", "rate", "size"}, ...}."""
+        try:
+            await cluster.configure_qos(await body(request))
+        except (TypeError, ValueError) as error:
+            return bad_request(str(error))
+        return web.json_response(cluster.qos_view())
+
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:
         data = await body(request)

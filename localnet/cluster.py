@@ -31,6 +31,7 @@ from venue.programs import SYSTEM_PROGRAM
 from .ledger import Ledger
 from .pubsub import PubSub
 from .rpc import LEADER_SLOTS, SOLANA_CORE_VERSION, FEATURE_SET, build_rpc
+from .qos import Qos, UnstakedFlood
 from .tpu import TpuQuicServer
 from .view import ClusterConfig, ClusterView
 
@@ -80,6 +81,8 @@ class LocalCluster:
             status_cache_slots=self.config.status_cache_slots,
         )
         self.faults = self.config.faults
+        self.qos = Qos(self.config.qos)
+        self._flood: UnstakedFlood | None = None
         self.intake = Intake(self.ledger, self.faults)
         self.pubsub = PubSub(self.ledger)
         self.faucet = Keypair()
@@ -119,9 +122,11 @@ class LocalCluster:
         self.ports["tpu"] = self.validators[0].tpu_port
         self.started_at = time.monotonic()
         self._slot_task = asyncio.create_task(self._slot_clock(), name="localnet-slot-clock")
+        self._restart_flood()
         log.info("localnet ready %s", self.endpoints())
 
     async def stop(self) -> None:
+        await self._stop_flood()
         if self._slot_task is not None:
             self._slot_task.cancel()
             try:
@@ -167,7 +172,42 @@ class LocalCluster:
             host=self.config.host,
             port=port,
             max_new_connections_per_minute=self.config.tpu_new_connections_per_minute,
+            qos=self.qos,
         )
+
+    async def configure_qos(self, update: dict) -> None:
+        """Admin: change stakes, limits or the flood at run time (raises ValueError/TypeError)."""
+        before = (self.qos.config.flood, self.qos.config.seed)
+        self.qos.config.update(update)
+        if (self.qos.config.flood, self.qos.config.seed) != before or "enabled" in update:
+            await self._stop_flood()
+            self._restart_flood()
+
+    def _restart_flood(self) -> None:
+        config = self.qos.config
+        if not (config.enabled and config.flood.on):
+            return
+        targets = [(self.config.host, v.tpu_port) for v in self.validators]
+        self._flood = UnstakedFlood(self.qos, targets, config.flood, config.seed)
+        self._flood.start()
+
+    async def _stop_flood(self) -> None:
+        flood, self._flood = self._flood, None
+        if flood is not None:
+            await flood.stop()
+
+    def qos_view(self) -> dict:
+        flood = self._flood
+        return {
+            **self.qos.config.to_json(),
+            "limits": {
+                "unstaked_streams_per_100ms": self.qos.max_unstaked_per_interval,
+                "staked_streams_per_100ms": self.qos.max_staked_per_interval,
+                "staked_throttling_threshold_per_5ms": self.qos.staked_throttling_threshold,
+            },
+            "flood_running": {"connections": flood.connections, "sent": flood.sent} if flood else None,
+            "tpu": [v.tpu.qos_stats() if v.tpu_open else None for v in self.validators],
+        }
 
     async def close_tpu(self, index: int) -> None:
         """Stop one leader's QUIC endpoint (a dead or unreachable leader); it stays in the schedule."""

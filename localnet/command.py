@@ -15,6 +15,7 @@ from venue import LAMPORTS_PER_SOL
 from .cluster import ClusterConfig, LocalCluster
 from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
+from .qos import QosConfig
 from .view import DEFAULT_PORTS
 from settings import CommandError
 
@@ -34,6 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"rooted slots whose statuses getSignatureStatuses answers without searchTransactionHistory (default {STATUS_CACHE_SLOTS}, agave's)",
     )
     parser.add_argument("--jito-rps", type=float, default=None, help="block-engine rate limit per IP (requests/s); off by default")
+    parser.add_argument(
+        "--stake",
+        action="append",
+        default=[],
+        metavar="PUBKEY=LAMPORTS",
+        help="give a TPU client identity stake; turns stake-weighted QoS on; repeatable",
+    )
+    parser.add_argument(
+        "--qos",
+        type=json.loads,
+        default=None,
+        help='stake-weighted QoS on the TPU, e.g. \'{"stakes": {"PUBKEY": 1000}, "flood": {"connections": 12, "rate": 200}}\'',
+    )
     parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
@@ -59,6 +73,12 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         raise CommandError(f"--faults: {error}") from None
     if args.status_cache_slots < 0:
         raise CommandError(f"--status-cache-slots {args.status_cache_slots}: expected a number of slots, 0 or more")
+    try:
+        qos = QosConfig.from_json(args.qos or {})
+        if args.stake:
+            qos.update({"stakes": args.stake})
+    except (TypeError, ValueError, AttributeError) as error:
+        raise CommandError(f"--qos/--stake: {error}") from None
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -67,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         faults=faults,
         status_cache_slots=args.status_cache_slots,
         jito_requests_per_second=args.jito_rps,
+        qos=qos,
     )
 
 

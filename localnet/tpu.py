@@ -60,6 +60,8 @@ from solders.pubkey import Pubkey
 from venue import PACKET_DATA_SIZE
 from venue.tpu.connections import node_certificate
 
+from .qos import Qos, QosState
+
 __all__ = ["TpuQuicServer", "node_certificate"]
 
 logger = logging.getLogger("localnet.tpu")
@@ -219,6 +221,15 @@ class _TpuConnectionProtocol(QuicConnectionProtocol):
         self.refused = False  # closed by _admit; already counted as refused
         self._closing = False
         self._buffers: dict[int, bytearray] = {}
+        # Stake-weighted QoS (localnet.qos), used only while the server's Qos is enabled.
+        self.qos_state: QosState | None = None
+        self.qos_stake = 0
+        self.qos_table = ""
+        self.qos_last_update = 0.0
+        self.qos_interval_start = 0.0
+        self.qos_stream_count = 0
+        self.qos_backlog: deque[bytes] = deque()
+        self.qos_timer: asyncio.TimerHandle | None = None
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         """Feed one datagram; a bug triggered by a peer closes its connection, not the server."""
@@ -276,7 +287,7 @@ class _TpuConnectionProtocol(QuicConnectionProtocol):
             logger.info("tpu: %s sent an empty stream, closing", self.peer)
             self.close_with(*_INVALID_STREAM)
             return
-        self._server._deliver(bytes(buffer), cast(str, self.peer))
+        self._server._deliver(bytes(buffer), cast(str, self.peer), self)
 
 
 class _TpuEndpoint(asyncio.DatagramProtocol):
@@ -380,6 +391,7 @@ class TpuQuicServer:
         max_connections_per_ip: int = DEFAULT_MAX_QUIC_CONNECTIONS_PER_PEER,
         max_new_connections_per_minute: int = DEFAULT_MAX_CONNECTIONS_PER_IPADDR_PER_MINUTE,
         idle_timeout: float = QUIC_MAX_TIMEOUT,
+        qos: Qos | None = None,
     ) -> None:
         self.identity = identity
         self.host = host
@@ -392,6 +404,9 @@ class TpuQuicServer:
         self._open_per_ip: dict[str, int] = {}
         self._recent_per_ip: dict[str, deque[float]] = {}
         self._endpoint: _TpuEndpoint | None = None
+        # Stake-weighted QoS: inert unless qos.enabled (checked per connection at admission).
+        self.qos = qos
+        self.qos_state = QosState(self, qos) if qos is not None else None
         certificate, private_key = node_certificate(identity)
         self._configuration = QuicConfiguration(
             alpn_protocols=[ALPN_TPU_PROTOCOL_ID],
@@ -480,6 +495,9 @@ class TpuQuicServer:
         self._stats.connections_accepted += 1
         self._stats.connections_open += 1
         logger.debug("tpu: accepted %s from %s", protocol.peer, protocol.ip)
+        if self.qos_state is not None and self.qos_state.qos.enabled:
+            protocol.qos_state = self.qos_state
+            self.qos_state.admit(protocol)
 
     def _refuse(self, protocol: _TpuConnectionProtocol, code: int, reason: str) -> None:
         protocol.refused = True
@@ -492,6 +510,8 @@ class TpuQuicServer:
         if not protocol.accepted or protocol.released:
             return
         protocol.released = True
+        if protocol.qos_state is not None:
+            protocol.qos_state.release(protocol)
         self._stats.connections_open -= 1
         remaining = self._open_per_ip.get(protocol.ip, 1) - 1
         if remaining > 0:
@@ -518,7 +538,17 @@ class TpuQuicServer:
         self._stats.bidi_refused += 1
         logger.info("tpu: peer opened a bidirectional stream; closing with STREAM_LIMIT_ERROR")
 
-    def _deliver(self, raw: bytes, peer: str) -> None:
+    def qos_stats(self) -> dict | None:
+        """The QoS layer's tables and counters, or None when this server has no Qos."""
+        return self.qos_state.snapshot() if self.qos_state is not None else None
+
+    def _deliver(self, raw: bytes, peer: str, protocol: _TpuConnectionProtocol | None = None) -> None:
+        if protocol is not None and protocol.qos_state is not None and protocol.qos_state.qos.enabled:
+            protocol.qos_state.on_stream(protocol, raw)  # reads now, later, or never
+            return
+        self._hand_over(raw, peer)
+
+    def _hand_over(self, raw: bytes, peer: str) -> None:
         self._stats.transactions += 1
         try:
             self._on_transaction(raw, peer)

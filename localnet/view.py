@@ -17,6 +17,7 @@ from solders.signature import Signature
 from .faults import FaultPlan
 from .intake import Intake
 from .ledger import STATUS_CACHE_SLOTS, Ledger
+from .qos import Qos, QosConfig
 from .tpu import TpuQuicServer
 
 DEFAULT_PORTS = {"rpc": 8899, "ws": 8900, "block_engine": 8910, "admin": 8911, "tpu": 8009}
@@ -38,6 +39,8 @@ class ClusterConfig:
     block_budget_share: float = 0.8
     # agave's limit for one IP; tests that open many short connections raise it.
     tpu_new_connections_per_minute: int = 8
+    # Stake-weighted QoS on every leader's TPU and the unstaked flood (localnet.qos); off by default.
+    qos: QosConfig = field(default_factory=QosConfig)
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -63,6 +66,7 @@ class ClusterView(Protocol):
     ledger: Ledger
     intake: Intake
     faults: FaultPlan
+    qos: Qos
     ports: dict[str, int]
 
     @property
@@ -77,3 +81,7 @@ class ClusterView(Protocol):
     async def open_tpu(self, index: int, port: int = 0) -> None: ...
 
     async def close_tpu(self, index: int) -> None: ...
+
+    async def configure_qos(self, update: dict) -> None: ...
+
+    def qos_view(self) -> dict: ...
