@@ -35,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--jito-rps", type=float, default=None, help="block-engine rate limit per IP (requests/s); off by default")
     parser.add_argument(
+        "--offline-leaders",
+        default="",
+        metavar="I,J",
+        help="validator indices that are offline: their slots are skipped (no block) and their QUIC ports lose what they get",
+    )
+    parser.add_argument("--skip-rate", type=float, default=0.0, help="share of the other slots skipped at random (0 by default)")
+    parser.add_argument("--skip-seed", type=int, default=0, help="seed of --skip-rate (a slot's fate depends on seed and slot only)")
+    parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
 
@@ -59,6 +67,14 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         raise CommandError(f"--faults: {error}") from None
     if args.status_cache_slots < 0:
         raise CommandError(f"--status-cache-slots {args.status_cache_slots}: expected a number of slots, 0 or more")
+    try:
+        offline = tuple(int(i) for i in args.offline_leaders.split(",") if i.strip())
+    except ValueError:
+        raise CommandError(f"--offline-leaders {args.offline_leaders}: expected validator indices such as 1,3") from None
+    if any(not 0 <= i < max(1, args.validators) for i in offline):
+        raise CommandError(f"--offline-leaders {args.offline_leaders}: indices run from 0 to {max(1, args.validators) - 1} (--validators)")
+    if not 0.0 <= args.skip_rate <= 1.0:
+        raise CommandError(f"--skip-rate {args.skip_rate}: expected a share between 0 and 1")
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -67,6 +83,9 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         faults=faults,
         status_cache_slots=args.status_cache_slots,
         jito_requests_per_second=args.jito_rps,
+        offline_leaders=offline,
+        skip_rate=args.skip_rate,
+        skip_seed=args.skip_seed,
     )
 
 

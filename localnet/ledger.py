@@ -55,6 +55,7 @@ GENESIS_BLOCK_HEIGHT = 900
 # 300): the bank's status cache keeps the statuses of the 300 newest *rooted* slots (plus
 # the unrooted ones above them).
 STATUS_CACHE_SLOTS = 300
+SKIPPED_SLOTS_KEPT = 10_000  # as many as the history keeps
 
 
 class Commitment(str, Enum):
@@ -209,6 +210,8 @@ class Ledger:
         self.bundles: dict[str, BundleOutcome] = {}
         self.slot_times: dict[int, int] = {}
         self.block_counts: dict[int, int] = {}
+        # Slots whose leader produced no block (offline leader or skip rate); newest last.
+        self.skipped: deque[int] = deque(maxlen=SKIPPED_SLOTS_KEPT)
         # Recent prioritization fees: slot -> min fee of that block's transactions.
         self.prioritization: OrderedDict[int, dict[Pubkey, int]] = OrderedDict()
         self.last_drop_error: object = None
@@ -238,7 +241,10 @@ class Ledger:
     def blockhash_at(self, commitment: "Commitment") -> tuple[Hash, int]:
         """getLatestBlockhash at a commitment: the blockhash of the newest block at that level."""
         wanted = self.slot_at(commitment)
-        blockhash = self.blockhash_by_slot.get(wanted) or next(iter(self.blockhash_by_slot.values()))
+        blockhash = self.blockhash_by_slot.get(wanted)
+        if blockhash is None:  # a skipped slot has no blockhash: the newest block at or below it
+            older = [h for s, h in self.blockhash_by_slot.items() if s <= wanted]
+            blockhash = older[-1] if older else next(iter(self.blockhash_by_slot.values()))
         return blockhash, self.blockhashes[blockhash]
 
     def blockhash_valid(self, blockhash: Hash) -> bool:
@@ -255,7 +261,17 @@ class Ledger:
         return max(GENESIS_SLOT - 1, self.processed_slot() - depth[commitment])
 
     def block_height_at(self, commitment: Commitment) -> int:
-        return self.block_height - (self.processed_slot() - self.slot_at(commitment))
+        """The height of the newest block at that level: only produced blocks count, skipped slots do not."""
+        above = range(self.slot_at(commitment) + 1, self.processed_slot() + 1)
+        skipped = 0
+        for slot in reversed(self.skipped):  # newest first: stop below the range
+            if slot < above.start:
+                break
+            skipped += slot in above
+        return self.block_height - (len(above) - skipped)
+
+    def was_skipped(self, slot: int) -> bool:
+        return slot in self.skipped
 
     def commitment_of(self, slot: int) -> Commitment:
         depth = self.processed_slot() - slot
@@ -353,16 +369,29 @@ class Ledger:
             self.prioritization.popitem(last=False)
         self._advance()
 
+    def skip_slot(self) -> None:
+        """The current slot's leader produced no block: the slot passes, the block height and the blockhash stay.
+
+        Queued work stays queued for the next block (agave's send-transaction-service keeps
+        retrying an RPC transaction to the upcoming leaders until its blockhash expires).
+        """
+        self.skipped.append(self.slot)
+        self.slot += 1
+        self._set_clock()
+
     def _advance(self) -> None:
         self.slot += 1
         self.block_height += 1
+        self._set_clock()
+        self._new_blockhash()
+        if self.history_slots and self.slot % 1000 == 0:
+            self._prune()
+
+    def _set_clock(self) -> None:
         clock = self.svm.get_clock()
         clock.slot = self.slot
         clock.unix_timestamp = int(time.time())
         self.svm.set_clock(clock)
-        self._new_blockhash()
-        if self.history_slots and self.slot % 1000 == 0:
-            self._prune()
 
     def _prune(self) -> None:
         # The ledger's history is also where the status cache reads from: never prune below it.

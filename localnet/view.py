@@ -38,6 +38,12 @@ class ClusterConfig:
     block_budget_share: float = 0.8
     # agave's limit for one IP; tests that open many short connections raise it.
     tpu_new_connections_per_minute: int = 8
+    # Skipped slots: leaders (indices into the schedule) that are offline, so their slots
+    # have no block and their TPU ports lose what they receive; and a share of the other
+    # slots skipped at random under skip_seed (each slot's fate depends only on seed and slot).
+    offline_leaders: tuple[int, ...] = ()
+    skip_rate: float = 0.0
+    skip_seed: int = 0
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -69,6 +75,10 @@ class ClusterView(Protocol):
     def validators(self) -> Sequence[ValidatorView]: ...
 
     def leader_for(self, slot: int) -> Pubkey: ...
+
+    def skips_json(self) -> dict: ...
+
+    def set_skips(self, data: dict) -> None: ...
 
     def airdrop(self, to: Pubkey, lamports: int) -> Signature: ...
 
