@@ -210,6 +210,8 @@ class Ledger:
         self.bundles: dict[str, BundleOutcome] = {}
         self.slot_times: dict[int, int] = {}
         self.block_counts: dict[int, int] = {}
+        # slot -> (block height, blockhash, parent slot) of every block produced, for getBlock/getBlocks.
+        self.blocks: OrderedDict[int, tuple[int, Hash, int]] = OrderedDict()
         # Slots whose leader produced no block (offline leader or skip rate); newest last.
         self.skipped: deque[int] = deque(maxlen=SKIPPED_SLOTS_KEPT)
         # Recent prioritization fees: slot -> min fee of that block's transactions.
@@ -362,12 +364,24 @@ class Ledger:
         self.pending = submissions + self.pending
 
     def finish_block(self, block: "Block") -> None:
+        parent = next(reversed(self.blocks)) if self.blocks else GENESIS_SLOT - 1
         self.block_counts[self.slot] = block.count
         self.slot_times[self.slot] = time.time_ns()
         self.prioritization[self.slot] = block.fees
         while len(self.prioritization) > 150:
             self.prioritization.popitem(last=False)
         self._advance()
+        self.blocks[self.slot - 1] = (self.block_height, self.latest_blockhash[0], parent)
+
+    def parent_blockhash(self, slot: int) -> Hash | None:
+        """The blockhash a block was built on (its parent's), from the blocks kept or the window."""
+        parent = self.blocks[slot][2]
+        if parent in self.blocks:
+            return self.blocks[parent][1]
+        return self.blockhash_by_slot.get(parent)
+
+    def block_transactions(self, slot: int) -> list[TxRecord]:
+        return [record for record in self.records.values() if record.slot == slot]
 
     def skip_slot(self) -> None:
         """The current slot's leader produced no block: the slot passes, the block height and the blockhash stay.
@@ -401,6 +415,10 @@ class Ledger:
         for key in [k for k in self.slot_times if k < horizon]:
             self.slot_times.pop(key, None)
             self.block_counts.pop(key, None)
+        while self.blocks and next(iter(self.blocks)) < horizon:
+            self.blocks.popitem(last=False)
+        while self.skipped and self.skipped[0] < horizon:
+            self.skipped.popleft()
 
     def _note_fees(self, tx: VersionedTransaction, slot_fees: dict[Pubkey, int]) -> None:
         price = compute_unit_price(tx)

@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 from solana.rpc.async_api import AsyncClient
-from solana.rpc.commitment import Confirmed, Processed
+from solana.rpc.commitment import Confirmed, Finalized, Processed
 from solders.keypair import Keypair
 
 from localnet.cluster import ClusterConfig, ClusterThread
@@ -85,6 +85,27 @@ async def test_offline_leader_loses_its_tpu_traffic_and_its_slots_have_no_block(
         assert stats["counters"]["tpu.offline_leader"] >= 1
         assert all(leader_of(slot) == OFFLINE for slot in stats["skippedSlots"])
         assert wire[0]["channels"] == ["tpu"] and wire[0]["droppedByFault"] == 1 and wire[0]["landedSlot"] is None
+
+
+async def test_get_blocks_omits_skipped_slots_and_get_block_refuses_them(offline_cluster):
+    """agave rpc/src/rpc.rs: getBlocks lists produced slots only; getBlock of a rooted skipped slot is -32007."""
+    endpoint = offline_cluster.endpoints()["rpc"]
+    async with AsyncClient(endpoint, commitment=Finalized) as rpc:
+        start = (await rpc.get_slot(Finalized)).value + 1
+        end = start + 2 * 2 * LEADER_SLOTS - 1
+        while (await rpc.get_slot(Finalized)).value < end:
+            await asyncio.sleep(SLOT_MS / 1000)
+        blocks = (await rpc.get_blocks(start, end)).value
+        assert blocks == [slot for slot in range(start, end + 1) if leader_of(slot) != OFFLINE]
+        skipped = next(slot for slot in range(start, end + 1) if leader_of(slot) == OFFLINE)
+        async with httpx.AsyncClient() as http:
+            answer = (await http.post(endpoint, json={"jsonrpc": "2.0", "id": 1, "method": "getBlock", "params": [skipped]})).json()
+        assert answer["error"] == {"code": -32007, "message": f"Slot {skipped} was skipped, or missing due to ledger jump to recent snapshot"}
+        after = next(slot for slot in blocks if slot > skipped)
+        block = (await rpc.get_block(after, "json", max_supported_transaction_version=0)).value
+        parent = (await rpc.get_block(block.parent_slot, "json", max_supported_transaction_version=0)).value
+        assert block.parent_slot == after - LEADER_SLOTS - 1  # over the offline leader's four slots, to the last block before them
+        assert block.block_height == parent.block_height + 1 and block.previous_blockhash == parent.blockhash
 
 
 async def test_leader_taken_offline_at_run_time(cluster, rpc, admin):
