@@ -57,6 +57,7 @@ def build_admin(cluster: ClusterView) -> web.Application:
                     for v in cluster.validators
                 ],
                 "skips": cluster.skips_json(),
+                "jito": cluster.jito_json(),
                 "skippedSlots": list(ledger.skipped)[-64:],
                 "faults": cluster.faults.to_json(),
             }
@@ -88,6 +89,20 @@ def build_admin(cluster: ClusterView) -> web.Application:
         except (TypeError, ValueError) as error:
             return bad_request(str(error))
         return web.json_response(cluster.skips_json())
+
+    @routes.get("/jito-leaders")
+    async def get_jito(request: web.Request) -> web.Response:
+        return web.json_response(cluster.jito_json())
+
+    @routes.put("/jito-leaders")
+    @routes.post("/jito-leaders")
+    async def set_jito(request: web.Request) -> web.Response:
+        """{"nonJitoLeaders": [1]}: no bundle lands in those leaders' slots; bundles wait for a Jito leader."""
+        try:
+            cluster.set_jito(await body(request))
+        except (TypeError, ValueError) as error:
+            return bad_request(str(error))
+        return web.json_response(cluster.jito_json())
 
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:

@@ -97,6 +97,8 @@ class LocalCluster:
         self.set_skips(
             {"offlineLeaders": list(self.config.offline_leaders), "skipRate": self.config.skip_rate, "seed": self.config.skip_seed}
         )
+        self.non_jito: set[int] = set()
+        self.set_jito({"nonJitoLeaders": list(self.config.non_jito_leaders)})
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._slot_task: asyncio.Task | None = None
@@ -220,6 +222,8 @@ class LocalCluster:
                 deadline += slot_s
                 continue
             block = self.ledger.begin_block()
+            if self.non_jito and self.leader_index(block.slot) in self.non_jito:
+                block.work = self.ledger.hold_bundles(block.work)  # bundles wait for a Jito leader
             budget_end = started + slot_s * self.config.block_budget_share
             slice_end = started + 0.005
             for index, submission in enumerate(block.work):
@@ -279,6 +283,26 @@ class LocalCluster:
     def skips_json(self) -> dict:
         return {"offlineLeaders": sorted(self.offline), "skipRate": self.skip_rate, "seed": self.skip_seed}
 
+    def leader_indices(self, key: str, data: dict) -> set[int]:
+        value = data[key]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) for i in value):
+            raise ValueError(f"{key}: expected a list of validator indices")
+        bad = sorted(i for i in value if not 0 <= i < len(self.validators))
+        if bad:
+            raise ValueError(f"{key}: no validator {bad} (there are {len(self.validators)})")
+        return set(value)
+
+    def jito_json(self) -> dict:
+        return {"nonJitoLeaders": sorted(self.non_jito)}
+
+    def set_jito(self, data: dict) -> None:
+        """{"nonJitoLeaders": [1]}: leaders that run without Jito, so no bundle lands in their slots."""
+        unknown = set(data) - {"nonJitoLeaders"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        if "nonJitoLeaders" in data:
+            self.non_jito = self.leader_indices("nonJitoLeaders", data)
+
     def set_skips(self, data: dict) -> None:
         """{"offlineLeaders": [1, 3], "skipRate": 0.1, "seed": 7}; keys left out keep their value."""
         unknown = set(data) - {"offlineLeaders", "skipRate", "seed"}
@@ -286,12 +310,7 @@ class LocalCluster:
             raise ValueError(f"unknown keys {sorted(unknown)}")
         offline = self.offline
         if "offlineLeaders" in data:
-            if not isinstance(data["offlineLeaders"], (list, tuple)) or not all(isinstance(i, int) for i in data["offlineLeaders"]):
-                raise ValueError("offlineLeaders: expected a list of validator indices")
-            offline = set(data["offlineLeaders"])
-            bad = sorted(i for i in offline if not 0 <= i < len(self.validators))
-            if bad:
-                raise ValueError(f"offlineLeaders: no validator {bad} (there are {len(self.validators)})")
+            offline = self.leader_indices("offlineLeaders", data)
         rate = float(data.get("skipRate", self.skip_rate))
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"skipRate {rate}: expected a share between 0 and 1")

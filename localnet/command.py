@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="I,J",
         help="validator indices that are offline: their slots are skipped (no block) and their QUIC ports lose what they get",
     )
+    parser.add_argument(
+        "--non-jito-leaders",
+        default="",
+        metavar="I,J",
+        help="validator indices that run without Jito: no bundle lands in their slots (bundles wait for a Jito leader)",
+    )
     parser.add_argument("--skip-rate", type=float, default=0.0, help="share of the other slots skipped at random (0 by default)")
     parser.add_argument("--skip-seed", type=int, default=0, help="seed of --skip-rate (a slot's fate depends on seed and slot only)")
     parser.add_argument(
@@ -58,6 +64,17 @@ def parse_funding(values: list[str]) -> list[tuple[Pubkey, int]]:
     return funding
 
 
+def leader_list(option: str, value: str, validators: int) -> tuple[int, ...]:
+    """'1,3' -> (1, 3): validator indices, each below --validators."""
+    try:
+        indices = tuple(int(i) for i in value.split(",") if i.strip())
+    except ValueError:
+        raise CommandError(f"{option} {value}: expected validator indices such as 1,3") from None
+    if any(not 0 <= i < max(1, validators) for i in indices):
+        raise CommandError(f"{option} {value}: indices run from 0 to {max(1, validators) - 1} (--validators)")
+    return indices
+
+
 def config_from_args(args: argparse.Namespace) -> ClusterConfig:
     if args.ports not in ("default", "auto"):
         raise CommandError("--ports takes 'default' or 'auto'")
@@ -67,12 +84,8 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         raise CommandError(f"--faults: {error}") from None
     if args.status_cache_slots < 0:
         raise CommandError(f"--status-cache-slots {args.status_cache_slots}: expected a number of slots, 0 or more")
-    try:
-        offline = tuple(int(i) for i in args.offline_leaders.split(",") if i.strip())
-    except ValueError:
-        raise CommandError(f"--offline-leaders {args.offline_leaders}: expected validator indices such as 1,3") from None
-    if any(not 0 <= i < max(1, args.validators) for i in offline):
-        raise CommandError(f"--offline-leaders {args.offline_leaders}: indices run from 0 to {max(1, args.validators) - 1} (--validators)")
+    offline = leader_list("--offline-leaders", args.offline_leaders, args.validators)
+    non_jito = leader_list("--non-jito-leaders", args.non_jito_leaders, args.validators)
     if not 0.0 <= args.skip_rate <= 1.0:
         raise CommandError(f"--skip-rate {args.skip_rate}: expected a share between 0 and 1")
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
@@ -86,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         offline_leaders=offline,
         skip_rate=args.skip_rate,
         skip_seed=args.skip_seed,
+        non_jito_leaders=non_jito,
     )
 
 

@@ -359,6 +359,27 @@ class Ledger:
             self._note_fees(tx, block.fees)
         return record
 
+    def hold_bundles(self, work: list[Submission]) -> list[Submission]:
+        """A leader without Jito's client takes no bundles: the block gets the rest of `work`.
+
+        A bundle waits (first in the queue) for a Jito leader's slot while its blockhash is
+        valid; once it has expired the bundle fails, as the block engine drops it.
+        """
+        keep: list[Submission] = []
+        held: list[Submission] = []
+        for submission in work:
+            if submission.bundle_id is None:
+                keep.append(submission)
+            elif self.blockhash_valid(submission.transactions[0].message.recent_blockhash):
+                held.append(submission)
+            else:
+                signatures = [str(tx.signatures[0]) for tx in submission.transactions]
+                self.bundles[submission.bundle_id] = BundleOutcome(
+                    submission.bundle_id, self.slot, False, signatures, err=TransactionErrorFieldless.BlockhashNotFound
+                )
+        self.pending = held + self.pending
+        return keep
+
     def requeue(self, submissions: list[Submission]) -> None:
         """Work a full block could not take goes first into the next one."""
         self.pending = submissions + self.pending

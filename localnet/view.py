@@ -44,6 +44,8 @@ class ClusterConfig:
     offline_leaders: tuple[int, ...] = ()
     skip_rate: float = 0.0
     skip_seed: int = 0
+    # Leaders (indices) that run without Jito's validator client: no bundle lands in their slots.
+    non_jito_leaders: tuple[int, ...] = ()
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -79,6 +81,10 @@ class ClusterView(Protocol):
     def skips_json(self) -> dict: ...
 
     def set_skips(self, data: dict) -> None: ...
+
+    def jito_json(self) -> dict: ...
+
+    def set_jito(self, data: dict) -> None: ...
 
     def airdrop(self, to: Pubkey, lamports: int) -> Signature: ...
 
