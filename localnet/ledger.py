@@ -579,8 +579,9 @@ class Ledger:
         (`purge_roots` forgets the oldest), and `do_get_status` answers only for a slot that
         is a kept root or an ancestor of the asking bank. So the cache is counted from the
         newest root (our finalized slot), not from the tip: a status stays readable for
-        status_cache_slots + finalized_depth slots. (Every slot here has a block, so rooted
-        slots and slots are the same count.)
+        status_cache_slots + finalized_depth slots. (Slots are counted here, skipped ones
+        included, where agave counts roots, which are blocks: with skipped slots the real
+        cache reaches a little further back.)
         """
         return self.slot_at(Commitment.finalized) - self.status_cache_slots + 1
 

@@ -10,11 +10,15 @@ import httpx
 import pytest
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed, Processed
+from solders.account import Account
 from solders.keypair import Keypair
 from solders.system_program import TransferParams, transfer
 
 from localnet.cluster import ClusterConfig, ClusterThread
+from localnet.ledger import BLOCKHASH_VALIDITY_BLOCKS, Ledger, Submission
 from localnet.rpc import LEADER_SLOTS
+
+from venue.programs import SYSTEM_PROGRAM
 
 from .conftest import SLOT_MS, SOL, funded_wallet, latest_blockhash, sign, transfer_tx, wait_status
 from .test_block_engine import b64, jito, tip_ix, wait_bundle
@@ -59,3 +63,18 @@ def test_jito_leaders_at_run_time(cluster, admin):
     assert admin.get("/stats").json()["jito"] == {"nonJitoLeaders": [1]}
     assert admin.put("/jito-leaders", json={"nonJitoLeaders": [5]}).status_code == 400
     assert admin.put("/jito-leaders", json={"nonJitoLeaders": []}).json() == {"nonJitoLeaders": []}
+
+
+def test_a_held_bundle_fails_once_its_blockhash_expired():
+    """In a non-Jito slot a bundle is held while its blockhash is valid, and fails after (the Ledger alone)."""
+    ledger = Ledger()
+    payer = Keypair()
+    ledger.svm.set_account(payer.pubkey(), Account(10 * SOL, b"", SYSTEM_PROGRAM))
+    blockhash = ledger.latest_blockhash[0]
+    bundle = Submission([sign(payer, [tip_ix(payer, 5000)], blockhash)], bundle_id="held")
+    assert ledger.hold_bundles([bundle]) == [] and ledger.pending == [bundle] and "held" not in ledger.bundles
+    ledger.pending = []
+    for _ in range(BLOCKHASH_VALIDITY_BLOCKS + 1):
+        ledger.produce_block()
+    assert ledger.hold_bundles([bundle]) == [] and ledger.pending == []
+    assert ledger.bundles["held"].landed is False
