@@ -56,6 +56,9 @@ def build_admin(cluster: ClusterView) -> web.Application:
                     {"identity": str(v.identity.pubkey()), "port": v.tpu_port, "open": v.tpu_open, **(v.tpu.stats() if v.tpu_open else {})}
                     for v in cluster.validators
                 ],
+                "skips": cluster.skips_json(),
+                "jito": cluster.jito_json(),
+                "skippedSlots": list(ledger.skipped)[-64:],
                 "faults": cluster.faults.to_json(),
             }
         )
@@ -87,6 +90,33 @@ def build_admin(cluster: ClusterView) -> web.Application:
         except (TypeError, ValueError) as error:
             return bad_request(str(error))
         return web.json_response(cluster.qos_view())
+    @routes.get("/skips")
+    async def get_skips(request: web.Request) -> web.Response:
+        return web.json_response(cluster.skips_json())
+
+    @routes.put("/skips")
+    @routes.post("/skips")
+    async def set_skips(request: web.Request) -> web.Response:
+        """{"offlineLeaders": [1], "skipRate": 0.1, "seed": 7}: offline leaders produce no block in their slots."""
+        try:
+            cluster.set_skips(await body(request))
+        except (TypeError, ValueError) as error:
+            return bad_request(str(error))
+        return web.json_response(cluster.skips_json())
+
+    @routes.get("/jito-leaders")
+    async def get_jito(request: web.Request) -> web.Response:
+        return web.json_response(cluster.jito_json())
+
+    @routes.put("/jito-leaders")
+    @routes.post("/jito-leaders")
+    async def set_jito(request: web.Request) -> web.Response:
+        """{"nonJitoLeaders": [1]}: no bundle lands in those leaders' slots; bundles wait for a Jito leader."""
+        try:
+            cluster.set_jito(await body(request))
+        except (TypeError, ValueError) as error:
+            return bad_request(str(error))
+        return web.json_response(cluster.jito_json())
 
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:

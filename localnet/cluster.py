@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import threading
 import time
@@ -92,7 +93,15 @@ class LocalCluster:
         self.validators: list[Validator] = []
         for index in range(max(1, self.config.validators)):
             identity = Keypair()
-            self.validators.append(Validator(index, identity, self._tpu_server(identity, 0)))
+            self.validators.append(Validator(index, identity, self._tpu_server(index, identity, 0)))
+        self.offline: set[int] = set()
+        self.skip_rate = 0.0
+        self.skip_seed = 0
+        self.set_skips(
+            {"offlineLeaders": list(self.config.offline_leaders), "skipRate": self.config.skip_rate, "seed": self.config.skip_seed}
+        )
+        self.non_jito: set[int] = set()
+        self.set_jito({"nonJitoLeaders": list(self.config.non_jito_leaders)})
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._slot_task: asyncio.Task | None = None
@@ -160,15 +169,15 @@ class LocalCluster:
             return
         if port == 0 and validator.tpu_port:
             port = validator.tpu_port  # reopen where clients already look for it
-        validator.tpu = self._tpu_server(validator.identity, port)
+        validator.tpu = self._tpu_server(index, validator.identity, port)
         await validator.tpu.start()
         validator.tpu_port = validator.tpu.port
         validator.tpu_open = True
 
-    def _tpu_server(self, identity: Keypair, port: int) -> TpuQuicServer:
+    def _tpu_server(self, index: int, identity: Keypair, port: int) -> TpuQuicServer:
         return TpuQuicServer(
             identity,
-            self._on_tpu_transaction,
+            lambda raw, peer: self._on_tpu_transaction(raw, peer, index),
             host=self.config.host,
             port=port,
             max_new_connections_per_minute=self.config.tpu_new_connections_per_minute,
@@ -248,7 +257,13 @@ class LocalCluster:
         while True:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             started = loop.time()
+            if self.slot_skipped(self.ledger.slot):
+                self.ledger.skip_slot()  # no block: queued work waits for the next leader that produces one
+                deadline = max(deadline + slot_s, loop.time())  # a skipped slot never makes the clock burst
+                continue
             block = self.ledger.begin_block()
+            if self.non_jito and self.leader_index(block.slot) in self.non_jito:
+                block.work = self.ledger.hold_bundles(block.work)  # bundles wait for a Jito leader
             budget_end = started + slot_s * self.config.block_budget_share
             slice_end = started + 0.005
             for index, submission in enumerate(block.work):
@@ -268,7 +283,14 @@ class LocalCluster:
 
     # --- intake helpers ---------------------------------------------------------------
 
-    def _on_tpu_transaction(self, raw: bytes, peer: str) -> None:
+    def _on_tpu_transaction(self, raw: bytes, peer: str, index: int = 0) -> None:
+        if index in self.offline:  # an offline leader executes nothing and forwards nothing: lost
+            self.intake.counters["tpu.offline_leader"] += 1
+            try:
+                self.intake.receive(decode_transaction(raw), "tpu", Verdict.drop)
+            except IntakeRefused:
+                self.intake.counters["tpu.malformed"] += 1
+            return
         verdict = self.intake.verdict("tpu")
         try:
             tx = decode_transaction(raw)
@@ -284,8 +306,56 @@ class LocalCluster:
         else:
             self.intake.receive(tx, "tpu", verdict)
 
+    def leader_index(self, slot: int) -> int:
+        return (slot // LEADER_SLOTS) % len(self.validators)
+
     def leader_for(self, slot: int) -> Pubkey:
-        return self.validators[(slot // LEADER_SLOTS) % len(self.validators)].identity.pubkey()
+        return self.validators[self.leader_index(slot)].identity.pubkey()
+
+    # --- skipped slots ------------------------------------------------------------------
+
+    def slot_skipped(self, slot: int) -> bool:
+        """Whether this slot's leader produces no block: it is offline, or the seeded skip rate says so."""
+        if self.leader_index(slot) in self.offline:
+            return True
+        return self.skip_rate > 0 and random.Random(f"{self.skip_seed}:{slot}").random() < self.skip_rate
+
+    def skips_json(self) -> dict:
+        return {"offlineLeaders": sorted(self.offline), "skipRate": self.skip_rate, "seed": self.skip_seed}
+
+    def leader_indices(self, key: str, data: dict) -> set[int]:
+        value = data[key]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) for i in value):
+            raise ValueError(f"{key}: expected a list of validator indices")
+        bad = sorted(i for i in value if not 0 <= i < len(self.validators))
+        if bad:
+            raise ValueError(f"{key}: no validator {bad} (there are {len(self.validators)})")
+        return set(value)
+
+    def jito_json(self) -> dict:
+        return {"nonJitoLeaders": sorted(self.non_jito)}
+
+    def set_jito(self, data: dict) -> None:
+        """{"nonJitoLeaders": [1]}: leaders that run without Jito, so no bundle lands in their slots."""
+        unknown = set(data) - {"nonJitoLeaders"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        if "nonJitoLeaders" in data:
+            self.non_jito = self.leader_indices("nonJitoLeaders", data)
+
+    def set_skips(self, data: dict) -> None:
+        """{"offlineLeaders": [1, 3], "skipRate": 0.1, "seed": 7}; keys left out keep their value."""
+        unknown = set(data) - {"offlineLeaders", "skipRate", "seed"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        offline = self.offline
+        if "offlineLeaders" in data:
+            offline = self.leader_indices("offlineLeaders", data)
+        rate = float(data.get("skipRate", self.skip_rate))
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"skipRate {rate}: expected a share between 0 and 1")
+        seed = int(data.get("seed", self.skip_seed))
+        self.offline, self.skip_rate, self.skip_seed = offline, rate, seed
 
     def airdrop(self, to: Pubkey, lamports: int) -> Signature:
         """requestAirdrop: a real faucet transfer that lands in the next block."""

@@ -49,6 +49,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='stake-weighted QoS on the TPU, e.g. \'{"stakes": {"PUBKEY": 1000}, "flood": {"connections": 12, "rate": 200}}\'',
     )
     parser.add_argument(
+        "--offline-leaders",
+        default="",
+        metavar="I,J",
+        help="validator indices that are offline: their slots are skipped (no block) and their QUIC ports lose what they get",
+    )
+    parser.add_argument(
+        "--non-jito-leaders",
+        default="",
+        metavar="I,J",
+        help="validator indices that run without Jito: no bundle lands in their slots (bundles wait for a Jito leader)",
+    )
+    parser.add_argument("--skip-rate", type=float, default=0.0, help="share of the other slots skipped at random (0 by default)")
+    parser.add_argument("--skip-seed", type=int, default=0, help="seed of --skip-rate (a slot's fate depends on seed and slot only)")
+    parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
 
@@ -62,6 +76,17 @@ def parse_funding(values: list[str]) -> list[tuple[Pubkey, int]]:
         except ValueError:
             raise CommandError(f"--fund {value}: expected PUBKEY[:SOL]") from None
     return funding
+
+
+def leader_list(option: str, value: str, validators: int) -> tuple[int, ...]:
+    """'1,3' -> (1, 3): validator indices, each below --validators."""
+    try:
+        indices = tuple(int(i) for i in value.split(",") if i.strip())
+    except ValueError:
+        raise CommandError(f"{option} {value}: expected validator indices such as 1,3") from None
+    if any(not 0 <= i < max(1, validators) for i in indices):
+        raise CommandError(f"{option} {value}: indices run from 0 to {max(1, validators) - 1} (--validators)")
+    return indices
 
 
 def config_from_args(args: argparse.Namespace) -> ClusterConfig:
@@ -79,6 +104,10 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
             qos.update({"stakes": args.stake})
     except (TypeError, ValueError, AttributeError) as error:
         raise CommandError(f"--qos/--stake: {error}") from None
+    offline = leader_list("--offline-leaders", args.offline_leaders, args.validators)
+    non_jito = leader_list("--non-jito-leaders", args.non_jito_leaders, args.validators)
+    if not 0.0 <= args.skip_rate <= 1.0:
+        raise CommandError(f"--skip-rate {args.skip_rate}: expected a share between 0 and 1")
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -88,6 +117,10 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         status_cache_slots=args.status_cache_slots,
         jito_requests_per_second=args.jito_rps,
         qos=qos,
+        offline_leaders=offline,
+        skip_rate=args.skip_rate,
+        skip_seed=args.skip_seed,
+        non_jito_leaders=non_jito,
     )
 
 

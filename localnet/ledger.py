@@ -55,6 +55,7 @@ GENESIS_BLOCK_HEIGHT = 900
 # 300): the bank's status cache keeps the statuses of the 300 newest *rooted* slots (plus
 # the unrooted ones above them).
 STATUS_CACHE_SLOTS = 300
+SKIPPED_SLOTS_KEPT = 10_000  # as many as the history keeps
 
 
 class Commitment(str, Enum):
@@ -209,6 +210,10 @@ class Ledger:
         self.bundles: dict[str, BundleOutcome] = {}
         self.slot_times: dict[int, int] = {}
         self.block_counts: dict[int, int] = {}
+        # slot -> (block height, blockhash, parent slot) of every block produced, for getBlock/getBlocks.
+        self.blocks: OrderedDict[int, tuple[int, Hash, int]] = OrderedDict()
+        # Slots whose leader produced no block (offline leader or skip rate); newest last.
+        self.skipped: deque[int] = deque(maxlen=SKIPPED_SLOTS_KEPT)
         # Recent prioritization fees: slot -> min fee of that block's transactions.
         self.prioritization: OrderedDict[int, dict[Pubkey, int]] = OrderedDict()
         self.last_drop_error: object = None
@@ -238,7 +243,10 @@ class Ledger:
     def blockhash_at(self, commitment: "Commitment") -> tuple[Hash, int]:
         """getLatestBlockhash at a commitment: the blockhash of the newest block at that level."""
         wanted = self.slot_at(commitment)
-        blockhash = self.blockhash_by_slot.get(wanted) or next(iter(self.blockhash_by_slot.values()))
+        blockhash = self.blockhash_by_slot.get(wanted)
+        if blockhash is None:  # a skipped slot has no blockhash: the newest block at or below it
+            older = [h for s, h in self.blockhash_by_slot.items() if s <= wanted]
+            blockhash = older[-1] if older else next(iter(self.blockhash_by_slot.values()))
         return blockhash, self.blockhashes[blockhash]
 
     def blockhash_valid(self, blockhash: Hash) -> bool:
@@ -255,7 +263,17 @@ class Ledger:
         return max(GENESIS_SLOT - 1, self.processed_slot() - depth[commitment])
 
     def block_height_at(self, commitment: Commitment) -> int:
-        return self.block_height - (self.processed_slot() - self.slot_at(commitment))
+        """The height of the newest block at that level: only produced blocks count, skipped slots do not."""
+        above = range(self.slot_at(commitment) + 1, self.processed_slot() + 1)
+        skipped = 0
+        for slot in reversed(self.skipped):  # newest first: stop below the range
+            if slot < above.start:
+                break
+            skipped += slot in above
+        return self.block_height - (len(above) - skipped)
+
+    def was_skipped(self, slot: int) -> bool:
+        return slot in self.skipped
 
     def commitment_of(self, slot: int) -> Commitment:
         depth = self.processed_slot() - slot
@@ -341,28 +359,74 @@ class Ledger:
             self._note_fees(tx, block.fees)
         return record
 
+    def hold_bundles(self, work: list[Submission]) -> list[Submission]:
+        """A leader without Jito's client takes no bundles: the block gets the rest of `work`.
+
+        A bundle waits (first in the queue) for a Jito leader's slot while its blockhash is
+        valid; once it has expired the bundle fails, as the block engine drops it.
+        """
+        keep: list[Submission] = []
+        held: list[Submission] = []
+        for submission in work:
+            if submission.bundle_id is None:
+                keep.append(submission)
+            elif self.blockhash_valid(submission.transactions[0].message.recent_blockhash):
+                held.append(submission)
+            else:
+                signatures = [str(tx.signatures[0]) for tx in submission.transactions]
+                self.bundles[submission.bundle_id] = BundleOutcome(
+                    submission.bundle_id, self.slot, False, signatures, err=TransactionErrorFieldless.BlockhashNotFound
+                )
+        self.pending = held + self.pending
+        return keep
+
     def requeue(self, submissions: list[Submission]) -> None:
         """Work a full block could not take goes first into the next one."""
         self.pending = submissions + self.pending
 
     def finish_block(self, block: "Block") -> None:
+        parent = next(reversed(self.blocks)) if self.blocks else GENESIS_SLOT - 1
         self.block_counts[self.slot] = block.count
         self.slot_times[self.slot] = time.time_ns()
         self.prioritization[self.slot] = block.fees
         while len(self.prioritization) > 150:
             self.prioritization.popitem(last=False)
         self._advance()
+        self.blocks[self.slot - 1] = (self.block_height, self.latest_blockhash[0], parent)
+
+    def parent_blockhash(self, slot: int) -> Hash | None:
+        """The blockhash a block was built on (its parent's), from the blocks kept or the window."""
+        parent = self.blocks[slot][2]
+        if parent in self.blocks:
+            return self.blocks[parent][1]
+        return self.blockhash_by_slot.get(parent)
+
+    def block_transactions(self, slot: int) -> list[TxRecord]:
+        return [record for record in self.records.values() if record.slot == slot]
+
+    def skip_slot(self) -> None:
+        """The current slot's leader produced no block: the slot passes, the block height and the blockhash stay.
+
+        Queued work stays queued for the next block (agave's send-transaction-service keeps
+        retrying an RPC transaction to the upcoming leaders until its blockhash expires).
+        """
+        self.skipped.append(self.slot)
+        self.slot += 1
+        self._set_clock()
 
     def _advance(self) -> None:
         self.slot += 1
         self.block_height += 1
+        self._set_clock()
+        self._new_blockhash()
+        if self.history_slots and self.slot % 1000 == 0:
+            self._prune()
+
+    def _set_clock(self) -> None:
         clock = self.svm.get_clock()
         clock.slot = self.slot
         clock.unix_timestamp = int(time.time())
         self.svm.set_clock(clock)
-        self._new_blockhash()
-        if self.history_slots and self.slot % 1000 == 0:
-            self._prune()
 
     def _prune(self) -> None:
         # The ledger's history is also where the status cache reads from: never prune below it.
@@ -372,6 +436,10 @@ class Ledger:
         for key in [k for k in self.slot_times if k < horizon]:
             self.slot_times.pop(key, None)
             self.block_counts.pop(key, None)
+        while self.blocks and next(iter(self.blocks)) < horizon:
+            self.blocks.popitem(last=False)
+        while self.skipped and self.skipped[0] < horizon:
+            self.skipped.popleft()
 
     def _note_fees(self, tx: VersionedTransaction, slot_fees: dict[Pubkey, int]) -> None:
         price = compute_unit_price(tx)
@@ -511,8 +579,9 @@ class Ledger:
         (`purge_roots` forgets the oldest), and `do_get_status` answers only for a slot that
         is a kept root or an ancestor of the asking bank. So the cache is counted from the
         newest root (our finalized slot), not from the tip: a status stays readable for
-        status_cache_slots + finalized_depth slots. (Every slot here has a block, so rooted
-        slots and slots are the same count.)
+        status_cache_slots + finalized_depth slots. (Slots are counted here, skipped ones
+        included, where agave counts roots, which are blocks: with skipped slots the real
+        cache reaches a little further back.)
         """
         return self.slot_at(Commitment.finalized) - self.status_cache_slots + 1
 

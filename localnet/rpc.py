@@ -33,15 +33,18 @@ from .intake import IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, HttpStatus, JsonRpcApp, RpcError, config, param
 from venue.programs import TOKEN_PROGRAMS
 
-from .ledger import TOKEN_ACCOUNT_LEN, Commitment, error_json, ui_amount_string
+from .ledger import GENESIS_SLOT, TOKEN_ACCOUNT_LEN, Commitment, error_json, ui_amount_string
 from .reads import RPC_READ_METHODS, read_fault_gate
 from .view import ClusterView
 
 # agave rpc-client-api/src/custom_error.rs
+BLOCK_CLEANED_UP = -32001
 SEND_TRANSACTION_PREFLIGHT_FAILURE = -32002
 TRANSACTION_SIGNATURE_VERIFICATION_FAILURE = -32003
 BLOCK_NOT_AVAILABLE = -32004
+SLOT_SKIPPED = -32007
 UNSUPPORTED_TRANSACTION_VERSION = -32015
+MAX_GET_CONFIRMED_BLOCKS_RANGE = 500_000  # agave rpc-client-api MAX_GET_CONFIRMED_BLOCKS_RANGE
 MAX_SIGNATURE_STATUSES = 256  # agave MAX_GET_SIGNATURE_STATUSES_QUERY_ITEMS
 MAX_MULTIPLE_ACCOUNTS = 100  # agave MAX_MULTIPLE_ACCOUNTS
 MAX_SLOT_LEADERS = 5000  # agave MAX_GET_SLOT_LEADERS
@@ -382,6 +385,92 @@ def build_rpc(cluster: ClusterView) -> JsonRpcApp:
                 "Please try the request again with the following configuration parameter: \"maxSupportedTransactionVersion\": 0",
             )
         return encode_confirmed_transaction(record, cfg.get("encoding", "json"), include_version=max_version is not None)
+
+    # --- blocks: agave rpc/src/rpc.rs get_block, get_blocks, get_blocks_with_limit ---------------
+
+    def at_least_confirmed(cfg: dict) -> Commitment:
+        commitment = rpc_commitment(cfg)
+        if commitment is Commitment.processed:
+            raise RpcError(INVALID_PARAMS, "Method does not support commitment below `confirmed`")
+        return commitment
+
+    def block_slots(start: int, end: int) -> list[int]:
+        return [slot for slot in ledger.blocks if start <= slot <= end]
+
+    @app.method("getBlock")
+    async def get_block(params, request):
+        slot = param(params, 0)
+        if not isinstance(slot, int) or slot < 0:
+            raise RpcError(INVALID_PARAMS, "Invalid params: expected a slot")
+        cfg = param(params, 1, {}) or {}
+        if isinstance(cfg, str):  # the deprecated form passes the encoding alone
+            cfg = {"encoding": cfg}
+        commitment = at_least_confirmed(cfg)
+        if slot <= ledger.slot_at(Commitment.finalized):  # rooted: the blockstore knows it was skipped
+            if slot in ledger.blocks:
+                return encode_block(slot, cfg)
+            if ledger.was_skipped(slot):
+                raise RpcError(SLOT_SKIPPED, f"Slot {slot} was skipped, or missing due to ledger jump to recent snapshot")
+            first = next(iter(ledger.blocks), GENESIS_SLOT)
+            raise RpcError(BLOCK_CLEANED_UP, f"Block {slot} cleaned up, does not exist on this node. First available block: {first}")
+        if commitment is Commitment.confirmed and slot in ledger.blocks and ledger.reaches(slot, Commitment.confirmed):
+            return encode_block(slot, cfg)
+        raise RpcError(BLOCK_NOT_AVAILABLE, f"Block not available for slot {slot}")
+
+    def encode_block(slot: int, cfg: dict) -> dict:
+        details = cfg.get("transactionDetails") or "full"  # clients send null for a default
+        if details not in ("full", "signatures", "none"):
+            raise RpcError(INVALID_PARAMS, f"Invalid params: transactionDetails {details!r} is not supported here (full, signatures, none)")
+        height, blockhash, parent = ledger.blocks[slot]
+        records = ledger.block_transactions(slot)
+        previous = ledger.parent_blockhash(slot)
+        answer: dict[str, Any] = {"previousBlockhash": str(previous or Hash.default()), "blockhash": str(blockhash), "parentSlot": parent}
+        if details == "full":
+            max_version = cfg.get("maxSupportedTransactionVersion")
+            if max_version is None and any(isinstance(r.transaction.message, MessageV0) for r in records):
+                raise RpcError(
+                    UNSUPPORTED_TRANSACTION_VERSION,
+                    "Transaction version (0) is not supported by the requesting client. "
+                    "Please try the request again with the following configuration parameter: \"maxSupportedTransactionVersion\": 0",
+                )
+            answer["transactions"] = []
+            for record in records:
+                item = encode_confirmed_transaction(record, cfg.get("encoding") or "json", include_version=max_version is not None)
+                del item["slot"], item["blockTime"]
+                answer["transactions"].append(item)
+        elif details == "signatures":
+            answer["signatures"] = [str(r.signature) for r in records]
+        if cfg.get("rewards") is not False:
+            answer["rewards"] = []
+        answer["blockTime"] = ledger.slot_times[slot] // 1_000_000_000 if slot in ledger.slot_times else None
+        answer["blockHeight"] = height
+        return answer
+
+    @app.method("getBlocks")
+    async def get_blocks(params, request):
+        start = param(params, 0)
+        end = param(params, 1)
+        cfg = end if isinstance(end, dict) else config(params, 2)
+        end = end if isinstance(end, int) else None
+        if not isinstance(start, int) or start < 0:
+            raise RpcError(INVALID_PARAMS, "Invalid params: expected a start slot")
+        commitment = at_least_confirmed(cfg)
+        end = min(start + MAX_GET_CONFIRMED_BLOCKS_RANGE if end is None else end, ledger.slot_at(commitment))
+        if end < start:
+            return []
+        if end - start > MAX_GET_CONFIRMED_BLOCKS_RANGE:
+            raise RpcError(INVALID_PARAMS, f"Slot range too large; max {MAX_GET_CONFIRMED_BLOCKS_RANGE}")
+        return block_slots(start, end)
+
+    @app.method("getBlocksWithLimit")
+    async def get_blocks_with_limit(params, request):
+        start, limit = param(params, 0), param(params, 1)
+        if not isinstance(start, int) or not isinstance(limit, int) or start < 0 or limit < 0:
+            raise RpcError(INVALID_PARAMS, "Invalid params: expected a start slot and a limit")
+        if limit > MAX_GET_CONFIRMED_BLOCKS_RANGE:
+            raise RpcError(INVALID_PARAMS, f"Limit too large; max {MAX_GET_CONFIRMED_BLOCKS_RANGE}")
+        commitment = at_least_confirmed(config(params, 2))
+        return block_slots(start, ledger.slot_at(commitment))[:limit]
 
     @app.method("getRecentPrioritizationFees")
     async def get_recent_prioritization_fees(params, request):

@@ -41,6 +41,14 @@ class ClusterConfig:
     tpu_new_connections_per_minute: int = 8
     # Stake-weighted QoS on every leader's TPU and the unstaked flood (localnet.qos); off by default.
     qos: QosConfig = field(default_factory=QosConfig)
+    # Skipped slots: leaders (indices into the schedule) that are offline, so their slots
+    # have no block and their TPU ports lose what they receive; and a share of the other
+    # slots skipped at random under skip_seed (each slot's fate depends only on seed and slot).
+    offline_leaders: tuple[int, ...] = ()
+    skip_rate: float = 0.0
+    skip_seed: int = 0
+    # Leaders (indices) that run without Jito's validator client: no bundle lands in their slots.
+    non_jito_leaders: tuple[int, ...] = ()
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -73,6 +81,14 @@ class ClusterView(Protocol):
     def validators(self) -> Sequence[ValidatorView]: ...
 
     def leader_for(self, slot: int) -> Pubkey: ...
+
+    def skips_json(self) -> dict: ...
+
+    def set_skips(self, data: dict) -> None: ...
+
+    def jito_json(self) -> dict: ...
+
+    def set_jito(self, data: dict) -> None: ...
 
     def airdrop(self, to: Pubkey, lamports: int) -> Signature: ...
 

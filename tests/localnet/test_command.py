@@ -106,3 +106,26 @@ def test_throughput_probe_confirms_every_transfer(capsys):
     assert throughput.main(["--transactions", "400", "--payers", "20", "--slot-ms", "50", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["transactions"] == 400 and result["confirmed_per_s"] > 0
+
+
+def test_offline_and_non_jito_leaders_at_start_and_refused_when_out_of_range():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "localnet", "--ports", "auto", "--json", "--slot-ms", "50", "--validators", "2", "--offline-leaders", "1", "--non-jito-leaders", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        endpoints = json.loads(process.stdout.readline())
+        assert httpx.get(endpoints["admin"] + "/skips").json() == {"offlineLeaders": [1], "skipRate": 0.0, "seed": 0}
+        assert httpx.get(endpoints["admin"] + "/jito-leaders").json() == {"nonJitoLeaders": [0]}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, process.stderr.read()
+    refused = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "localnet", "--ports", "auto", "--validators", "2", "--offline-leaders", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode != 0 and "--offline-leaders 2" in refused.stderr
