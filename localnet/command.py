@@ -15,6 +15,7 @@ from venue import LAMPORTS_PER_SOL
 from .cluster import ClusterConfig, LocalCluster
 from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
+from .regions import parse_regions
 from .view import DEFAULT_PORTS
 from settings import CommandError
 
@@ -34,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"rooted slots whose statuses getSignatureStatuses answers without searchTransactionHistory (default {STATUS_CACHE_SLOTS}, agave's)",
     )
     parser.add_argument("--jito-rps", type=float, default=None, help="block-engine rate limit per IP (requests/s); off by default")
+    parser.add_argument(
+        "--regions",
+        default=None,
+        metavar="NAMES|JSON",
+        help="block-engine regions beside blockEngine, e.g. 'ams,fra,nyc' or "
+        '\'{"ams": {"latency_ms": 5, "drop": 0.3, "rate_limit": 1, "lag_slots": 2, "down": null}}\'; none by default',
+    )
     parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
@@ -59,6 +67,10 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         raise CommandError(f"--faults: {error}") from None
     if args.status_cache_slots < 0:
         raise CommandError(f"--status-cache-slots {args.status_cache_slots}: expected a number of slots, 0 or more")
+    try:
+        regions = parse_regions(args.regions)
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"--regions: {error}") from None
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -67,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         faults=faults,
         status_cache_slots=args.status_cache_slots,
         jito_requests_per_second=args.jito_rps,
+        regions=regions,
     )
 
 
@@ -81,7 +94,11 @@ async def serve(args: argparse.Namespace) -> None:
     else:
         print("local Solana cluster ready (Ctrl-C to stop)", flush=True)
         for name, url in endpoints.items():
-            print(f"  {name:12} {url}", flush=True)
+            if isinstance(url, dict):
+                for region, region_url in url.items():
+                    print(f"  {'region ' + region:12} {region_url}", flush=True)
+            else:
+                print(f"  {name:12} {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
