@@ -179,3 +179,34 @@ def test_region_settings_change_at_run_time(regional):
         assert client.put("/regions/xyz", json={}).status_code == 400
         client.put("/regions/fra", json={"latency_ms": 0, "drop": 0.0, "rate_limit": 1, "lag_slots": 0})
         assert "regions" in client.get("/stats").json()
+
+
+def test_the_localnet_command_lists_every_region_on_its_json_line():
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    spec = '{"ams": {"drop": 0.3}, "fra": {"down": "refuse"}, "nyc": {}}'
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "localnet", "--ports", "auto", "--json", "--slot-ms", "50", "--regions", spec],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        endpoints = json.loads(process.stdout.readline())
+        assert set(endpoints["regions"]) == {"ams", "fra", "nyc"}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "getTipAccounts"}
+        assert httpx.post(endpoints["regions"]["ams"] + "/api/v1/bundles", json=call).json()["result"] == TIP_ACCOUNTS
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(endpoints["regions"]["fra"] + "/api/v1/bundles", json=call)
+        view = httpx.get(endpoints["admin"] + "/regions").json()
+        assert view["ams"]["settings"]["drop"] == 0.3 and view["fra"]["up"] is False
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, process.stderr.read()
+    refused = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "localnet", "--ports", "auto", "--regions", "ams,xyz"], capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode != 0 and "unknown region 'xyz'" in refused.stderr
