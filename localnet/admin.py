@@ -60,8 +60,30 @@ def build_admin(cluster: ClusterView) -> web.Application:
                 "jito": cluster.jito_json(),
                 "skippedSlots": list(ledger.skipped)[-64:],
                 "faults": cluster.faults.to_json(),
+                "regions": regions_json(),
             }
         )
+
+    def regions_json() -> dict:
+        return {name: region.to_json(cluster.config.host, ledger) for name, region in cluster.regions.items()}
+
+    @routes.get("/regions")
+    async def get_regions(request: web.Request) -> web.Response:
+        """Every block-engine region: its URL, settings, whether it is up, and accepted/dropped/rate-limited/landed."""
+        return web.json_response(regions_json())
+
+    @routes.put("/regions/{name}")
+    @routes.post("/regions/{name}")
+    async def set_region(request: web.Request) -> web.Response:
+        """Change one region: {"latency_ms", "drop", "rate_limit", "lag_slots", "down": "refuse"|"blackhole"|null}."""
+        name = request.match_info["name"]
+        if name not in cluster.regions:
+            return bad_request(f"no region {name}; running: {sorted(cluster.regions)}")
+        try:
+            region = await cluster.set_region(name, await body(request))
+        except (TypeError, ValueError) as error:
+            return bad_request(str(error))
+        return web.json_response(region.to_json(cluster.config.host, ledger))
 
     @routes.get("/faults")
     async def get_faults(request: web.Request) -> web.Response:
@@ -71,9 +93,13 @@ def build_admin(cluster: ClusterView) -> web.Application:
     @routes.post("/faults")
     async def set_faults(request: web.Request) -> web.Response:
         try:
-            cluster.faults.update(await body(request))
+            data = await body(request)
+            cluster.faults.update(data)
         except (TypeError, ValueError) as error:
             return bad_request(str(error))
+        if "seed" in data:
+            for region in cluster.regions.values():
+                region.reseed(data["seed"])
         return web.json_response(cluster.faults.to_json())
 
     @routes.get("/qos")

@@ -24,6 +24,7 @@ from .intake import IntakeRefused, decode_transaction
 from .jsonrpc import INVALID_PARAMS, RESPONSE_HEADERS, HttpStatus, JsonRpcApp, RpcError, param
 from .ledger import Commitment, writable_keys
 from .reads import BLOCK_ENGINE_READ_METHODS, read_fault_gate
+from .regions import Region
 from .view import ClusterView
 
 # The local engine names the 8 mainnet tip accounts, the list the executor falls back on.
@@ -33,6 +34,15 @@ MIN_TIP_LAMPORTS = 1000
 MAX_STATUS_QUERY = 5
 INFLIGHT_WINDOW_S = 300  # getInflightBundleStatuses looks back 5 minutes
 RATE_LIMITED_BODY = {"jsonrpc": "2.0", "error": {"code": -32097, "message": "Rate limit exceeded. Limit: 1 per second for txn requests"}, "id": None}
+TXN_METHODS = {"sendBundle", "sendTransaction"}
+# A region whose view of the chain trails the tip has not seen the bundle's blockhash: its simulation
+# fails as a validator's does (agave TransactionError::BlockhashNotFound, "Blockhash not found").
+LAGGING_BLOCKHASH_MESSAGE = "bundle simulation failed: Blockhash not found"
+
+
+def rate_limited_body(per_second: float) -> dict:
+    """Jito's 429 body, naming the limit that was hit."""
+    return {"jsonrpc": "2.0", "error": {"code": -32097, "message": f"Rate limit exceeded. Limit: {per_second:g} per second for txn requests"}, "id": None}
 
 
 @dataclass
@@ -64,13 +74,20 @@ class RateLimiter:
         return True
 
 
-def build_block_engine(cluster: ClusterView, requests_per_second: float | None = None) -> JsonRpcApp:
+def build_block_engine(cluster: ClusterView, requests_per_second: float | None = None, region: Region | None = None) -> JsonRpcApp:
+    """The single block engine, or (with `region`) one region's: its own txn rate limit per IP, drops and lag."""
     limiter = RateLimiter(requests_per_second)
+    region_limiter = RateLimiter(None)
     admit_reads = read_fault_gate("block-engine", cluster.faults, cluster.intake.counters, BLOCK_ENGINE_READ_METHODS, RATE_LIMITED_BODY)
 
     async def admit(request: web.Request, methods: list[str]) -> None:
         """The bundle channel's rate limits (configured and injected) and delay apply to every request,
         as the engine's gateway does; status reads then also meet the reads channel."""
+        if region is not None and TXN_METHODS.intersection(methods):
+            region_limiter.per_second = region.settings.rate_limit
+            if not region_limiter.allow(request.remote or ""):
+                region.counters["rate_limited"] += 1
+                raise HttpStatus(429, rate_limited_body(region.settings.rate_limit))
         if cluster.intake.rate_limited("bundle") or not limiter.allow(request.remote or ""):
             raise HttpStatus(429, RATE_LIMITED_BODY)
         delay = cluster.faults.bundle.delay_ms
@@ -113,7 +130,23 @@ def build_block_engine(cluster: ClusterView, requests_per_second: float | None =
         if trial.landed and trial.tip_lamports < MIN_TIP_LAMPORTS:
             raise RpcError(INVALID_PARAMS, f"bundle tip of {trial.tip_lamports} lamports is below the minimum of {MIN_TIP_LAMPORTS}")
 
+    def region_verdict(transactions: list[VersionedTransaction], verdict: Verdict) -> Verdict:
+        """A region refuses what its lagging view cannot simulate, then drops its share of what it accepts."""
+        if region is None:
+            return verdict
+        if region.settings.lag_slots:
+            seen_through = ledger.processed_slot() - region.settings.lag_slots
+            hashes = {tx.message.recent_blockhash for tx in transactions}
+            if any(slot > seen_through for slot, blockhash in ledger.blockhash_by_slot.items() if blockhash in hashes):
+                region.counters["refused_lagging"] += 1
+                raise RpcError(INVALID_PARAMS, LAGGING_BLOCKHASH_MESSAGE)
+        if verdict is Verdict.accept and region.drops():
+            cluster.intake.counters["bundle.drop"] += 1
+            return Verdict.drop
+        return verdict
+
     def accept(transactions: list[VersionedTransaction], verdict: Verdict) -> str:
+        verdict = region_verdict(transactions, verdict)
         try:
             bundle_id = cluster.intake.receive_bundle(transactions, verdict)
         except IntakeRefused as refused:
@@ -125,6 +158,10 @@ def build_block_engine(cluster: ClusterView, requests_per_second: float | None =
             accepted_at=time.monotonic(),
             dropped=verdict is Verdict.drop,
         )
+        if region is not None:
+            region.counters["dropped" if verdict is Verdict.drop else "accepted"] += 1
+            if verdict is not Verdict.drop:
+                region.forward(bundle_id)
         while accepted and time.monotonic() - next(iter(accepted.values())).accepted_at > INFLIGHT_WINDOW_S * 2:
             accepted.popitem(last=False)
         return bundle_id
@@ -150,6 +187,9 @@ def build_block_engine(cluster: ClusterView, requests_per_second: float | None =
             bundle_id = accept(transactions, verdict)
             request[RESPONSE_HEADERS] = {"x-bundle-id": bundle_id}
             return str(transactions[0].signatures[0])
+        verdict = region_verdict(transactions, verdict)
+        if region is not None and verdict is not Verdict.reject:
+            region.counters["dropped" if verdict is Verdict.drop else "accepted"] += 1
         try:
             return str(cluster.intake.receive(transactions[0], "bundle", verdict))
         except IntakeRefused as refused:

@@ -31,6 +31,7 @@ from venue.programs import SYSTEM_PROGRAM
 
 from .ledger import Ledger
 from .pubsub import PubSub
+from .regions import REGION_NAMES, REGION_PORT_BASE, Region, region_middleware
 from .rpc import LEADER_SLOTS, SOLANA_CORE_VERSION, FEATURE_SET, build_rpc
 from .qos import Qos, UnstakedFlood
 from .tpu import TpuQuicServer
@@ -102,6 +103,9 @@ class LocalCluster:
         )
         self.non_jito: set[int] = set()
         self.set_jito({"nonJitoLeaders": list(self.config.non_jito_leaders)})
+        self.regions: dict[str, Region] = {
+            name: Region(name, settings, seed=self.faults.seed) for name, settings in self.config.regions.items()
+        }
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._slot_task: asyncio.Task | None = None
@@ -122,8 +126,13 @@ class LocalCluster:
         self.ports["rpc"] = await self._serve_jsonrpc(build_rpc(self), ["/"], ports.get("rpc", 0))
         self.ports["ws"] = await self._serve(self._pubsub_app(), ports.get("ws", 0))
         engine = build_block_engine(self, self.config.jito_requests_per_second)
-        engine_paths = ["/api/v1/bundles", "/api/v1/transactions", "/api/v1/getTipAccounts", "/api/v1/getBundleStatuses", "/api/v1/getInflightBundleStatuses"]
-        self.ports["block_engine"] = await self._serve_jsonrpc(engine, engine_paths, ports.get("block_engine", 0))
+        self.ports["block_engine"] = await self._serve_jsonrpc(engine, self.ENGINE_PATHS, ports.get("block_engine", 0))
+        for region in self.regions.values():
+            region.port = self._region_port(region.name)
+            if region.settings.down != "refuse":
+                await self._serve_region(region)
+            elif region.port == 0:
+                region.port = self._free_port()  # down from the start: still listed, where it will come back
         self.ports["admin"] = await self._serve(build_admin(self), ports.get("admin", 0))
         first_tpu = ports.get("tpu", 0)
         for validator in self.validators:
@@ -145,6 +154,8 @@ class LocalCluster:
             self._slot_task = None
         for validator in self.validators:
             await self.close_tpu(validator.index)
+        for region in self.regions.values():
+            await self._stop_region(region)
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
@@ -153,7 +164,7 @@ class LocalCluster:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    def endpoints(self) -> dict[str, str]:
+    def endpoints(self) -> dict:
         host = self.config.host
         return {
             "rpc": f"http://{host}:{self.ports['rpc']}",
@@ -161,7 +172,56 @@ class LocalCluster:
             "blockEngine": f"http://{host}:{self.ports['block_engine']}",
             "tpuQuic": f"{host}:{self.ports['tpu']}",
             "admin": f"http://{host}:{self.ports['admin']}",
-        }
+        } | ({"regions": {name: f"http://{host}:{region.port}" for name, region in self.regions.items()}} if self.regions else {})
+
+    # --- block-engine regions -------------------------------------------------------
+
+    ENGINE_PATHS = ["/api/v1/bundles", "/api/v1/transactions", "/api/v1/getTipAccounts", "/api/v1/getBundleStatuses", "/api/v1/getInflightBundleStatuses"]
+
+    def _free_port(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((self.config.host, 0))
+            return probe.getsockname()[1]
+
+    def _region_port(self, name: str) -> int:
+        """`ports["block_engine.<name>"]` if given; else beside the default ports, or free ones with auto ports."""
+        if f"block_engine.{name}" in self.config.ports:
+            return self.config.ports[f"block_engine.{name}"]
+        return REGION_PORT_BASE + REGION_NAMES.index(name) if self.config.ports.get("block_engine") else 0
+
+    async def _serve_region(self, region: Region) -> None:
+        engine = build_block_engine(self, None, region)
+        app = web.Application(client_max_size=1 << 20, middlewares=[region_middleware(region)])
+        for path in self.ENGINE_PATHS:
+            app.router.add_post(path, engine.handle_http)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, region.port))
+        await web.SockSite(runner, sock).start()
+        region.port = sock.getsockname()[1]  # reopened where clients already look for it
+        region.runner = runner
+
+    async def _stop_region(self, region: Region) -> None:
+        if region.release is not None:
+            region.release.set()
+        if region.runner is not None:
+            runner, region.runner = region.runner, None
+            await runner.cleanup()
+
+    async def set_region(self, name: str, changes: dict) -> Region:
+        """Change one region at run time; `down` takes it off the network ("refuse", "blackhole") or brings it back (null)."""
+        region = self.regions[name]
+        settings = region.settings.merged(changes)
+        was_down, region.settings = region.settings.down, settings
+        if settings.down == "refuse" and region.runner is not None:
+            await self._stop_region(region)
+        elif settings.down != "refuse" and region.runner is None:
+            await self._serve_region(region)
+        if was_down == "blackhole" and settings.down != "blackhole" and region.release is not None:
+            region.release.set()
+        return region
 
     async def open_tpu(self, index: int, port: int = 0) -> None:
         validator = self.validators[index]
@@ -430,7 +490,7 @@ class ClusterThread:
             asyncio.run_coroutine_threadsafe(self.cluster.stop(), self._loop).result(20)
         self._thread.join(20)
 
-    def endpoints(self) -> dict[str, str]:
+    def endpoints(self) -> dict:
         return self.cluster.endpoints()
 
     def __enter__(self) -> "ClusterThread":

@@ -16,6 +16,7 @@ from .cluster import ClusterConfig, LocalCluster
 from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
 from .qos import QosConfig
+from .regions import parse_regions
 from .view import DEFAULT_PORTS
 from settings import CommandError
 
@@ -63,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-rate", type=float, default=0.0, help="share of the other slots skipped at random (0 by default)")
     parser.add_argument("--skip-seed", type=int, default=0, help="seed of --skip-rate (a slot's fate depends on seed and slot only)")
     parser.add_argument(
+        "--regions",
+        default=None,
+        metavar="NAMES|JSON",
+        help="block-engine regions beside blockEngine, e.g. 'ams,fra,nyc' or "
+        '\'{"ams": {"latency_ms": 5, "drop": 0.3, "rate_limit": 1, "lag_slots": 2, "down": null}}\'; none by default',
+    )
+    parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
 
@@ -108,6 +116,10 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
     non_jito = leader_list("--non-jito-leaders", args.non_jito_leaders, args.validators)
     if not 0.0 <= args.skip_rate <= 1.0:
         raise CommandError(f"--skip-rate {args.skip_rate}: expected a share between 0 and 1")
+    try:
+        regions = parse_regions(args.regions)
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"--regions: {error}") from None
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -121,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         skip_rate=args.skip_rate,
         skip_seed=args.skip_seed,
         non_jito_leaders=non_jito,
+        regions=regions,
     )
 
 
@@ -135,7 +148,11 @@ async def serve(args: argparse.Namespace) -> None:
     else:
         print("local Solana cluster ready (Ctrl-C to stop)", flush=True)
         for name, url in endpoints.items():
-            print(f"  {name:12} {url}", flush=True)
+            if isinstance(url, dict):
+                for region, region_url in url.items():
+                    print(f"  {'region ' + region:12} {region_url}", flush=True)
+            else:
+                print(f"  {name:12} {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,6 +18,7 @@ from .faults import FaultPlan
 from .intake import Intake
 from .ledger import STATUS_CACHE_SLOTS, Ledger
 from .qos import Qos, QosConfig
+from .regions import Region, RegionSettings
 from .tpu import TpuQuicServer
 
 DEFAULT_PORTS = {"rpc": 8899, "ws": 8900, "block_engine": 8910, "admin": 8911, "tpu": 8009}
@@ -35,6 +36,8 @@ class ClusterConfig:
     # Rooted slots whose statuses getSignatureStatuses answers without searchTransactionHistory.
     status_cache_slots: int = STATUS_CACHE_SLOTS
     jito_requests_per_second: float | None = None
+    # Block-engine regions beside the single blockEngine (none by default), by Jito's short names.
+    regions: dict[str, RegionSettings] = field(default_factory=dict)
     # The block a leader can fill in one slot: work left over waits for the next slot.
     block_budget_share: float = 0.8
     # agave's limit for one IP; tests that open many short connections raise it.
@@ -76,6 +79,7 @@ class ClusterView(Protocol):
     faults: FaultPlan
     qos: Qos
     ports: dict[str, int]
+    regions: dict[str, Region]
 
     @property
     def validators(self) -> Sequence[ValidatorView]: ...
@@ -101,3 +105,4 @@ class ClusterView(Protocol):
     async def configure_qos(self, update: dict) -> None: ...
 
     def qos_view(self) -> dict: ...
+    async def set_region(self, name: str, changes: dict) -> Region: ...
