@@ -5,6 +5,7 @@ Driven through solana-py's AsyncClient and the block engine's JSON-RPC (sendBund
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -43,10 +44,15 @@ async def test_bundle_waits_for_a_jito_leader(mixed_cluster):
         blockhash = await latest_blockhash(rpc)
         bundle = [sign(payer, [transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=Keypair().pubkey(), lamports=SOL)), tip_ix(payer, 5000)], blockhash)]
         plain = transfer_tx(payer, Keypair().pubkey(), SOL, blockhash)
-        while True:  # submit at the start of the non-Jito leader's four slots
+        # Submit in the first half of the non-Jito leader's four slots: without the hold the bundle would
+        # land in that leader's next slot. Either of two slots, so a slow machine's poll does not miss
+        # the window rotation after rotation.
+        waited = time.monotonic()
+        while True:
             filling = (await rpc.get_slot(Processed)).value + 1
-            if leader_of(filling) == NON_JITO and filling % LEADER_SLOTS == 0:
+            if leader_of(filling) == NON_JITO and filling % LEADER_SLOTS in (0, 1):
                 break
+            assert time.monotonic() - waited < 60, "never saw the non-Jito leader's window"
             await asyncio.sleep(SLOT_MS / 4000)
         bundle_id = (await jito(http, cluster, "sendBundle", [[b64(tx) for tx in bundle], {"encoding": "base64"}])).json()["result"]
         await rpc.send_raw_transaction(bytes(plain))

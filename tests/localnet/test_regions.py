@@ -129,7 +129,9 @@ def test_past_the_regions_rate_limit_jito_answers_429(regional):
     assert limited[0].json() == {"jsonrpc": "2.0", "error": {"code": -32097, "message": "Rate limit exceeded. Limit: 5 per second for txn requests"}, "id": None}
     assert region_counters(regional, "fra")["rate_limited"] >= 1
     # The SDK sees the same 429; a region without a limit (tyo) is not affected by fra's.
-    assert "429" in sdk(regional, "fra").send_bundle([b64(tx)])["error"]
+    # A burst, not one call: a single call may fall in a fresh one-second window on a slow machine.
+    client = sdk(regional, "fra")
+    assert any("429" in str(client.send_bundle([b64(tx)]).get("error", "")) for _ in range(12))
     assert all(httpx.post(regional.endpoints()["regions"]["tyo"] + "/api/v1/bundles", json=body).status_code == 200 for _ in range(3))
 
 
