@@ -6,6 +6,7 @@ the cluster's own view, with first-seen times on this machine's wall clock (ns).
 from __future__ import annotations
 
 import base64
+import inspect
 
 from aiohttp import web
 from solders.account import Account
@@ -102,47 +103,32 @@ def build_admin(cluster: ClusterView) -> web.Application:
                 region.reseed(data["seed"])
         return web.json_response(cluster.faults.to_json())
 
-    @routes.get("/qos")
-    async def get_qos(request: web.Request) -> web.Response:
-        """Stake-weighted QoS: stakes, scaled limits, flood, and each leader's tables and counters."""
-        return web.json_response(cluster.qos_view())
+    def setting(path: str, read, change) -> None:
+        """A run-time setting of the cluster: GET reads it; PUT or POST a JSON object changes it (a value
+        it refuses is a 400 naming why) and answers what it is now."""
 
-    @routes.put("/qos")
-    @routes.post("/qos")
-    async def set_qos(request: web.Request) -> web.Response:
-        """{"enabled"?, "stakes"?: {pubkey: lamports} (0 removes), "flood"?: {"connections", "rate", "size"}, ...}."""
-        try:
-            await cluster.configure_qos(await body(request))
-        except (TypeError, ValueError) as error:
-            return bad_request(str(error))
-        return web.json_response(cluster.qos_view())
-    @routes.get("/skips")
-    async def get_skips(request: web.Request) -> web.Response:
-        return web.json_response(cluster.skips_json())
+        async def get(request: web.Request) -> web.Response:
+            return web.json_response(read())
 
-    @routes.put("/skips")
-    @routes.post("/skips")
-    async def set_skips(request: web.Request) -> web.Response:
-        """{"offlineLeaders": [1], "skipRate": 0.1, "seed": 7}: offline leaders produce no block in their slots."""
-        try:
-            cluster.set_skips(await body(request))
-        except (TypeError, ValueError) as error:
-            return bad_request(str(error))
-        return web.json_response(cluster.skips_json())
+        async def put(request: web.Request) -> web.Response:
+            try:
+                changed = change(await body(request))
+                if inspect.isawaitable(changed):
+                    await changed
+            except (TypeError, ValueError) as error:
+                return bad_request(str(error))
+            return web.json_response(read())
 
-    @routes.get("/jito-leaders")
-    async def get_jito(request: web.Request) -> web.Response:
-        return web.json_response(cluster.jito_json())
+        routes.get(path)(get)
+        routes.put(path)(put)
+        routes.post(path)(put)
 
-    @routes.put("/jito-leaders")
-    @routes.post("/jito-leaders")
-    async def set_jito(request: web.Request) -> web.Response:
-        """{"nonJitoLeaders": [1]}: no bundle lands in those leaders' slots; bundles wait for a Jito leader."""
-        try:
-            cluster.set_jito(await body(request))
-        except (TypeError, ValueError) as error:
-            return bad_request(str(error))
-        return web.json_response(cluster.jito_json())
+    # Stake-weighted QoS: {"enabled"?, "stakes"?: {pubkey: lamports} (0 removes), "flood"?: {"connections", "rate", "size"}, ...}
+    setting("/qos", cluster.qos_view, cluster.configure_qos)
+    # {"offlineLeaders": [1], "skipRate": 0.1, "seed": 7}: offline leaders produce no block in their slots.
+    setting("/skips", cluster.skips_json, cluster.set_skips)
+    # {"nonJitoLeaders": [1]}: no bundle lands in those leaders' slots; bundles wait for a Jito leader.
+    setting("/jito-leaders", cluster.jito_json, cluster.set_jito)
 
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:
