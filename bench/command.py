@@ -298,9 +298,29 @@ async def run_bench(args: argparse.Namespace) -> dict:
         "direct_sent": len(direct_to_wire),
         "direct_errors": direct.errors,
         "error_codes": sorted({r.get("errorCode") for r in durable.results.values() if r.get("errorCode")}),
+        "land_rate_by_method": land_rate_by_method(durable_plans, durable.results),
         **({"profile": profile} if profile else {}),
         "_samples": {"durable": to_wire, "direct": direct_to_wire},
     }
+
+
+def land_rate_by_method(plans: list[dict], results: dict[str, dict]) -> dict:
+    """Per execution method: plans sent, plans whose result says they landed (status success: the
+    chain's word), the share, and the error codes of the rest. On a market that fights back
+    (`--market`) this is the figure a landing change must move."""
+    by_method: dict[str, dict] = {}
+    for plan in plans:
+        row = by_method.setdefault(plan["executionMethod"], {"plans": 0, "landed": 0, "land_rate": None, "not_landed": {}})
+        row["plans"] += 1
+        result = results.get(plan["planId"])
+        if result is not None and result.get("status") == "success":
+            row["landed"] += 1
+        else:
+            code = (result or {}).get("errorCode") or ("NO_RESULT" if result is None else result.get("status", "unknown"))
+            row["not_landed"][code] = row["not_landed"].get(code, 0) + 1
+    for row in by_method.values():
+        row["land_rate"] = round(row["landed"] / row["plans"], 3)
+    return by_method
 
 
 async def _server_metrics(stack: DevStack, http) -> str | None:
@@ -410,5 +430,7 @@ def _print_report(report: dict, measured: int) -> None:
     print(f"  CPU per plan: Temporal server {report['temporal_cpu_ms_per_plan']} ms, worker {report['worker_cpu_ms_per_plan']} ms, direct {report['direct_cpu_ms_per_plan']} ms")
     tax = report["tax_ratio"]
     print(f"  against the direct path: p50 {tax['p50']}x, p99 {tax['p99']}x its p50; CPU {report['cpu_ratio']}x")
+    for method, row in report["land_rate_by_method"].items():
+        print(f"  landed, {method:12} {row['landed']}/{row['plans']} ({row['land_rate']:.0%}); not landed: {row['not_landed'] or 'none'}")
     if "profile" in report:
         print_profile(report["profile"])

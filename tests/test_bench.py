@@ -31,6 +31,10 @@ def test_bench_mixed_small_run_loses_nothing_and_draws_its_plot(tmp_path):
     assert report["tax_ratio"]["p50"] == round(report["plan_to_wire_ms"]["p50"] / report["direct_plan_to_wire_ms"]["p50"], 2)
     assert report["tax_ratio"]["p99"] == round(report["plan_to_wire_ms"]["p99"] / report["direct_plan_to_wire_ms"]["p50"], 2)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # On the calm default every plan lands: 4 plans of each method, each counted under its own method.
+    assert report["land_rate_by_method"] == {
+        m: {"plans": 4, "landed": 4, "land_rate": 1.0, "not_landed": {}} for m in ("rpc", "jito_bundle", "tpu_direct")
+    }
 
 
 def test_bench_compare_runs_both_trees_in_turn_and_reports_their_ratios(tmp_path):
@@ -85,3 +89,20 @@ def test_profile_folds_each_sample_by_its_task_not_by_the_bench_around_it():
     assert counts["bench harness (publisher, result collector)"] == 1
     assert counts[OTHER] == 4
     assert sum(counts.values()) == 22, "idle waits (epoll, an idle pool thread) are not CPU"
+
+
+def test_land_rate_by_method_counts_each_plan_once_under_its_method_with_the_reason_it_did_not_land():
+    from bench.command import land_rate_by_method
+
+    plans = [{"planId": f"p{i}", "executionMethod": m} for i, m in enumerate(["rpc", "jito_bundle", "jito_bundle", "jito_bundle", "tpu_direct"])]
+    results = {
+        "p0": {"status": "success"},
+        "p1": {"status": "success"},
+        "p2": {"status": "failed", "errorCode": "BLOCKHASH_EXPIRED"},
+        "p4": {"status": "timeout"},
+    }
+    assert land_rate_by_method(plans, results) == {
+        "rpc": {"plans": 1, "landed": 1, "land_rate": 1.0, "not_landed": {}},
+        "jito_bundle": {"plans": 3, "landed": 1, "land_rate": 0.333, "not_landed": {"BLOCKHASH_EXPIRED": 1, "NO_RESULT": 1}},
+        "tpu_direct": {"plans": 1, "landed": 0, "land_rate": 0.0, "not_landed": {"timeout": 1}},
+    }
