@@ -59,6 +59,7 @@ def build_admin(cluster: ClusterView) -> web.Application:
                 ],
                 "skips": cluster.skips_json(),
                 "jito": cluster.jito_json(),
+                "congestion": {k: v for k, v in cluster.congestion_json().items() if k != "slots"},
                 "skippedSlots": list(ledger.skipped)[-64:],
                 "faults": cluster.faults.to_json(),
                 "regions": regions_json(),
@@ -129,6 +130,9 @@ def build_admin(cluster: ClusterView) -> web.Application:
     setting("/skips", cluster.skips_json, cluster.set_skips)
     # {"nonJitoLeaders": [1]}: no bundle lands in those leaders' slots; bundles wait for a Jito leader.
     setting("/jito-leaders", cluster.jito_json, cluster.set_jito)
+    # {"enabled": true, "scale": 0.01, "load": {"fill": 0.8, "hot": [...], "fee_min": 1e4, "fee_max": 1e6}}: block CU
+    # limits, priority order and background load; GET adds per slot the CU used, the fill share and what waited.
+    setting("/congestion", cluster.congestion_json, cluster.set_congestion)
 
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from solders.transaction import VersionedTransaction
 
 from .admin import build_admin
 from .blockengine import TIP_PUBKEYS, build_block_engine
+from .congestion import Congestion
 from .faults import Verdict
 from .intake import Intake, IntakeRefused, decode_transaction
 from .jsonrpc import JsonRpcApp
@@ -103,6 +104,7 @@ class LocalCluster:
         )
         self.non_jito: set[int] = set()
         self.set_jito({"nonJitoLeaders": list(self.config.non_jito_leaders)})
+        self.congestion = Congestion(self.config.congestion, self.fund)
         self.regions: dict[str, Region] = {
             name: Region(name, settings, seed=self.faults.seed) for name, settings in self.config.regions.items()
         }
@@ -324,6 +326,7 @@ class LocalCluster:
             block = self.ledger.begin_block()
             if self.non_jito and self.leader_index(block.slot) in self.non_jito:
                 block.work = self.ledger.hold_bundles(block.work)  # bundles wait for a Jito leader
+            self.congestion.schedule(self.ledger, block)  # off by default; on: priority order, CU limits, load
             budget_end = started + slot_s * self.config.block_budget_share
             slice_end = started + 0.005
             for index, submission in enumerate(block.work):
@@ -391,6 +394,13 @@ class LocalCluster:
         if bad:
             raise ValueError(f"{key}: no validator {bad} (there are {len(self.validators)})")
         return set(value)
+
+    def congestion_json(self) -> dict:
+        return self.congestion.to_json()
+
+    def set_congestion(self, data: dict) -> None:
+        """Admin: merge {"enabled", "scale", "block_units", "account_units", "load": {...}} (localnet.congestion)."""
+        self.congestion.update(data)
 
     def jito_json(self) -> dict:
         return {"nonJitoLeaders": sorted(self.non_jito)}

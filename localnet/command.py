@@ -13,6 +13,7 @@ from solders.pubkey import Pubkey
 from venue import LAMPORTS_PER_SOL
 
 from .cluster import ClusterConfig, LocalCluster
+from .congestion import CongestionConfig
 from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
 from .qos import QosConfig
@@ -71,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '\'{"ams": {"latency_ms": 5, "drop": 0.3, "rate_limit": 1, "lag_slots": 2, "down": null}}\'; none by default',
     )
     parser.add_argument(
+        "--congestion",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='block CU limits, priority order and background load, off by default, e.g. '
+        '\'{"scale": 0.01, "load": {"fill": 0.8, "hot": ["PUBKEY"], "fee_min": 10000, "fee_max": 1000000, "seed": 7}}\'',
+    )
+    parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
 
@@ -120,6 +129,10 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         regions = parse_regions(args.regions)
     except (TypeError, ValueError) as error:
         raise CommandError(f"--regions: {error}") from None
+    try:
+        congestion = CongestionConfig.from_json(args.congestion) if args.congestion is not None else CongestionConfig()
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"--congestion: {error}") from None
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -134,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         skip_seed=args.skip_seed,
         non_jito_leaders=non_jito,
         regions=regions,
+        congestion=congestion,
     )
 
 

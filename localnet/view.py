@@ -14,6 +14,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
+from .congestion import CongestionConfig
 from .faults import FaultPlan
 from .intake import Intake
 from .ledger import STATUS_CACHE_SLOTS, Ledger
@@ -52,6 +53,8 @@ class ClusterConfig:
     skip_seed: int = 0
     # Leaders (indices) that run without Jito's validator client: no bundle lands in their slots.
     non_jito_leaders: tuple[int, ...] = ()
+    # Congestion and fees (localnet.congestion): block CU limits, priority order, background load; off by default.
+    congestion: CongestionConfig = field(default_factory=CongestionConfig)
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -105,4 +108,8 @@ class ClusterView(Protocol):
     async def configure_qos(self, update: dict) -> None: ...
 
     def qos_view(self) -> dict: ...
+
+    def congestion_json(self) -> dict: ...
+
+    def set_congestion(self, data: dict) -> None: ...
     async def set_region(self, name: str, changes: dict) -> Region: ...
