@@ -62,6 +62,7 @@ def build_admin(cluster: ClusterView) -> web.Application:
                 "skippedSlots": list(ledger.skipped)[-64:],
                 "faults": cluster.faults.to_json(),
                 "regions": regions_json(),
+                "auction": cluster.auction_json(),
             }
         )
 
@@ -129,6 +130,9 @@ def build_admin(cluster: ClusterView) -> web.Application:
     setting("/skips", cluster.skips_json, cluster.set_skips)
     # {"nonJitoLeaders": [1]}: no bundle lands in those leaders' slots; bundles wait for a Jito leader.
     setting("/jito-leaders", cluster.jito_json, cluster.set_jito)
+    # {"enabled": true, "tick_ms": 50, "prompt_failures": true, "searchers": {"rate": 20, "tip_median": 10000, ...}}:
+    # Jito's tip auction, the background searchers and prompt failure statuses (localnet.auction).
+    setting("/auction", cluster.auction_json, cluster.configure_auction)
 
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from solders.pubkey import Pubkey
 
 from venue import LAMPORTS_PER_SOL
 
+from .auction import AuctionConfig
 from .cluster import ClusterConfig, LocalCluster
 from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
@@ -71,6 +72,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '\'{"ams": {"latency_ms": 5, "drop": 0.3, "rate_limit": 1, "lag_slots": 2, "down": null}}\'; none by default',
     )
     parser.add_argument(
+        "--auction",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='Jito\'s tip auction, off by default: \'{"enabled": true, "tick_ms": 50, "prompt_failures": true, '
+        '"searchers": {"rate": 20, "tip_median": 10000, "tip_sigma": 1.0, "seed": 7}}\' (every key optional)',
+    )
+    parser.add_argument(
+        "--searchers",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='background searcher bundles competing in the auction (turns it on), e.g. \'{"rate": 20, "tip_median": 10000, "tip_sigma": 1.0}\'',
+    )
+    parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
 
@@ -120,6 +136,12 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         regions = parse_regions(args.regions)
     except (TypeError, ValueError) as error:
         raise CommandError(f"--regions: {error}") from None
+    try:
+        auction = AuctionConfig.from_json(args.auction or {})
+        if args.searchers:
+            auction.update({"searchers": args.searchers})
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"--auction/--searchers: {error}") from None
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -134,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         skip_seed=args.skip_seed,
         non_jito_leaders=non_jito,
         regions=regions,
+        auction=auction,
     )
 
 

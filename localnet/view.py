@@ -14,6 +14,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
+from .auction import Auction, AuctionConfig
 from .faults import FaultPlan
 from .intake import Intake
 from .ledger import STATUS_CACHE_SLOTS, Ledger
@@ -52,6 +53,8 @@ class ClusterConfig:
     skip_seed: int = 0
     # Leaders (indices) that run without Jito's validator client: no bundle lands in their slots.
     non_jito_leaders: tuple[int, ...] = ()
+    # Jito's tip auction, the background searchers and prompt failure statuses (localnet.auction); off by default.
+    auction: AuctionConfig = field(default_factory=AuctionConfig)
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -80,6 +83,7 @@ class ClusterView(Protocol):
     qos: Qos
     ports: dict[str, int]
     regions: dict[str, Region]
+    auction: Auction
 
     @property
     def validators(self) -> Sequence[ValidatorView]: ...
@@ -106,3 +110,7 @@ class ClusterView(Protocol):
 
     def qos_view(self) -> dict: ...
     async def set_region(self, name: str, changes: dict) -> Region: ...
+
+    def auction_json(self) -> dict: ...
+
+    async def configure_auction(self, update: dict) -> None: ...
