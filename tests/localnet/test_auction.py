@@ -159,3 +159,56 @@ def test_the_searcher_load_lands_bundles_that_pay_real_tips():
         tips_after = sum(rpc_call(rpc, "getBalance", [account])["value"] for account in TIP_ACCOUNTS)
         assert tips_after - tips_before == stats["tips_landed_lamports"] > 5 * 1000
         assert stats["landed"] + stats["lost_at_auction"] <= stats["sent"]
+
+
+def test_searchers_on_a_fixture_pool_outbid_a_cheap_swap_and_lose_to_a_rich_one():
+    """The searchers write-lock the pool's shared vault, as a plan's swap does: a swap tipping little per
+    requested CU loses to them, one tipping more wins its auctions."""
+    searchers = SearcherConfig(rate=100, tip_median=1_000_000, tip_sigma=0.0, seed=11)  # 20 lamports per requested CU
+    with ClusterThread(ClusterConfig.auto_ports(slot_ms=SLOT_MS)) as running:
+        trader = funded_wallet(running)
+        pool = running.call(lambda c: create_swap_pool(c.ledger, [trader.pubkey()]))
+        admin = httpx.Client(base_url=running.endpoints()["admin"], timeout=10)
+        status = admin.put("/auction", json={"searchers": searchers.__dict__}).json()
+        assert status["enabled"] is True and status["searcher_stats"]["targets"] == [str(pool.vault_in)]
+        url = running.endpoints()["blockEngine"]
+        outcomes = []
+        for _ in range(3):  # a searcher bundle meets the swap in nearly every 40 ms block; three tries make sure
+            cheap = send_together(url, swap_bundle(running, pool, trader, 2_000))[0]  # 2,000 / 600,000 CU requested
+            outcomes.append(settle(url, [cheap])[0])
+            if outcomes[-1] == "Failed":
+                break
+        assert outcomes[-1] == "Failed", outcomes
+        rich = send_together(url, swap_bundle(running, pool, trader, SOL // 10))[0]  # 166 lamports per requested CU
+        assert settle(url, [rich]) == ["Landed"]
+        assert admin.get("/stats").json()["counters"]["bundle.lost_auction"] >= 1
+
+
+def test_the_auction_runs_once_per_tick_within_a_slot():
+    """At 400 ms slots and 50 ms ticks, rivals that arrive in different ticks of one slot are in different
+    auctions (both go to the block); rivals in one tick meet (the better tip per CU goes alone)."""
+    from localnet.auction import LOST_AUCTION, Auction
+    from localnet.ledger import Ledger, Submission
+    from solders.account import Account
+    from venue.programs import SYSTEM_PROGRAM
+
+    ledger = Ledger()
+    payers = [Keypair() for _ in range(4)]
+    for payer in payers:
+        ledger.svm.set_account(payer.pubkey(), Account(10 * SOL, b"", SYSTEM_PROGRAM))
+    ledger.svm.set_account(TIP, Account(890_880, b"", SYSTEM_PROGRAM))
+    pool = create_swap_pool(ledger, [p.pubkey() for p in payers])
+    hash_ = ledger.latest_blockhash[0]
+
+    def bid(payer, tip, at_ms):
+        ixs = pool.swap_instructions(payer.pubkey(), 10, 10) + [transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=TIP, lamports=tip))]
+        tx = sign(payer, ixs, hash_)
+        return Submission([tx], bundle_id=str(tx.signatures[0]), received_ns=int(at_ms * 1e6))
+
+    auction = Auction(AuctionConfig(enabled=True, tick_ms=50))
+    auction.last_block_ns = 0  # the previous block began at t=0
+    work = [bid(payers[0], 5_000, 10), bid(payers[1], 9_000, 30), bid(payers[2], 7_000, 120), bid(payers[3], 1_000, 390)]
+    kept, losers = auction.run(ledger, work, [TIP], now_ns=int(400e6))
+    assert [s.bundle_id for s in kept] == [work[1].bundle_id, work[2].bundle_id, work[3].bundle_id]
+    assert [(o.bundle_id, o.err) for o in losers] == [(work[0].bundle_id, LOST_AUCTION)]
+    assert ledger.bundles[work[0].bundle_id].landed is False
