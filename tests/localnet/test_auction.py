@@ -212,3 +212,20 @@ def test_the_auction_runs_once_per_tick_within_a_slot():
     assert [s.bundle_id for s in kept] == [work[1].bundle_id, work[2].bundle_id, work[3].bundle_id]
     assert [(o.bundle_id, o.err) for o in losers] == [(work[0].bundle_id, LOST_AUCTION)]
     assert ledger.bundles[work[0].bundle_id].landed is False
+
+
+def test_a_bundle_its_region_dropped_reads_failed_soon_with_prompt_failures(market):
+    admin = httpx.Client(base_url=market.endpoints()["admin"], timeout=10)
+    region = market.endpoints()["regions"]["fra"]
+    admin.put("/regions/fra", json={"drop": 1.0})
+    admin.put("/auction", json={"prompt_failures": True})
+    try:
+        payer = funded_wallet(market)
+        tx = sign(payer, [transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=TIP, lamports=2_000))], blockhash(market))
+        bundle_id = send_together(region, tx)[0]
+        assert settle(region, [bundle_id]) == ["Failed"]  # long before its blockhash's 150 blocks (6 s) are over
+        assert rpc_call(market.endpoints()["rpc"], "isBlockhashValid", [str(tx.message.recent_blockhash), {"commitment": "processed"}])["value"]
+        assert admin.get("/regions").json()["fra"]["counters"]["dropped"] == 1
+    finally:
+        admin.put("/regions/fra", json={"drop": 0.0})
+        admin.put("/auction", json={"prompt_failures": False})
