@@ -63,6 +63,7 @@ def build_admin(cluster: ClusterView) -> web.Application:
                 "skippedSlots": list(ledger.skipped)[-64:],
                 "faults": cluster.faults.to_json(),
                 "regions": regions_json(),
+                "auction": cluster.auction_json(),
             }
         )
 
@@ -133,6 +134,9 @@ def build_admin(cluster: ClusterView) -> web.Application:
     # {"enabled": true, "scale": 0.01, "load": {"fill": 0.8, "hot": [...], "fee_min": 1e4, "fee_max": 1e6}}: block CU
     # limits, priority order and background load; GET adds per slot the CU used, the fill share and what waited.
     setting("/congestion", cluster.congestion_json, cluster.set_congestion)
+    # {"enabled": true, "tick_ms": 50, "prompt_failures": true, "searchers": {"rate": 20, "tip_median": 10000, ...}}:
+    # Jito's tip auction, the background searchers and prompt failure statuses (localnet.auction).
+    setting("/auction", cluster.auction_json, cluster.configure_auction)
 
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:

@@ -2,7 +2,9 @@
 
 Bundles of 1-5 transactions run in order, all or nothing, in one slot; a bundle must
 write-lock a tip account and pay at least 1000 lamports to tip accounts. A dropped
-bundle is silent, exactly as on mainnet: it stays Pending until its blockhash expires.
+bundle is silent by default: it stays Pending until its blockhash expires; with the auction's
+`prompt_failures` (localnet.auction) it reads Failed once the slot it was sent in is over. A bundle
+that lost its tip auction reads Failed from the auction on.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class AcceptedBundle:
     blockhash: object
     accepted_at: float
     dropped: bool
+    slot: int = 0  # the slot being filled when the engine accepted it
 
 
 class RateLimiter:
@@ -157,6 +160,7 @@ def build_block_engine(cluster: ClusterView, requests_per_second: float | None =
             blockhash=transactions[0].message.recent_blockhash,
             accepted_at=time.monotonic(),
             dropped=verdict is Verdict.drop,
+            slot=ledger.slot,
         )
         if region is not None:
             region.counters["dropped" if verdict is Verdict.drop else "accepted"] += 1
@@ -228,7 +232,17 @@ def build_block_engine(cluster: ClusterView, requests_per_second: float | None =
 
     @app.method("getInflightBundleStatuses")
     async def get_inflight_bundle_statuses(params, request):
+        """Jito's meanings (jito-labs/jito-docs lowlatencytxnsend.md, getInflightBundleStatuses):
+        `Invalid`: "Bundle ID not in our system (5 minute look back)"; `Pending`: "Not failed, not
+        landed, not invalid"; `Failed`: "All regions that have received the bundle have marked it as
+        failed and it hasn't been forwarded"; `Landed`: "Landed on-chain (determined using RPC or
+        bundles_landed table)". Here: a bundle this engine never accepted, or accepted over 5 minutes
+        ago, is Invalid; one that executed is Landed (with its slot) or Failed (it failed in the block,
+        lost its auction, or its blockhash expired while held for a Jito leader); one this engine
+        dropped is Failed once its blockhash expired, or, with `prompt_failures`, once the slot it
+        was sent in is over (the engine marks it failed at that slot's auctions); else Pending."""
         value = []
+        prompt = cluster.auction.config.prompt_failures
         for bundle_id in bundle_ids(params):
             bundle = accepted.get(bundle_id)
             outcome = ledger.bundles.get(bundle_id)
@@ -236,7 +250,7 @@ def build_block_engine(cluster: ClusterView, requests_per_second: float | None =
                 status, slot = "Invalid", None
             elif outcome is not None:
                 status, slot = ("Landed", outcome.slot) if outcome.landed else ("Failed", None)
-            elif bundle.dropped and not ledger.blockhash_valid(bundle.blockhash):
+            elif bundle.dropped and (not ledger.blockhash_valid(bundle.blockhash) or (prompt and ledger.processed_slot() >= bundle.slot)):
                 status, slot = "Failed", None
             else:
                 status, slot = "Pending", None

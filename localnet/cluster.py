@@ -23,14 +23,15 @@ from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
 from .admin import build_admin
+from .auction import Auction, Searchers
 from .blockengine import TIP_PUBKEYS, build_block_engine
 from .congestion import Congestion
 from .faults import Verdict
-from .intake import Intake, IntakeRefused, decode_transaction
+from .intake import Intake, IntakeRefused, decode_transaction, derive_bundle_id
 from .jsonrpc import JsonRpcApp
 from venue.programs import SYSTEM_PROGRAM
 
-from .ledger import Ledger
+from .ledger import Ledger, Submission
 from .pubsub import PubSub
 from .regions import REGION_NAMES, REGION_PORT_BASE, Region, region_middleware
 from .rpc import LEADER_SLOTS, SOLANA_CORE_VERSION, FEATURE_SET, build_rpc
@@ -108,6 +109,9 @@ class LocalCluster:
         self.regions: dict[str, Region] = {
             name: Region(name, settings, seed=self.faults.seed) for name, settings in self.config.regions.items()
         }
+        self.auction = Auction(self.config.auction)
+        self._searchers: Searchers | None = None
+        self._last_searchers: Searchers | None = None  # its counters stay readable after it stops
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._slot_task: asyncio.Task | None = None
@@ -143,10 +147,12 @@ class LocalCluster:
         self.started_at = time.monotonic()
         self._slot_task = asyncio.create_task(self._slot_clock(), name="localnet-slot-clock")
         self._restart_flood()
+        self._restart_searchers()
         log.info("localnet ready %s", self.endpoints())
 
     async def stop(self) -> None:
         await self._stop_flood()
+        await self._stop_searchers()
         if self._slot_task is not None:
             self._slot_task.cancel()
             try:
@@ -326,6 +332,8 @@ class LocalCluster:
             block = self.ledger.begin_block()
             if self.non_jito and self.leader_index(block.slot) in self.non_jito:
                 block.work = self.ledger.hold_bundles(block.work)  # bundles wait for a Jito leader
+            if self.auction.config.enabled:
+                block.work = self._run_auction(block.work)
             self.congestion.schedule(self.ledger, block)  # off by default; on: priority order, CU limits, load
             budget_end = started + slot_s * self.config.block_budget_share
             slice_end = started + 0.005
@@ -343,6 +351,53 @@ class LocalCluster:
             deadline += slot_s
             if loop.time() > deadline + slot_s:  # fell behind (machine paused): don't burst to catch up
                 deadline = loop.time() + slot_s
+
+    # --- the tip auction and the background searchers ---------------------------------
+
+    def _run_auction(self, work: list[Submission]) -> list[Submission]:
+        """The block's auctions (localnet.auction): losers leave the block, failed, and are counted per region."""
+        work, losers = self.auction.run(self.ledger, work, TIP_PUBKEYS, time.time_ns())
+        for outcome in losers:
+            self.intake.counters["bundle.lost_auction"] += 1
+            for region in self.regions.values():
+                if outcome.bundle_id in region.forwarded:
+                    region.counters["lost_at_auction"] += 1
+        return work
+
+    def _enqueue_searcher_bundle(self, transactions: list[VersionedTransaction]) -> str:
+        bundle_id = derive_bundle_id(transactions)
+        self.ledger.enqueue(Submission(transactions, bundle_id=bundle_id))
+        return bundle_id
+
+    def _restart_searchers(self) -> None:
+        config = self.auction.config.searchers
+        if not config.on:
+            return
+        self._searchers = self._last_searchers = Searchers(config, self.ledger, TIP_PUBKEYS, self.fund, self._enqueue_searcher_bundle)
+        self._searchers.start()
+
+    async def _stop_searchers(self) -> None:
+        searchers, self._searchers = self._searchers, None
+        if searchers is not None:
+            await searchers.stop()
+
+    async def configure_auction(self, update: dict) -> None:
+        """Admin: {"enabled", "tick_ms", "prompt_failures", "searchers": {...}}; keys left out keep their value."""
+        before = self.auction.config.searchers
+        self.auction.config.update(update)
+        if self.auction.config.searchers != before or (self._searchers is None) == self.auction.config.searchers.on:
+            await self._stop_searchers()
+            self._restart_searchers()
+
+    def auction_json(self) -> dict:
+        searchers = self._last_searchers
+        return {
+            **self.auction.config.to_json(),
+            "counters": dict(self.auction.counters),
+            "searchers_running": self._searchers is not None,
+            # the current (or last) searcher run: bundles sent, landed, lost at auction, tips landed
+            "searcher_stats": searchers.to_json() if searchers is not None else None,
+        }
 
     # --- intake helpers ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from solders.pubkey import Pubkey
 
 from venue import LAMPORTS_PER_SOL
 
+from .auction import AuctionConfig
 from .cluster import ClusterConfig, LocalCluster
 from .congestion import CongestionConfig
 from .faults import FaultPlan
@@ -80,6 +81,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '\'{"scale": 0.01, "load": {"fill": 0.8, "hot": ["PUBKEY"], "fee_min": 10000, "fee_max": 1000000, "seed": 7}}\'',
     )
     parser.add_argument(
+        "--auction",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='Jito\'s tip auction, off by default: \'{"enabled": true, "tick_ms": 50, "prompt_failures": true, '
+        '"searchers": {"rate": 20, "tip_median": 10000, "tip_sigma": 1.0, "seed": 7}}\' (every key optional)',
+    )
+    parser.add_argument(
+        "--searchers",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='background searcher bundles competing in the auction (turns it on), e.g. \'{"rate": 20, "tip_median": 10000, "tip_sigma": 1.0}\'',
+    )
+    parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
 
@@ -133,6 +149,11 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         congestion = CongestionConfig.from_json(args.congestion) if args.congestion is not None else CongestionConfig()
     except (TypeError, ValueError) as error:
         raise CommandError(f"--congestion: {error}") from None
+        auction = AuctionConfig.from_json(args.auction or {})
+        if args.searchers:
+            auction.update({"searchers": args.searchers})
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"--auction/--searchers: {error}") from None
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -148,6 +169,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         non_jito_leaders=non_jito,
         regions=regions,
         congestion=congestion,
+        auction=auction,
     )
 
 

@@ -134,6 +134,7 @@ def create_swap_pool(
     mint_out = create_mint(ledger, decimals)
     vault_in = set_token_account(ledger, mint_in, authority, 0)
     pool = SwapPool(mint_in, mint_out, decimals, authority, vault_in)
+    ledger.pool_accounts.append(vault_in)  # every wallet's swap write-locks it: the pool's contested account
     for wallet in wallets:
         set_token_account(ledger, mint_in, wallet, wallet_balance)
         set_token_account(ledger, mint_out, wallet, 0)

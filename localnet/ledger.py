@@ -217,6 +217,9 @@ class Ledger:
         # Recent prioritization fees: slot -> min fee of that block's transactions.
         self.prioritization: OrderedDict[int, dict[Pubkey, int]] = OrderedDict()
         self.last_drop_error: object = None
+        # Accounts the fixture swap pools share between their wallets (each pool's in-vault): what the
+        # background searchers of localnet.auction write-lock, so they compete with plans' swaps.
+        self.pool_accounts: list[Pubkey] = []
 
     # --- clock ----------------------------------------------------------------
 

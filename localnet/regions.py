@@ -103,7 +103,9 @@ class Region:
     seed: int | None = None
     port: int = 0
     runner: web.AppRunner | None = None
-    counters: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "dropped": 0, "rate_limited": 0, "refused_lagging": 0})
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"accepted": 0, "dropped": 0, "rate_limited": 0, "refused_lagging": 0, "lost_at_auction": 0}
+    )
     # Bundles this region accepted and forwarded, to count those that landed.
     forwarded: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # Set when a blackholed region comes back or the cluster stops: held requests are then cut off.

@@ -15,6 +15,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 
 from .congestion import CongestionConfig
+from .auction import Auction, AuctionConfig
 from .faults import FaultPlan
 from .intake import Intake
 from .ledger import STATUS_CACHE_SLOTS, Ledger
@@ -55,6 +56,8 @@ class ClusterConfig:
     non_jito_leaders: tuple[int, ...] = ()
     # Congestion and fees (localnet.congestion): block CU limits, priority order, background load; off by default.
     congestion: CongestionConfig = field(default_factory=CongestionConfig)
+    # Jito's tip auction, the background searchers and prompt failure statuses (localnet.auction); off by default.
+    auction: AuctionConfig = field(default_factory=AuctionConfig)
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -83,6 +86,7 @@ class ClusterView(Protocol):
     qos: Qos
     ports: dict[str, int]
     regions: dict[str, Region]
+    auction: Auction
 
     @property
     def validators(self) -> Sequence[ValidatorView]: ...
@@ -113,3 +117,7 @@ class ClusterView(Protocol):
 
     def set_congestion(self, data: dict) -> None: ...
     async def set_region(self, name: str, changes: dict) -> Region: ...
+
+    def auction_json(self) -> dict: ...
+
+    async def configure_auction(self, update: dict) -> None: ...

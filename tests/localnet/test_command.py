@@ -129,3 +129,30 @@ def test_offline_and_non_jito_leaders_at_start_and_refused_when_out_of_range():
         timeout=30,
     )
     assert refused.returncode != 0 and "--offline-leaders 2" in refused.stderr
+
+
+def test_the_auction_and_searchers_at_start_and_refused_when_malformed():
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "worker.cli", "localnet", "--ports", "auto", "--json", "--slot-ms", "50",
+            "--auction", '{"prompt_failures": true, "tick_ms": 100}', "--searchers", '{"rate": 5, "tip_median": 30000, "seed": 3}',
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        endpoints = json.loads(process.stdout.readline())
+        auction = httpx.get(endpoints["admin"] + "/auction").json()
+        assert auction["enabled"] is True and auction["prompt_failures"] is True and auction["tick_ms"] == 100
+        assert auction["searchers"]["rate"] == 5 and auction["searchers"]["tip_median"] == 30000 and auction["searchers_running"] is True
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, process.stderr.read()
+    refused = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "localnet", "--ports", "auto", "--searchers", '{"tip_median": 10}'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode != 0 and "--auction/--searchers" in refused.stderr
