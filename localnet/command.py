@@ -149,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         congestion = CongestionConfig.from_json(args.congestion) if args.congestion is not None else CongestionConfig()
     except (TypeError, ValueError) as error:
         raise CommandError(f"--congestion: {error}") from None
+    try:
         auction = AuctionConfig.from_json(args.auction or {})
         if args.searchers:
             auction.update({"searchers": args.searchers})
