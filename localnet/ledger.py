@@ -499,6 +499,9 @@ class Ledger:
         if outcome.landed:
             for tx in submission.transactions:
                 self.records[tx.signatures[0]].bundle_id = bundle_id
+        previous = self.bundles.get(bundle_id)
+        if previous is not None and previous.landed:
+            return outcome  # another copy of a bundle that landed (same id): its AlreadyProcessed changes nothing
         self.bundles[bundle_id] = outcome
         return outcome
 

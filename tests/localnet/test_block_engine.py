@@ -143,3 +143,19 @@ def test_the_official_jito_python_sdk_works_unchanged(cluster):
             break
         time.sleep(0.05)
     assert statuses[0]["bundle_id"] == bundle_id
+
+
+async def test_a_bundle_sent_twice_lands_once_and_keeps_reading_landed(cluster, rpc, http):
+    """Two copies of one bundle (a sender resending it, or two regions forwarding it) share its id: the
+    second copy finds the signatures already processed, and must not turn the first copy's Landed into Failed."""
+    payer, to = funded_wallet(cluster), Keypair()
+    tx = sign(payer, [transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=to.pubkey(), lamports=SOL)), tip_ix(payer, 2000)], await latest_blockhash(rpc))
+    ids = [(await jito(http, cluster, "sendBundle", [[b64(tx)], {"encoding": "base64"}])).json()["result"] for _ in range(2)]
+    assert ids[0] == ids[1]
+    landed = await wait_bundle(http, cluster, ids[0], {"Landed", "Failed"})
+    assert landed["status"] == "Landed"
+    await wait_slots(rpc, 2)
+    assert (await wait_bundle(http, cluster, ids[0], {"Landed", "Failed"}))["status"] == "Landed"
+    value = (await jito(http, cluster, "getBundleStatuses", [[ids[0]]], "/api/v1/getBundleStatuses")).json()["result"]["value"][0]
+    assert value is not None and value["slot"] == landed["landed_slot"]
+    assert (await rpc.get_balance(to.pubkey())).value == SOL
