@@ -68,6 +68,11 @@ def build_admin(cluster: ClusterView) -> web.Application:
     def regions_json() -> dict:
         return {name: region.to_json(cluster.config.host, ledger) for name, region in cluster.regions.items()}
 
+    @routes.get("/tip-floor")
+    async def tip_floor(request: web.Request) -> web.Response:
+        """Jito's tip floor as the block engines serve it, the same values in lamports, and its window."""
+        return web.json_response(cluster.tip_floor.to_json())
+
     @routes.get("/regions")
     async def get_regions(request: web.Request) -> web.Response:
         """Every block-engine region: its URL, settings, whether it is up, and accepted/dropped/rate-limited/landed."""

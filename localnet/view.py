@@ -19,6 +19,7 @@ from .intake import Intake
 from .ledger import STATUS_CACHE_SLOTS, Ledger
 from .qos import Qos, QosConfig
 from .regions import Region, RegionSettings
+from .tipfloor import DEFAULT_WINDOW_SLOTS, TipFloor
 from .tpu import TpuQuicServer
 
 DEFAULT_PORTS = {"rpc": 8899, "ws": 8900, "block_engine": 8910, "admin": 8911, "tpu": 8009}
@@ -52,6 +53,8 @@ class ClusterConfig:
     skip_seed: int = 0
     # Leaders (indices) that run without Jito's validator client: no bundle lands in their slots.
     non_jito_leaders: tuple[int, ...] = ()
+    # Jito's tip floor (localnet.tipfloor, always served): the landed bundles of this many recent slots.
+    tip_floor_window_slots: int = DEFAULT_WINDOW_SLOTS
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -80,6 +83,7 @@ class ClusterView(Protocol):
     qos: Qos
     ports: dict[str, int]
     regions: dict[str, Region]
+    tip_floor: TipFloor
 
     @property
     def validators(self) -> Sequence[ValidatorView]: ...
