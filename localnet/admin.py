@@ -68,11 +68,6 @@ def build_admin(cluster: ClusterView) -> web.Application:
     def regions_json() -> dict:
         return {name: region.to_json(cluster.config.host, ledger) for name, region in cluster.regions.items()}
 
-    @routes.get("/tip-floor")
-    async def tip_floor(request: web.Request) -> web.Response:
-        """Jito's tip floor as the block engines serve it, the same values in lamports, and its window."""
-        return web.json_response(cluster.tip_floor.to_json())
-
     @routes.get("/regions")
     async def get_regions(request: web.Request) -> web.Response:
         """Every block-engine region: its URL, settings, whether it is up, and accepted/dropped/rate-limited/landed."""
@@ -134,6 +129,8 @@ def build_admin(cluster: ClusterView) -> web.Application:
     setting("/skips", cluster.skips_json, cluster.set_skips)
     # {"nonJitoLeaders": [1]}: no bundle lands in those leaders' slots; bundles wait for a Jito leader.
     setting("/jito-leaders", cluster.jito_json, cluster.set_jito)
+    # Jito's tip floor as the block engines serve it, in lamports too; {"windowSlots": 150, "alpha": 0.1} changes its window and EMA.
+    setting("/tip-floor", cluster.tip_floor.to_json, cluster.tip_floor.configure)
 
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
 from .admin import build_admin
-from .blockengine import TIP_PUBKEYS, build_block_engine
+from .blockengine import MIN_TIP_LAMPORTS, TIP_PUBKEYS, build_block_engine
 from .faults import Verdict
 from .intake import Intake, IntakeRefused, decode_transaction
 from .jsonrpc import JsonRpcApp
@@ -85,7 +85,7 @@ class LocalCluster:
             tip_accounts=TIP_PUBKEYS,
         )
         # Jito's tip floor and tip stream, from the tips of the bundles that landed; served by every block engine.
-        self.tip_floor = TipFloor(window_slots=self.config.tip_floor_window_slots)
+        self.tip_floor = TipFloor(window_slots=self.config.tip_floor_window_slots, min_tip=MIN_TIP_LAMPORTS)
         self.faults = self.config.faults
         self.qos = Qos(self.config.qos)
         self._flood: UnstakedFlood | None = None

@@ -17,6 +17,7 @@ from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
 from .qos import QosConfig
 from .regions import parse_regions
+from .tipfloor import DEFAULT_WINDOW_SLOTS
 from .view import DEFAULT_PORTS
 from settings import CommandError
 
@@ -71,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '\'{"ams": {"latency_ms": 5, "drop": 0.3, "rate_limit": 1, "lag_slots": 2, "down": null}}\'; none by default',
     )
     parser.add_argument(
+        "--tip-floor-window-slots",
+        type=int,
+        default=DEFAULT_WINDOW_SLOTS,
+        metavar="N",
+        help=f"the tip floor's window: bundles landed in the last N slots (default {DEFAULT_WINDOW_SLOTS}, one minute of 400 ms slots)",
+    )
+    parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
 
@@ -120,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         regions = parse_regions(args.regions)
     except (TypeError, ValueError) as error:
         raise CommandError(f"--regions: {error}") from None
+    if args.tip_floor_window_slots < 1:
+        raise CommandError(f"--tip-floor-window-slots {args.tip_floor_window_slots}: expected a number of slots, 1 or more")
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -134,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         skip_seed=args.skip_seed,
         non_jito_leaders=non_jito,
         regions=regions,
+        tip_floor_window_slots=args.tip_floor_window_slots,
     )
 
 

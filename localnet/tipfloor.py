@@ -42,7 +42,7 @@ TIP_STREAM_PATH = "/api/v1/bundles/tip_stream"
 LAMPORTS_PER_SOL = 1_000_000_000
 DEFAULT_WINDOW_SLOTS = 150
 EMA_ALPHA = 0.1
-MIN_TIP_LAMPORTS = 1000  # the block engine's minimum tip (blockengine.MIN_TIP_LAMPORTS)
+MIN_TIP_LAMPORTS = 1000  # the block engine's minimum tip; the cluster passes blockengine.MIN_TIP_LAMPORTS (no import: view imports this module)
 PERCENTILES = (25, 50, 75, 95, 99)
 STREAM_BACKLOG = 8  # a slow stream reader keeps only the newest floors
 
@@ -89,8 +89,12 @@ class TipFloor:
         """After each block: add the tips of the bundles that landed in it, age out the window; True if the floor changed."""
         if tips:
             self.landed.append((slot, list(tips)))
+        aged = False
         while self.landed and self.landed[0][0] <= slot - self.window_slots:
             self.landed.popleft()
+            aged = True
+        if not tips and not aged:
+            return False  # nothing came in or went out: the floor stands (most slots, at no cost)
         if tips:
             median = self._compute()["landed_tips_50th_percentile"]
             self.ema = median if self.ema is None else self.alpha * median + (1 - self.alpha) * self.ema
@@ -102,6 +106,19 @@ class TipFloor:
         self.updates += 1
         self.publish()
         return True
+
+    def configure(self, data: dict) -> None:
+        """Admin: {"windowSlots": N, "alpha": a}; keys left out keep their value. A new window applies from the next block."""
+        unknown = set(data) - {"windowSlots", "alpha"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}; expected windowSlots, alpha")
+        window = data.get("windowSlots", self.window_slots)
+        alpha = float(data.get("alpha", self.alpha))
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"windowSlots={window!r}: expected a whole number of slots, 1 or more")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha={alpha}: expected a share in (0, 1]")
+        self.window_slots, self.alpha = window, alpha
 
     def answer(self) -> list[dict]:
         """Jito's answer: a list of one object, values in SOL."""
@@ -138,7 +155,7 @@ class TipFloor:
             queue.put_nowait(text)
 
     async def handle_stream(self, request: web.Request) -> web.WebSocketResponse:
-        socket = web.WebSocketResponse(heartbeat=30)
+        socket = web.WebSocketResponse(heartbeat=30, timeout=1.0)  # timeout: how long close() waits for the reply
         await socket.prepare(request)
         queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_BACKLOG)
         queue.put_nowait(json.dumps(self.answer()))

@@ -110,3 +110,18 @@ async def test_the_stream_pushes_the_floor_after_a_bundle_lands(market, chain, h
     assert pushed["landed_tips_99th_percentile"] <= 0.01 and pushed["landed_tips_99th_percentile"] > 0.005  # SOL, not lamports
     rest = floor_of((await http.get(market.endpoints()["blockEngine"] + FLOOR)).json())
     assert rest == pushed  # the stream and the REST path answer the same floor
+
+
+async def test_tips_age_out_of_the_window_set_at_run_time(market, http):
+    admin = market.endpoints()["admin"] + "/tip-floor"
+    assert (await http.put(admin, json={"windowSlots": 0})).status_code == 400
+    view = (await http.put(admin, json={"windowSlots": 5})).json()
+    assert view["windowSlots"] == 5 and view["bundles"] > 0
+    for _ in range(600):  # 5 slots of 40 ms, however slow the machine
+        floor = floor_of((await http.get(market.endpoints()["blockEngine"] + FLOOR)).json())
+        if floor["landed_tips_50th_percentile"] == pytest.approx(1e-6):
+            break
+        await asyncio.sleep(0.05)
+    assert all(floor[name] == pytest.approx(1e-6) for name in PERCENTILES)  # back to the minimum tip
+    assert floor["ema_landed_tips_50th_percentile"] > 1e-6  # the EMA remembers what landed
+    assert (await http.get(admin)).json()["bundles"] == 0
