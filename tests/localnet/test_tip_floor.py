@@ -89,7 +89,10 @@ async def test_the_floor_follows_the_tips_that_landed(market, chain, http):
     blockhash = await latest_blockhash(chain)
     bundles.append([sign(payer, [tip_to(payer, 60_000, 5)], blockhash), sign(payer, [tip_to(payer, 40_000, 6)], blockhash)])
     await asyncio.gather(*(land(http, market, chain, bundle) for bundle in bundles))
-    await asyncio.sleep(3 * SLOT_MS / 1000)  # the floor is recomputed after the block
+    for _ in range(600):  # the floor is recomputed once the block is complete, soon after the statuses read Landed
+        if (await http.get(market.endpoints()["admin"] + "/tip-floor")).json()["bundles"] == len(LANDED_TIPS):
+            break
+        await asyncio.sleep(0.05)
     for base in (market.endpoints()["blockEngine"], market.endpoints()["regions"]["ams"]):
         floor = floor_of((await http.get(base + FLOOR)).json())
         values = [floor[name] for name in PERCENTILES]
@@ -97,7 +100,7 @@ async def test_the_floor_follows_the_tips_that_landed(market, chain, http):
         # Linear interpolation over 2000, 5000, 10000, 50000, 100000 lamports, answered in SOL.
         assert values == pytest.approx([5e-6, 1e-5, 5e-5, 9e-5, 9.8e-5])
         assert 2e-6 <= floor["ema_landed_tips_50th_percentile"] <= 1e-4
-    view = httpx.get(market.endpoints()["admin"] + "/tip-floor", timeout=10).json()
+    view = (await http.get(market.endpoints()["admin"] + "/tip-floor")).json()
     assert view["bundles"] == len(LANDED_TIPS) and view["lamports"]["landed_tips_50th_percentile"] == 10_000
 
 
