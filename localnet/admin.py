@@ -137,6 +137,8 @@ def build_admin(cluster: ClusterView) -> web.Application:
     # {"enabled": true, "tick_ms": 50, "prompt_failures": true, "searchers": {"rate": 20, "tip_median": 10000, ...}}:
     # Jito's tip auction, the background searchers and prompt failure statuses (localnet.auction).
     setting("/auction", cluster.auction_json, cluster.configure_auction)
+    # Jito's tip floor as the block engines serve it, in lamports too; {"windowSlots": 150, "alpha": 0.1} changes its window and EMA.
+    setting("/tip-floor", cluster.tip_floor.to_json, cluster.tip_floor.configure)
 
     @routes.post("/fund")
     async def fund(request: web.Request) -> web.Response:

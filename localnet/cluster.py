@@ -24,7 +24,7 @@ from solders.transaction import VersionedTransaction
 
 from .admin import build_admin
 from .auction import Auction, Searchers
-from .blockengine import TIP_PUBKEYS, build_block_engine
+from .blockengine import MIN_TIP_LAMPORTS, TIP_PUBKEYS, build_block_engine
 from .congestion import Congestion
 from .faults import Verdict
 from .intake import Intake, IntakeRefused, decode_transaction, derive_bundle_id
@@ -34,6 +34,7 @@ from venue.programs import SYSTEM_PROGRAM
 from .ledger import Ledger, Submission
 from .pubsub import PubSub
 from .regions import REGION_NAMES, REGION_PORT_BASE, Region, region_middleware
+from .tipfloor import TipFloor
 from .rpc import LEADER_SLOTS, SOLANA_CORE_VERSION, FEATURE_SET, build_rpc
 from .qos import Qos, UnstakedFlood
 from .tpu import TpuQuicServer
@@ -83,7 +84,10 @@ class LocalCluster:
             confirmed_depth=self.config.confirmed_depth,
             finalized_depth=self.config.finalized_depth,
             status_cache_slots=self.config.status_cache_slots,
+            tip_accounts=TIP_PUBKEYS,
         )
+        # Jito's tip floor and tip stream, from the tips of the bundles that landed; served by every block engine.
+        self.tip_floor = TipFloor(window_slots=self.config.tip_floor_window_slots, min_tip=MIN_TIP_LAMPORTS)
         self.faults = self.config.faults
         self.qos = Qos(self.config.qos)
         self._flood: UnstakedFlood | None = None
@@ -132,7 +136,7 @@ class LocalCluster:
         self.ports["rpc"] = await self._serve_jsonrpc(build_rpc(self), ["/"], ports.get("rpc", 0))
         self.ports["ws"] = await self._serve(self._pubsub_app(), ports.get("ws", 0))
         engine = build_block_engine(self, self.config.jito_requests_per_second)
-        self.ports["block_engine"] = await self._serve_jsonrpc(engine, self.ENGINE_PATHS, ports.get("block_engine", 0))
+        self.ports["block_engine"] = await self._serve_jsonrpc(engine, self.ENGINE_PATHS, ports.get("block_engine", 0), self.tip_floor.add_routes)
         for region in self.regions.values():
             region.port = self._region_port(region.name)
             if region.settings.down != "refuse":
@@ -160,6 +164,7 @@ class LocalCluster:
             except asyncio.CancelledError:
                 pass
             self._slot_task = None
+        self.tip_floor.close()
         for validator in self.validators:
             await self.close_tpu(validator.index)
         for region in self.regions.values():
@@ -202,6 +207,7 @@ class LocalCluster:
         app = web.Application(client_max_size=1 << 20, middlewares=[region_middleware(region)])
         for path in self.ENGINE_PATHS:
             app.router.add_post(path, engine.handle_http)
+        self.tip_floor.add_routes(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -304,10 +310,12 @@ class LocalCluster:
         self._runners.append(runner)
         return sock.getsockname()[1]
 
-    async def _serve_jsonrpc(self, rpc: JsonRpcApp, paths: list[str], port: int) -> int:
+    async def _serve_jsonrpc(self, rpc: JsonRpcApp, paths: list[str], port: int, add_routes=None) -> int:
         app = web.Application(client_max_size=1 << 20)
         for path in paths:
             app.router.add_post(path, rpc.handle_http)
+        if add_routes is not None:
+            add_routes(app)  # the block engine's GET routes (tip floor, tip stream)
         return await self._serve(app, port)
 
     def _pubsub_app(self) -> web.Application:
@@ -347,6 +355,7 @@ class LocalCluster:
                     await asyncio.sleep(0)
                     slice_end = loop.time() + 0.005
             self.ledger.finish_block(block)
+            self.tip_floor.record_block(block.slot, block.tips)
             await self.pubsub.after_block(self.ledger.processed_slot())
             deadline += slot_s
             if loop.time() > deadline + slot_s:  # fell behind (machine paused): don't burst to catch up

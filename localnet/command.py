@@ -19,6 +19,7 @@ from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
 from .qos import QosConfig
 from .regions import parse_regions
+from .tipfloor import DEFAULT_WINDOW_SLOTS
 from .view import DEFAULT_PORTS
 from settings import CommandError
 
@@ -96,6 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='background searcher bundles competing in the auction (turns it on), e.g. \'{"rate": 20, "tip_median": 10000, "tip_sigma": 1.0}\'',
     )
     parser.add_argument(
+        "--tip-floor-window-slots",
+        type=int,
+        default=DEFAULT_WINDOW_SLOTS,
+        metavar="N",
+        help=f"the tip floor's window: bundles landed in the last N slots (default {DEFAULT_WINDOW_SLOTS}, one minute of 400 ms slots)",
+    )
+    parser.add_argument(
         "--fund", action="append", default=[], metavar="PUBKEY[:SOL]", help="credit a wallet at start (default 100 SOL); repeatable"
     )
 
@@ -155,6 +163,8 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
             auction.update({"searchers": args.searchers})
     except (TypeError, ValueError) as error:
         raise CommandError(f"--auction/--searchers: {error}") from None
+    if args.tip_floor_window_slots < 1:
+        raise CommandError(f"--tip-floor-window-slots {args.tip_floor_window_slots}: expected a number of slots, 1 or more")
     ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
     return ClusterConfig(
         ports=ports,
@@ -171,6 +181,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         regions=regions,
         congestion=congestion,
         auction=auction,
+        tip_floor_window_slots=args.tip_floor_window_slots,
     )
 
 

@@ -156,6 +156,7 @@ class Block:
     work: list[Submission]
     count: int = 0
     fees: dict[Pubkey, int] = field(default_factory=dict)
+    tips: list[int] = field(default_factory=list)  # lamports each landed bundle paid to the tip accounts
 
 
 @dataclass
@@ -186,6 +187,7 @@ class Ledger:
         finalized_depth: int = 32,
         history_slots: int = 10_000,
         status_cache_slots: int = STATUS_CACHE_SLOTS,
+        tip_accounts: Iterable[Pubkey] = (),
     ) -> None:
         if status_cache_slots < 0:
             raise ValueError(f"status_cache_slots={status_cache_slots} is negative")
@@ -194,6 +196,9 @@ class Ledger:
         self.finalized_depth = finalized_depth
         self.history_slots = history_slots
         self.status_cache_slots = status_cache_slots
+        # The block engine's tip accounts (given by the cluster; the ledger knows no block engine): what a
+        # landed bundle paid to them is its tip (BundleOutcome.tip_lamports), read by the tip floor.
+        self.tip_accounts: tuple[Pubkey, ...] = tuple(tip_accounts)
         self.slot = GENESIS_SLOT  # the slot whose block is being filled now
         self.block_height = GENESIS_BLOCK_HEIGHT  # height of the newest complete block
         self.genesis_hash = Hash.new_unique()
@@ -353,6 +358,7 @@ class Ledger:
             outcome = self._execute_bundle(submission)
             if outcome.landed:
                 block.count += len(submission.transactions)
+                block.tips.append(outcome.tip_lamports)
             return outcome
         tx = submission.transactions[0]
         self.pending_signatures.discard(tx.signatures[0])
@@ -493,7 +499,7 @@ class Ledger:
         """All or nothing: snapshot every account the bundle may write, restore them all on any failure."""
         bundle_id = submission.bundle_id or ""
         signatures = [str(tx.signatures[0]) for tx in submission.transactions]
-        outcome = self.try_bundle(submission.transactions, commit=True)
+        outcome = self.try_bundle(submission.transactions, commit=True, tip_accounts=self.tip_accounts)
         outcome.bundle_id = bundle_id
         outcome.signatures = signatures
         if outcome.landed:

@@ -21,6 +21,7 @@ from .intake import Intake
 from .ledger import STATUS_CACHE_SLOTS, Ledger
 from .qos import Qos, QosConfig
 from .regions import Region, RegionSettings
+from .tipfloor import DEFAULT_WINDOW_SLOTS, TipFloor
 from .tpu import TpuQuicServer
 
 DEFAULT_PORTS = {"rpc": 8899, "ws": 8900, "block_engine": 8910, "admin": 8911, "tpu": 8009}
@@ -58,6 +59,8 @@ class ClusterConfig:
     congestion: CongestionConfig = field(default_factory=CongestionConfig)
     # Jito's tip auction, the background searchers and prompt failure statuses (localnet.auction); off by default.
     auction: AuctionConfig = field(default_factory=AuctionConfig)
+    # Jito's tip floor (localnet.tipfloor, always served): the landed bundles of this many recent slots.
+    tip_floor_window_slots: int = DEFAULT_WINDOW_SLOTS
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
@@ -87,6 +90,7 @@ class ClusterView(Protocol):
     ports: dict[str, int]
     regions: dict[str, Region]
     auction: Auction
+    tip_floor: TipFloor
 
     @property
     def validators(self) -> Sequence[ValidatorView]: ...
