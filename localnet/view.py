@@ -52,6 +52,8 @@ class ClusterConfig:
     skip_seed: int = 0
     # Leaders (indices) that run without Jito's validator client: no bundle lands in their slots.
     non_jito_leaders: tuple[int, ...] = ()
+    # The market profile this configuration came from (localnet.market; "calm": no profile applied), for the admin view.
+    market: str = "calm"
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":
