@@ -172,3 +172,29 @@ def test_the_same_transaction_sent_over_rpc_and_a_region_is_attributed_to_the_co
     assert end["regions"]["ams"]["lost_at_auction"] == 0
     assert end["channels"]["rpc"]["transactions"] - start["channels"].get("rpc", {"transactions": 0})["transactions"] >= 1
     assert admin.get("/regions").json()["ams"]["counters"]["landed"] == end["regions"]["ams"]["landed"]
+
+
+async def test_dev_bench_and_chaos_pass_market_to_the_localnet_child(tmp_path):
+    from bench.command import add_arguments as bench_arguments
+    from chaos.command import add_arguments as chaos_arguments
+    from chaos.command import settings_from
+    from devtools.dev import add_arguments as dev_arguments
+    from devtools.services import LocalnetServer
+
+    for add in (dev_arguments, bench_arguments, chaos_arguments):
+        parser = argparse.ArgumentParser()
+        add(parser)
+        assert parser.parse_args([]).market is None and parser.parse_args(["--market", "busy"]).market == "busy"
+    chaos = argparse.ArgumentParser()
+    chaos_arguments(chaos)
+    assert settings_from(chaos.parse_args(["--market", "hostile"])).market == "hostile"
+    assert "--market" not in LocalnetServer(tmp_path).command() and "--validators" in LocalnetServer(tmp_path).command()
+    server = LocalnetServer(tmp_path, slot_ms=50, market="busy")
+    await server.start()
+    try:
+        assert sorted(server.endpoints["regions"]) == sorted(REGION_NAMES)
+        async with httpx.AsyncClient(base_url=server.endpoints["admin"], timeout=10) as admin:
+            assert (await admin.get("/landing")).json()["market"] == "busy"
+            assert len((await admin.get("/stats")).json()["tpu"]) == 10  # the profile's leaders, not LocalnetServer's 2
+    finally:
+        await server.stop()
