@@ -24,7 +24,7 @@ from .view import ClusterConfig
 MARKETS_DIR = Path(__file__).with_name("markets")
 DEFAULT_MARKET = "calm"
 # Keys a profile may carry for people, not for the cluster.
-DOCUMENTATION_KEYS = ("description", "notes")
+DOCUMENTATION_KEYS = ("name", "description", "notes")
 # Keys kept for mechanics this build does not have yet (issue 22): refused until their applier exists.
 RESERVED = {
     "auction": "the tip auction (issue 22 item 4)",
@@ -64,7 +64,7 @@ def check_keys(market: dict) -> None:
     for key in market:
         if key in RESERVED:
             raise MarketError(f"market key {key!r} is reserved for {RESERVED[key]}, which this build of the cluster does not have yet")
-        if key not in APPLIERS and key not in DOCUMENTATION_KEYS and key != "name":
+        if key not in APPLIERS and key not in DOCUMENTATION_KEYS:
             raise MarketError(f"unknown market key {key!r}; expected {sorted(APPLIERS)} (and {list(DOCUMENTATION_KEYS)})")
 
 
