@@ -219,7 +219,7 @@ async def run_bench(args: argparse.Namespace) -> dict:
     data_dir = args.data_dir / "bench" / str(os.getpid())
     stack = DevStack(
         data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False, nats_roles=BENCH_ROLES,
-        history_encryption=args.history_encryption == "on",
+        history_encryption=args.history_encryption == "on", market=args.market,
     )  # fmt: skip
     worker = None
     try:
@@ -381,6 +381,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, help="draw the durable and direct latency CDFs to this PNG")
     parser.add_argument("--slot-ms", type=float, default=100.0, help="local cluster slot time (default 100)")
     parser.add_argument("--wallets", type=int, default=16, help="funded wallets (default 16)")
+    parser.add_argument("--market", default=None, metavar="calm|busy|hostile|FILE.json", help="the local cluster's market profile (default calm)")
     parser.add_argument("--warmup", type=int, default=20, help="plans sent first and not counted (default 20)")
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
     parser.add_argument("--log-level", default="WARNING")

@@ -75,6 +75,8 @@ def bench_argv(args: argparse.Namespace, data_dir: Path) -> list[str]:
         args.history_encryption != "on"
     ):  # a ref from before the option runs only its default
         argv += ["--history-encryption", args.history_encryption]
+    if getattr(args, "market", None) is not None:  # only when given: a REF from before --market still runs
+        argv += ["--market", args.market]
     return argv
 
 

@@ -57,6 +57,7 @@ class Settings:
     halts: int = 1
     results_timeout_s: float = 120.0
     hostile: int = 0  # hostile messages (chaos/hostile.py) published among the plans
+    market: str | None = None  # the local cluster's market profile (None: calm); the campaign's own cluster faults still apply
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Campaign:
         self.runtime_rng = random.Random(settings.seed + 1)  # choices made at run time (a replacement victim)
         self.stack = ChaosStack(
             run_dir, slot_ms=settings.slot_ms, wallets=settings.wallets, workers=settings.workers,
-            nats_cluster=settings.nats_cluster, note=self.note,
+            nats_cluster=settings.nats_cluster, note=self.note, market=settings.market,
         )  # fmt: skip
         self.started_ns = 0
         self.faults: list[dict] = []  # what the campaign did

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".data"), help="runs go under <data-dir>/chaos/ (default .data)")
     parser.add_argument("--keep-data", action="store_true", help="keep the run's servers' data and logs even when ok")
     parser.add_argument("--recheck", type=Path, metavar="EVIDENCE", help="check a saved evidence.json again (no campaign)")
+    parser.add_argument("--market", default=None, metavar="calm|busy|hostile|FILE.json", help="the local cluster's market profile (default calm); the campaign's own cluster faults still apply")
     parser.add_argument("--log-level", default="WARNING")
 
 
@@ -68,6 +69,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         halts=args.halts,
         results_timeout_s=args.results_timeout,
         hostile=args.hostile,
+        market=args.market,
     )
 
 

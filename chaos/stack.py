@@ -135,9 +135,12 @@ class WorkerSlot:
 
 
 class ChaosStack:
-    def __init__(self, data_dir: Path, *, slot_ms: float, wallets: int, workers: int, nats_cluster: int, note: Callable[..., dict]) -> None:
+    def __init__(
+        self, data_dir: Path, *, slot_ms: float, wallets: int, workers: int, nats_cluster: int, note: Callable[..., dict], market: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.slot_ms = slot_ms
+        self.market = market
         self.wallet_count = wallets
         self.worker_count = workers
         self.note = note  # logs and records an event: note(kind, **fields) -> the event
@@ -162,7 +165,7 @@ class ChaosStack:
             retention_hours=RETENTION_HOURS,
             sqlite_pragmas=DEV_SQLITE_PRAGMAS,
         )
-        self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=True, slot_ms=self.slot_ms)
+        self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=True, slot_ms=self.slot_ms, market=self.market)
         await asyncio.gather(self.temporal.start(), self.nats.start(), self.localnet.start())
         self.keys = KeyStore.from_keypairs(wallet_keys(self.data_dir / "wallets", self.wallet_count))
         ensure_key_file(self.history_keys_file, "chaos-1")  # workers refuse to run without a history key

@@ -82,6 +82,7 @@ class DevStack:
     wallet_count: int = 8
     metrics: bool = True
     status_cache_slots: int | None = None  # the local cluster's status cache (None: agave's 300 rooted slots)
+    market: str | None = None  # the local cluster's market profile (None: calm, the cluster with no options)
     nats_secure: bool = True  # users, permissions and mutual TLS (False: an open nats-server, as before)
     nats_roles: dict[str, Permissions] | None = None  # None: worker, planner and operator (nats_security.ROLES)
     security: NatsSecurity | None = None
@@ -127,7 +128,9 @@ class DevStack:
         if self.nats_secure:  # fresh certificates and passwords at every start: ~50 ms
             self.security = NatsSecurity.create(self.data_dir / "nats-security", roles=self.nats_roles)
         self.nats = NatsServer(self.data_dir / "nats", port=0 if auto else 4222, security=self.security)
-        self.localnet = LocalnetServer(self.data_dir / "localnet", auto_ports=auto, slot_ms=self.slot_ms, status_cache_slots=self.status_cache_slots)
+        self.localnet = LocalnetServer(
+            self.data_dir / "localnet", auto_ports=auto, slot_ms=self.slot_ms, status_cache_slots=self.status_cache_slots, market=self.market
+        )
         await asyncio.gather(self.temporal.start(), self.nats.start(), self.localnet.start())
         if self.codec is not None and self.temporal.ui_url:
             self.codec.origins = {self.temporal.ui_url, self.temporal.ui_url.replace("127.0.0.1", "localhost")}
@@ -293,6 +296,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exit", action="store_true", help="stop once every demo plan has its result")
     parser.add_argument("--slot-ms", type=float, default=400.0, help="local cluster slot time (default 400)")
     parser.add_argument("--wallets", type=int, default=8, help="funded dev wallets (default 8)")
+    parser.add_argument("--market", default=None, metavar="calm|busy|hostile|FILE.json", help="the local cluster's market profile (default calm)")
     parser.add_argument("--data-dir", type=Path, default=Path(".data"), help="where servers keep state (default .data)")
     parser.add_argument("--log-level", default="WARNING", help="worker log level (default WARNING; INFO shows every stage)")
 
@@ -304,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _dev(args: argparse.Namespace) -> int:
     data_dir = args.data_dir / "auto" / str(os.getpid()) if args.ports == "auto" else args.data_dir
-    stack = DevStack(data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets)
+    stack = DevStack(data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, market=args.market)
     worker: ExecutorWorker | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

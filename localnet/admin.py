@@ -70,6 +70,25 @@ def build_admin(cluster: ClusterView) -> web.Application:
     def regions_json() -> dict:
         return {name: region.to_json(cluster.config.host, ledger) for name, region in cluster.regions.items()}
 
+    @routes.get("/landing")
+    async def landing(request: web.Request) -> web.Response:
+        """Attribution of what landed: per channel and per region, the transactions whose executed copy came
+        that way (a bundle's transactions each count; `units` counts a bundle once); per region also
+        what it accepted, dropped and lost at auction. `unattributed`: the cluster's own work."""
+        channels: dict[str, dict[str, int]] = {}
+        regions = {
+            name: {key: region.counters.get(key, 0) for key in ("accepted", "dropped", "lost_at_auction")} | {"landed": 0, "transactions": 0}
+            for name, region in cluster.regions.items()
+        }
+        for origin, count in ledger.landed_transactions.items():
+            channel = channels.setdefault(origin.channel if origin else "unattributed", {"transactions": 0, "units": 0})
+            channel["transactions"] += count
+            channel["units"] += ledger.landed_units.get(origin, 0)
+            if origin is not None and origin.region in regions:
+                regions[origin.region]["transactions"] += count
+                regions[origin.region]["landed"] += ledger.landed_units.get(origin, 0)
+        return web.json_response({"market": cluster.config.market, "channels": channels, "regions": regions})
+
     @routes.get("/regions")
     async def get_regions(request: web.Request) -> web.Response:
         """Every block-engine region: its URL, settings, whether it is up, and accepted/dropped/rate-limited/landed."""

@@ -151,7 +151,7 @@ def build_block_engine(cluster: ClusterView, requests_per_second: float | None =
     def accept(transactions: list[VersionedTransaction], verdict: Verdict) -> str:
         verdict = region_verdict(transactions, verdict)
         try:
-            bundle_id = cluster.intake.receive_bundle(transactions, verdict)
+            bundle_id = cluster.intake.receive_bundle(transactions, verdict, region=region.name if region else None)
         except IntakeRefused as refused:
             raise RpcError(INVALID_PARAMS, str(refused)) from None
         accepted[bundle_id] = AcceptedBundle(
@@ -195,7 +195,7 @@ def build_block_engine(cluster: ClusterView, requests_per_second: float | None =
         if region is not None and verdict is not Verdict.reject:
             region.counters["dropped" if verdict is Verdict.drop else "accepted"] += 1
         try:
-            return str(cluster.intake.receive(transactions[0], "bundle", verdict))
+            return str(cluster.intake.receive(transactions[0], "bundle", verdict, region=region.name if region else None))
         except IntakeRefused as refused:
             raise RpcError(INVALID_PARAMS, str(refused)) from None
 

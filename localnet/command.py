@@ -12,12 +12,9 @@ from solders.pubkey import Pubkey
 
 from venue import LAMPORTS_PER_SOL
 
-from .auction import AuctionConfig
 from .cluster import ClusterConfig, LocalCluster
-from .congestion import CongestionConfig
-from .faults import FaultPlan
 from .ledger import STATUS_CACHE_SLOTS
-from .qos import QosConfig
+from .market import DEFAULT_MARKET, MarketError, apply_market, check_leaders, load_market
 from .regions import parse_regions
 from .tipfloor import DEFAULT_WINDOW_SLOTS
 from .view import DEFAULT_PORTS
@@ -29,8 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one line of endpoints as JSON when ready")
     parser.add_argument("--ports", default="default", help="'default' (RPC 8899, websocket 8900, ...) or 'auto' (free ports)")
     parser.add_argument("--slot-ms", type=float, default=400.0, help="slot time in milliseconds (default 400)")
-    parser.add_argument("--validators", type=int, default=1, help="leaders in the schedule, each with its own QUIC port")
-    parser.add_argument("--faults", type=json.loads, default={}, help='fault injection, e.g. \'{"bundle": {"drop": 0.5}, "seed": 7}\'')
+    parser.add_argument(
+        "--market",
+        default=DEFAULT_MARKET,
+        metavar="calm|busy|hostile|FILE.json",
+        help="a market profile that sets regions, leaders, skips, QoS and faults together (default calm: none of them); "
+        "options given here override it (JSON options merge into it)",
+    )
+    parser.add_argument("--validators", type=int, default=None, help="leaders in the schedule, each with its own QUIC port (default 1)")
+    parser.add_argument("--faults", type=json.loads, default=None, help='fault injection, e.g. \'{"bundle": {"drop": 0.5}, "seed": 7}\'')
     parser.add_argument(
         "--status-cache-slots",
         type=int,
@@ -54,18 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--offline-leaders",
-        default="",
+        default=None,
         metavar="I,J",
         help="validator indices that are offline: their slots are skipped (no block) and their QUIC ports lose what they get",
     )
     parser.add_argument(
         "--non-jito-leaders",
-        default="",
+        default=None,
         metavar="I,J",
         help="validator indices that run without Jito: no bundle lands in their slots (bundles wait for a Jito leader)",
     )
-    parser.add_argument("--skip-rate", type=float, default=0.0, help="share of the other slots skipped at random (0 by default)")
-    parser.add_argument("--skip-seed", type=int, default=0, help="seed of --skip-rate (a slot's fate depends on seed and slot only)")
+    parser.add_argument("--skip-rate", type=float, default=None, help="share of the other slots skipped at random (0 by default)")
+    parser.add_argument("--skip-seed", type=int, default=None, help="seed of --skip-rate (a slot's fate depends on seed and slot only)")
     parser.add_argument(
         "--regions",
         default=None,
@@ -131,58 +135,66 @@ def leader_list(option: str, value: str, validators: int) -> tuple[int, ...]:
 
 
 def config_from_args(args: argparse.Namespace) -> ClusterConfig:
+    """The market profile first (`--market`, calm by default: nothing), then every option given on the
+    command line over it: a scalar option replaces the profile's value, a JSON one (--faults, --qos,
+    --regions) merges into it key by key."""
     if args.ports not in ("default", "auto"):
         raise CommandError("--ports takes 'default' or 'auto'")
-    try:
-        faults = FaultPlan.from_json(args.faults)
-    except (TypeError, ValueError) as error:
-        raise CommandError(f"--faults: {error}") from None
     if args.status_cache_slots < 0:
         raise CommandError(f"--status-cache-slots {args.status_cache_slots}: expected a number of slots, 0 or more")
+    ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
+    config = ClusterConfig(ports=ports, slot_ms=args.slot_ms, status_cache_slots=args.status_cache_slots)
     try:
-        qos = QosConfig.from_json(args.qos or {})
+        apply_market(config, load_market(args.market))
+    except MarketError as error:
+        raise CommandError(f"--market {args.market}: {error}") from None
+    if args.validators is not None:
+        config.validators = args.validators
+    try:
+        config.faults.update(args.faults or {})
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"--faults: {error}") from None
+    try:
+        config.qos.update(args.qos or {})
         if args.stake:
-            qos.update({"stakes": args.stake})
+            config.qos.update({"stakes": args.stake})
     except (TypeError, ValueError, AttributeError) as error:
         raise CommandError(f"--qos/--stake: {error}") from None
-    offline = leader_list("--offline-leaders", args.offline_leaders, args.validators)
-    non_jito = leader_list("--non-jito-leaders", args.non_jito_leaders, args.validators)
-    if not 0.0 <= args.skip_rate <= 1.0:
-        raise CommandError(f"--skip-rate {args.skip_rate}: expected a share between 0 and 1")
+    if args.offline_leaders is not None:
+        config.offline_leaders = leader_list("--offline-leaders", args.offline_leaders, config.validators)
+    if args.non_jito_leaders is not None:
+        config.non_jito_leaders = leader_list("--non-jito-leaders", args.non_jito_leaders, config.validators)
+    if args.skip_rate is not None:
+        if not 0.0 <= args.skip_rate <= 1.0:
+            raise CommandError(f"--skip-rate {args.skip_rate}: expected a share between 0 and 1")
+        config.skip_rate = args.skip_rate
+    if args.skip_seed is not None:
+        config.skip_seed = args.skip_seed
     try:
-        regions = parse_regions(args.regions)
+        config.regions = parse_regions(args.regions, base=config.regions)
     except (TypeError, ValueError) as error:
         raise CommandError(f"--regions: {error}") from None
     try:
-        congestion = CongestionConfig.from_json(args.congestion) if args.congestion is not None else CongestionConfig()
+        if args.congestion is not None:
+            config.congestion.update(args.congestion)
     except (TypeError, ValueError) as error:
         raise CommandError(f"--congestion: {error}") from None
     try:
-        auction = AuctionConfig.from_json(args.auction or {})
+        config.auction.update(args.auction or {})
         if args.searchers:
-            auction.update({"searchers": args.searchers})
+            config.auction.update({"searchers": args.searchers})
     except (TypeError, ValueError) as error:
         raise CommandError(f"--auction/--searchers: {error}") from None
     if args.tip_floor_window_slots < 1:
         raise CommandError(f"--tip-floor-window-slots {args.tip_floor_window_slots}: expected a number of slots, 1 or more")
-    ports = {name: 0 for name in DEFAULT_PORTS} if args.ports == "auto" else dict(DEFAULT_PORTS)
-    return ClusterConfig(
-        ports=ports,
-        slot_ms=args.slot_ms,
-        validators=args.validators,
-        faults=faults,
-        status_cache_slots=args.status_cache_slots,
-        jito_requests_per_second=args.jito_rps,
-        qos=qos,
-        offline_leaders=offline,
-        skip_rate=args.skip_rate,
-        skip_seed=args.skip_seed,
-        non_jito_leaders=non_jito,
-        regions=regions,
-        congestion=congestion,
-        auction=auction,
-        tip_floor_window_slots=args.tip_floor_window_slots,
-    )
+    config.tip_floor_window_slots = args.tip_floor_window_slots
+    if args.jito_rps is not None:
+        config.jito_requests_per_second = args.jito_rps
+    try:
+        check_leaders(config)  # a --validators below what the profile's leader lists name
+    except MarketError as error:
+        raise CommandError(f"--market {args.market} with --validators {config.validators}: {error}") from None
+    return config
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ has its own probabilities; one seeded generator makes a run repeatable. Settable
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 
 INTAKE_CHANNELS = ("rpc", "bundle", "tpu")
@@ -18,7 +18,9 @@ CHANNELS = (*INTAKE_CHANNELS, READS)
 
 def no_faults() -> dict:
     """The admin body (PUT /faults) that clears every fault on every channel."""
-    return {name: {"drop": 0.0, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0} for name in CHANNELS}
+    cleared = {name: {"drop": 0.0, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0} for name in CHANNELS}
+    cleared["rpc"]["forward_delay_slots"] = 0
+    return cleared
 
 
 class Verdict(str, Enum):
@@ -44,8 +46,29 @@ class ChannelFaults:
 
 
 @dataclass
+class RpcFaults(ChannelFaults):
+    """The RPC node's faults, plus one only an RPC node has: it forwards what it accepted late.
+
+    `forward_delay_slots`: a transaction sendTransaction accepted is held by the node and reaches
+    the leader's queue this many slots later (0: at once, as agave's send-transaction-service
+    forwards it on receipt). A slow or overloaded RPC node (or one far from the leader) lands
+    a transaction a slot or more after a direct path would.
+    """
+
+    forward_delay_slots: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.forward_delay_slots, int) or self.forward_delay_slots < 0:
+            raise ValueError(f"forward_delay_slots={self.forward_delay_slots} must be a whole number of slots, 0 or more")
+
+
+CHANNEL_TYPES = {"rpc": RpcFaults}
+
+
+@dataclass
 class FaultPlan:
-    rpc: ChannelFaults = field(default_factory=ChannelFaults)
+    rpc: RpcFaults = field(default_factory=RpcFaults)
     bundle: ChannelFaults = field(default_factory=ChannelFaults)
     tpu: ChannelFaults = field(default_factory=ChannelFaults)
     reads: ChannelFaults = field(default_factory=ChannelFaults)
@@ -66,7 +89,15 @@ class FaultPlan:
         unknown = set(data) - set(CHANNELS) - {"seed"}
         if unknown:
             raise ValueError(f"unknown fault channel(s): {sorted(unknown)}; expected {list(CHANNELS)} and seed")
-        channels = {name: ChannelFaults(**data.get(name, {})) for name in CHANNELS}
+        channels = {}
+        for name in CHANNELS:
+            settings = data.get(name, {})
+            kind = CHANNEL_TYPES.get(name, ChannelFaults)
+            known = {f.name for f in fields(kind)}
+            unknown = set(settings) - known
+            if unknown:
+                raise ValueError(f"{name}: unknown fault setting(s) {sorted(unknown)}; expected {sorted(known)}")
+            channels[name] = kind(**settings)
         return cls(**channels, seed=data.get("seed"))
 
     def update(self, data: dict) -> None:

@@ -19,7 +19,7 @@ from solders.transaction import VersionedTransaction
 from venue import PACKET_DATA_SIZE
 
 from .faults import FaultPlan, Verdict
-from .ledger import Ledger, Submission, error_json
+from .ledger import Ledger, Origin, Submission, error_json
 
 log = logging.getLogger("localnet.intake")
 
@@ -58,6 +58,8 @@ class WireRecord:
             "memos": self.memos,
             "landedSlot": record.slot if record else None,
             "err": error_json(record.err) if record else None,
+            # The channel and region of the copy that was executed (null until it lands, or for the cluster's own work).
+            "landedVia": record.origin.to_json() if record and record.origin else None,
         }
 
 
@@ -102,6 +104,17 @@ class Intake:
         self.faults = faults
         self.wire: OrderedDict[str, WireRecord] = OrderedDict()
         self.counters: Counter[str] = Counter()
+        # RPC transactions the node holds before forwarding them (faults.rpc.forward_delay_slots): (due slot, work).
+        self.forwarding: list[tuple[int, Submission]] = []
+
+    def forward_due(self, slot: int) -> None:
+        """Called as the block of `slot` begins: what the RPC node held until this slot reaches the leader's queue."""
+        if not self.forwarding:
+            return
+        due = [submission for at, submission in self.forwarding if at <= slot]
+        self.forwarding = [(at, submission) for at, submission in self.forwarding if at > slot]
+        for submission in due:
+            self.ledger.enqueue(submission)
 
     def _see(self, tx: VersionedTransaction, channel: str, now_ns: int) -> WireRecord:
         signature = str(tx.signatures[0])
@@ -129,8 +142,8 @@ class Intake:
             self.counters[f"{channel}.{verdict.value}"] += 1
         return verdict
 
-    def receive(self, tx: VersionedTransaction, channel: str, verdict: Verdict = Verdict.accept) -> Signature:
-        """A lone transaction (rpc sendTransaction, TPU stream, Jito sendTransaction)."""
+    def receive(self, tx: VersionedTransaction, channel: str, verdict: Verdict = Verdict.accept, region: str | None = None) -> Signature:
+        """A lone transaction (rpc sendTransaction, TPU stream, Jito sendTransaction; `region`: the block-engine region it came through)."""
         now_ns = time.time_ns()
         self.counters[f"{channel}.received"] += 1
         record = self._see(tx, channel, now_ns)
@@ -139,10 +152,16 @@ class Intake:
         if verdict is not Verdict.accept:
             record.dropped_by_fault += 1
             return tx.signatures[0]
-        self.ledger.enqueue(Submission([tx], received_ns=now_ns))
+        submission = Submission([tx], received_ns=now_ns, origin=Origin(channel, region))
+        held = self.faults.rpc.forward_delay_slots if channel == "rpc" else 0
+        if held:
+            self.counters["rpc.forward_delayed"] += 1
+            self.forwarding.append((self.ledger.slot + held, submission))
+        else:
+            self.ledger.enqueue(submission)
         return tx.signatures[0]
 
-    def receive_bundle(self, transactions: list[VersionedTransaction], verdict: Verdict = Verdict.accept) -> str:
+    def receive_bundle(self, transactions: list[VersionedTransaction], verdict: Verdict = Verdict.accept, region: str | None = None) -> str:
         now_ns = time.time_ns()
         bundle_id = derive_bundle_id(transactions)
         self.counters["bundle.received"] += 1
@@ -155,5 +174,5 @@ class Intake:
             raise IntakeRefused("rejected", "bundle rejected (injected fault)")
         if verdict is Verdict.drop:
             return bundle_id
-        self.ledger.enqueue(Submission(list(transactions), bundle_id=bundle_id, received_ns=now_ns))
+        self.ledger.enqueue(Submission(list(transactions), bundle_id=bundle_id, received_ns=now_ns, origin=Origin("bundle", region)))
         return bundle_id

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -119,6 +119,18 @@ def ui_amount_string(amount: int, decimals: int) -> str:
     return f"{whole}.{frac_s}" if frac_s else str(whole)
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Which path delivered a copy of a transaction: its intake channel (rpc, tpu, bundle) and,
+    for the block engine's regions, the region's name."""
+
+    channel: str
+    region: str | None = None
+
+    def to_json(self) -> dict:
+        return {"channel": self.channel, "region": self.region}
+
+
 @dataclass
 class TxRecord:
     """A transaction that landed in a block (successfully or with an execution error)."""
@@ -139,6 +151,7 @@ class TxRecord:
     pre_token_balances: list[TokenBalance]
     post_token_balances: list[TokenBalance]
     bundle_id: str | None = None
+    origin: Origin | None = None  # the path of the copy that landed (the submission executed)
 
 
 @dataclass
@@ -148,6 +161,7 @@ class Submission:
     transactions: list[VersionedTransaction]
     bundle_id: str | None = None
     received_ns: int = field(default_factory=time.time_ns)
+    origin: Origin | None = None  # the channel and region it came by (None: the cluster's own work)
 
 
 @dataclass
@@ -213,6 +227,10 @@ class Ledger:
         self.pending_signatures: set[Signature] = set()
         self.records: dict[Signature, TxRecord] = {}
         self.bundles: dict[str, BundleOutcome] = {}
+        # Landed work per origin (the channel and region of the copy that was executed): transactions,
+        # and units (a lone transaction or a whole bundle); never pruned, unlike `records`.
+        self.landed_transactions: Counter[Origin | None] = Counter()
+        self.landed_units: Counter[Origin | None] = Counter()
         self.slot_times: dict[int, int] = {}
         self.block_counts: dict[int, int] = {}
         # slot -> (block height, blockhash, parent slot) of every block produced, for getBlock/getBlocks.
@@ -364,6 +382,7 @@ class Ledger:
         self.pending_signatures.discard(tx.signatures[0])
         record = self._execute(tx, bundle_id=None)
         if record is not None:
+            self._landed(record, submission.origin, unit=True)
             block.count += 1
             self._note_fees(tx, block.fees)
         return record
@@ -495,6 +514,14 @@ class Ledger:
         self.records[record.signature] = record
         return record
 
+    def _landed(self, record: TxRecord, origin: Origin | None, *, unit: bool) -> None:
+        """Attribute a landed transaction to the copy that delivered it; count landed transactions and
+        units (a bundle counts once) per origin."""
+        record.origin = origin
+        self.landed_transactions[origin] += 1
+        if unit:
+            self.landed_units[origin] += 1
+
     def _execute_bundle(self, submission: Submission) -> BundleOutcome:
         """All or nothing: snapshot every account the bundle may write, restore them all on any failure."""
         bundle_id = submission.bundle_id or ""
@@ -503,11 +530,12 @@ class Ledger:
         outcome.bundle_id = bundle_id
         outcome.signatures = signatures
         if outcome.landed:
-            for tx in submission.transactions:
-                self.records[tx.signatures[0]].bundle_id = bundle_id
-        previous = self.bundles.get(bundle_id)
-        if previous is not None and previous.landed:
-            return outcome  # another copy of a bundle that landed (same id): its AlreadyProcessed changes nothing
+            for index, tx in enumerate(submission.transactions):
+                record = self.records[tx.signatures[0]]
+                record.bundle_id = bundle_id
+                self._landed(record, submission.origin, unit=index == 0)
+        elif (earlier := self.bundles.get(bundle_id)) is not None and earlier.landed:
+            return outcome  # a second copy of a landed bundle (sent to two regions) fails; the bundle stays landed
         self.bundles[bundle_id] = outcome
         return outcome
 

@@ -70,10 +70,14 @@ class RegionSettings:
         return RegionSettings(**(asdict(self) | changes))
 
 
-def parse_regions(spec: str | dict | None) -> dict[str, RegionSettings]:
-    """`ams,fra,nyc` (Jito's defaults for each) or JSON `{"ams": {"latency_ms": 5, "drop": 0.3}, ...}`."""
+def parse_regions(spec: str | dict | None, base: dict[str, RegionSettings] | None = None) -> dict[str, RegionSettings]:
+    """`ams,fra,nyc` (Jito's defaults for each) or JSON `{"ams": {"latency_ms": 5, "drop": 0.3}, ...}`.
+
+    With `base` (a market profile's regions), the spec is merged into it: a region it names keeps the
+    base's settings it does not change, and the base's other regions stay."""
+    regions = dict(base or {})
     if not spec:
-        return {}
+        return regions
     if isinstance(spec, str):
         text = spec.strip()
         if text.startswith("{"):
@@ -84,13 +88,12 @@ def parse_regions(spec: str | dict | None) -> dict[str, RegionSettings]:
             spec = {name.strip(): {} for name in text.split(",") if name.strip()}
     if not isinstance(spec, dict):
         raise ValueError("expected a comma-separated list of regions or a JSON object")
-    regions = {}
     for name, settings in spec.items():
         if name not in REGION_HOSTS:
             raise ValueError(f"unknown region {name!r}; Jito's regions are {list(REGION_NAMES)}")
         if not isinstance(settings, dict):
             raise ValueError(f"region {name}: expected an object of settings")
-        regions[name] = RegionSettings().merged(settings)
+        regions[name] = regions.get(name, RegionSettings()).merged(settings)
     return regions
 
 
@@ -103,6 +106,7 @@ class Region:
     seed: int | None = None
     port: int = 0
     runner: web.AppRunner | None = None
+    # `lost_at_auction` is counted by the tip auction (a bundle this region forwarded that was outbid); listed at 0 without it.
     counters: dict[str, int] = field(
         default_factory=lambda: {"accepted": 0, "dropped": 0, "rate_limited": 0, "refused_lagging": 0, "lost_at_auction": 0}
     )
@@ -128,7 +132,9 @@ class Region:
             self.forwarded.popitem(last=False)
 
     def to_json(self, host: str, ledger) -> dict:
-        landed = sum(1 for bundle_id in self.forwarded if (outcome := ledger.bundles.get(bundle_id)) is not None and outcome.landed)
+        # Landed: the bundles and lone transactions whose landed copy came through this region (a bundle sent to
+        # two regions lands once, and counts for the region whose copy was executed).
+        landed = sum(count for origin, count in ledger.landed_units.items() if origin is not None and origin.region == self.name)
         return {
             "url": f"http://{host}:{self.port}",
             "mainnet": region_mainnet_url(self.name),

@@ -61,6 +61,8 @@ class ClusterConfig:
     auction: AuctionConfig = field(default_factory=AuctionConfig)
     # Jito's tip floor (localnet.tipfloor, always served): the landed bundles of this many recent slots.
     tip_floor_window_slots: int = DEFAULT_WINDOW_SLOTS
+    # The market profile this configuration came from (localnet.market; "calm": no profile applied), for the admin view.
+    market: str = "calm"
 
     @classmethod
     def auto_ports(cls, **kwargs) -> "ClusterConfig":

@@ -31,6 +31,7 @@ class LocalnetServer(_Server):
         slot_ms: float = 400.0,
         validators: int = 2,
         status_cache_slots: int | None = None,
+        market: str | None = None,
         log_file: Path | None = None,
     ):
         super().__init__(data_dir, log_file)
@@ -39,14 +40,25 @@ class LocalnetServer(_Server):
         self.validators = validators
         # None keeps the command's default, agave's status cache (300 rooted slots).
         self.status_cache_slots = status_cache_slots
+        # A market profile (`--market calm|busy|hostile|FILE.json`); None: the command's default, calm.
+        self.market = market
         self.endpoints: dict[str, str] = {}
 
     def command(self) -> list[str]:
         argv = [
             sys.executable, "-m", "worker.cli", "localnet", "--json",
             "--ports", "auto" if self.auto_ports else "default",
-            "--slot-ms", str(self.slot_ms), "--validators", str(self.validators),
+            "--slot-ms", str(self.slot_ms),
         ]  # fmt: skip
+        profile: dict = {}
+        if self.market is not None:
+            from localnet.market import load_market  # checked here, so a bad profile fails before the child starts
+
+            profile = load_market(self.market)
+            market = self.market if not self.market.endswith(".json") else str(Path(self.market).resolve())
+            argv += ["--market", market]
+        if "validators" not in profile:  # a profile's leader count wins: its leader lists are indices into it
+            argv += ["--validators", str(self.validators)]
         if self.status_cache_slots is not None:
             argv += ["--status-cache-slots", str(self.status_cache_slots)]
         return argv
