@@ -17,9 +17,9 @@ least one auction per block). Within a tick the bundles are ranked by tip per re
 of a bundle already taken loses. The 8 tip accounts are left out of the locks (every bundle
 write-locks one). The tip is read by a dry run against the state at the block's start, as the engine's
 simulation does; a bundle whose dry run fails is not ranked (it goes on and fails in the block, as
-today). Requested compute units are the transactions' SetComputeUnitLimit, or agave's default of
-200,000 per instruction other than compute-budget ones (at most 1,400,000) when a transaction sets
-none. Winners keep their place in the block; a loser does not land in that slot: it is recorded as
+today). Requested compute units are the transactions' SetComputeUnitLimit, or agave's default
+(3,000 per builtin instruction, 200,000 per other one, at most 1,400,000) when a transaction sets
+none (`ledger.requested_compute_units`). Winners keep their place in the block; a loser does not land in that slot: it is recorded as
 failed (err "lost auction") and never retried.
 """
 from __future__ import annotations
@@ -39,14 +39,12 @@ from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
-from venue import ComputeBudgetInstruction, parse_compute_budget
+from venue import ComputeBudgetInstruction
 
-from .ledger import COMPUTE_BUDGET_PROGRAM, BundleOutcome, Ledger, Submission, resolve_account_keys, writable_keys
+from .ledger import COMPUTE_BUDGET_PROGRAM, BundleOutcome, Ledger, Submission, requested_compute_units, resolve_account_keys, writable_keys
 
 DEFAULT_TICK_MS = 50.0  # jito-docs lowlatencytxnsend.md since 2025-06-20 (200 before)
 LOST_AUCTION = "lost auction"
-DEFAULT_INSTRUCTION_CUS = 200_000  # agave compute-budget: DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT
-MAX_TRANSACTION_CUS = 1_400_000  # agave MAX_COMPUTE_UNIT_LIMIT
 MIN_SEARCHER_TIP = 1000  # the engine's minimum tip
 MEMO_PROGRAM = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
 SEARCHER_FUNDS = 10_000 * 10**9
@@ -128,20 +126,6 @@ class AuctionConfig:
         config = cls()
         config.update(data or {})
         return config
-
-
-def requested_compute_units(tx: VersionedTransaction) -> int:
-    """The transaction's SetComputeUnitLimit, or agave's default for its instructions."""
-    keys = list(tx.message.account_keys)
-    other = 0
-    for ix in tx.message.instructions:
-        if keys[ix.program_id_index] == COMPUTE_BUDGET_PROGRAM:
-            parsed = parse_compute_budget(bytes(ix.data))
-            if parsed is not None and parsed.tag == ComputeBudgetInstruction.SET_COMPUTE_UNIT_LIMIT:
-                return min(parsed.value, MAX_TRANSACTION_CUS)
-        else:
-            other += 1
-    return min(other * DEFAULT_INSTRUCTION_CUS, MAX_TRANSACTION_CUS)
 
 
 def bundle_locks(transactions: Iterable[VersionedTransaction], load_table, excluded: set[Pubkey]) -> tuple[set[Pubkey], set[Pubkey]]:

@@ -47,9 +47,8 @@ from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 
-from venue.programs import LOOKUP_TABLE_PROGRAM, SYSTEM_PROGRAM
 
-from .ledger import COMPUTE_BUDGET_PROGRAM, Block, Ledger, Submission, compute_unit_price, writable_keys
+from .ledger import MAX_COMPUTE_UNIT_LIMIT, Block, Ledger, Submission, compute_unit_price, requested_compute_units, writable_keys
 
 # agave cost-model/src/block_cost_limits.rs
 MAX_BLOCK_UNITS = 50_000_000  # MAX_BLOCK_UNITS_SIMD_0207 (48M before SIMD-0207)
@@ -57,15 +56,10 @@ MAX_WRITABLE_ACCOUNT_UNITS = 12_000_000
 SIGNATURE_COST = 720  # COMPUTE_UNIT_TO_US_RATIO (30) * 24
 WRITE_LOCK_UNITS = 300  # COMPUTE_UNIT_TO_US_RATIO * 10
 INSTRUCTION_DATA_BYTES_COST = 4  # 140 bytes per us / COMPUTE_UNIT_TO_US_RATIO
-# solana-compute-budget: the limit a transaction gets without SetComputeUnitLimit.
-DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT = 200_000
-MAX_BUILTIN_ALLOCATION_COMPUTE_UNIT_LIMIT = 3_000
-MAX_COMPUTE_UNIT_LIMIT = 1_400_000
 LAMPORTS_PER_SIGNATURE = 5_000
 BURN_PERCENT = 50  # solana-fee-calculator DEFAULT_BURN_PERCENT
 PRIORITY_MULTIPLIER = 1_000_000
 DEFAULT_SCALE = 0.01
-BUILTINS = {SYSTEM_PROGRAM, COMPUTE_BUDGET_PROGRAM, LOOKUP_TABLE_PROGRAM}
 PAYER_LAMPORTS = 10**15  # a million SOL per background payer
 SLOTS_SHOWN = 64
 
@@ -152,20 +146,6 @@ class CongestionConfig:
             "account_units": self.account_units,
             "load": {**self.load.__dict__, "hot": list(self.load.hot)},
         }
-
-
-def requested_compute_units(tx: VersionedTransaction) -> int:
-    """SetComputeUnitLimit's value, else agave's default for the instructions (capped at 1.4M)."""
-    message = tx.message
-    keys = list(message.account_keys)
-    default = 0
-    for ix in message.instructions:
-        program = keys[ix.program_id_index]
-        data = bytes(ix.data)
-        if program == COMPUTE_BUDGET_PROGRAM and len(data) >= 5 and data[0] == 2:  # SetComputeUnitLimit(u32)
-            return min(int.from_bytes(data[1:5], "little"), MAX_COMPUTE_UNIT_LIMIT)
-        default += MAX_BUILTIN_ALLOCATION_COMPUTE_UNIT_LIMIT if program in BUILTINS else DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT
-    return min(default, MAX_COMPUTE_UNIT_LIMIT)
 
 
 def transaction_cost(tx: VersionedTransaction, writable: list[Pubkey]) -> int:

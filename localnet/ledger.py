@@ -37,7 +37,7 @@ from solders.transaction_status import (
 )
 
 from venue import COMPUTE_BUDGET_PROGRAM_ID, ComputeBudgetInstruction, parse_compute_budget
-from venue.programs import SYSTEM_PROGRAM, TOKEN_PROGRAMS
+from venue.programs import LOOKUP_TABLE_PROGRAM, SYSTEM_PROGRAM, TOKEN_PROGRAMS
 
 log = logging.getLogger("localnet.ledger")
 
@@ -685,6 +685,12 @@ def writable_keys(tx: VersionedTransaction, load_table) -> list[Pubkey]:
 
 
 COMPUTE_BUDGET_PROGRAM = Pubkey.from_string(COMPUTE_BUDGET_PROGRAM_ID)
+# solana-compute-budget: the limit a transaction gets without SetComputeUnitLimit, per instruction
+# (builtins get MAX_BUILTIN_ALLOCATION_COMPUTE_UNIT_LIMIT), and the most any transaction may ask for.
+DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT = 200_000
+MAX_BUILTIN_ALLOCATION_COMPUTE_UNIT_LIMIT = 3_000
+MAX_COMPUTE_UNIT_LIMIT = 1_400_000
+BUILTINS = {SYSTEM_PROGRAM, COMPUTE_BUDGET_PROGRAM, LOOKUP_TABLE_PROGRAM}
 
 
 def compute_unit_price(tx: VersionedTransaction) -> int:
@@ -697,3 +703,19 @@ def compute_unit_price(tx: VersionedTransaction) -> int:
             if parsed is not None and parsed.exact and parsed.tag == ComputeBudgetInstruction.SET_COMPUTE_UNIT_PRICE:
                 return parsed.value
     return 0
+
+
+def requested_compute_units(tx: VersionedTransaction) -> int:
+    """What the transaction asks for: its SetComputeUnitLimit, else agave's default for its instructions
+    (capped at 1.4M). The auction ranks tips by it (Jito: "tip/cus-requested") and block space is charged by it."""
+    message = tx.message
+    keys = list(message.account_keys)
+    default = 0
+    for ix in message.instructions:
+        program = keys[ix.program_id_index]
+        if program == COMPUTE_BUDGET_PROGRAM:
+            parsed = parse_compute_budget(bytes(ix.data))
+            if parsed is not None and parsed.tag == ComputeBudgetInstruction.SET_COMPUTE_UNIT_LIMIT:
+                return min(parsed.value, MAX_COMPUTE_UNIT_LIMIT)
+        default += MAX_BUILTIN_ALLOCATION_COMPUTE_UNIT_LIMIT if program in BUILTINS else DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT
+    return min(default, MAX_COMPUTE_UNIT_LIMIT)
