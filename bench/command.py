@@ -50,6 +50,7 @@ DIRECT_SUBJECT = "bench.direct"
 # The direct loop's own user (the stack runs with dev's users, permissions and TLS): its subject and nothing else.
 BENCH_ROLES = {**ROLES, "bench": Permissions(publish=(f"{DIRECT_SUBJECT}.>",), subscribe=(f"{DIRECT_SUBJECT}.>", inbox_prefix("bench") + ".>"))}
 METHODS = ("rpc", "jito_bundle", "tpu_direct")
+BLOCKHASH_VALIDITY_BLOCKS = 150  # agave MAX_PROCESSING_AGE: a transaction that never lands is known lost only after it
 
 
 @dataclass
@@ -247,7 +248,10 @@ async def run_bench(args: argparse.Namespace) -> dict:
                 profiler.start(await _server_metrics(stack, http))
             temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid), cpu_ms()
             expected_s = args.plans / rate if rate else args.plans / 40
-            durable = await durable_phase(stack, worker, durable_plans, rate, wait_s=max(60.0, expected_s * 2 + 45))
+            # A plan that never lands (a bundle dropped on a `--market`) gets its result only once its
+            # blockhash has expired: 150 blocks, plus the slots a market skips.
+            expiry_s = BLOCKHASH_VALIDITY_BLOCKS * 1.25 * args.slot_ms / 1000 + 30
+            durable = await durable_phase(stack, worker, durable_plans, rate, wait_s=max(60.0, expected_s * 2 + 45, expected_s + expiry_s))
             temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid) - temporal_cpu, cpu_ms() - worker_cpu
             profile = profiler.stop(await _server_metrics(stack, http), args.plans) if profiler else None
             await asyncio.sleep(0.5)
