@@ -233,6 +233,8 @@ async def run_bench(args: argparse.Namespace) -> dict:
 
         async with aiohttp.ClientSession() as http:
             await admin_post(http, f"{stack.localnet.endpoints['admin']}/fund", {"pubkey": sink, "lamports": 1_000_000_000})
+            if args.market:
+                await searchers_bid_on(stack, http, sink)
             run = uuid.uuid4().hex[:8]
             methods = methods_for(args.method, args.plans)
 
@@ -264,6 +266,7 @@ async def run_bench(args: argparse.Namespace) -> dict:
             await asyncio.sleep(0.5)
             await collect_wire(stack, http, direct)
             events = await history_events(worker, durable)
+            market = await market_view(stack, http) if args.market else None
     finally:
         if worker is not None and hasattr(worker, "bridge"):
             await worker.stop()
@@ -304,8 +307,30 @@ async def run_bench(args: argparse.Namespace) -> dict:
         "error_codes": sorted({r.get("errorCode") for r in durable.results.values() if r.get("errorCode")}),
         "land_rate_by_method": land_rate_by_method(durable_plans, durable.results),
         **({"profile": profile} if profile else {}),
+        **({"market": market} if market else {}),
         "_samples": {"durable": to_wire, "direct": direct_to_wire},
     }
+
+
+async def searchers_bid_on(stack: DevStack, http, sink: str) -> None:
+    """Every bench plan pays the one sink, which stands for the pool a real trade touches: a market's
+    background searchers, if it has them, bid on that account, as competitors bid on a trade's pool."""
+    admin = stack.localnet.endpoints["admin"]
+    async with http.get(f"{admin}/auction") as response:
+        auction = await response.json()
+    if auction.get("enabled") and (auction.get("searchers") or {}).get("rate"):
+        await admin_post(http, f"{admin}/auction", {"searchers": {"accounts": [sink]}})
+
+
+async def market_view(stack: DevStack, http) -> dict:
+    """What the cluster saw of the whole run (warm-up, durable and direct phases): the channel and
+    region each landed transaction came by, and the tip auction's counters."""
+    admin = stack.localnet.endpoints["admin"]
+    async with http.get(f"{admin}/landing") as response:
+        landing = await response.json()
+    async with http.get(f"{admin}/auction") as response:
+        auction = await response.json()
+    return {"name": landing.get("market"), "landed_via": landing.get("channels"), "auction": auction.get("counters")}
 
 
 def land_rate_by_method(plans: list[dict], results: dict[str, dict]) -> dict:
