@@ -6,8 +6,13 @@ no compute limit beyond the slot's time budget, as before. On, each slot's queue
 
 - **Block limits**, agave `cost-model/src/block_cost_limits.rs`: `MAX_BLOCK_UNITS` (50M since
   SIMD-0207; 48M before it, 60M with SIMD-0256) per block and `MAX_WRITABLE_ACCOUNT_UNITS` (12M)
-  per write-locked account, both multiplied by `scale` (0.01 by default: 500,000 and 120,000 CU,
-  so a few tens of transactions fill a block here, where mainnet's takes thousands).
+  per write-locked account, both multiplied by `scale` (0.125 by default: 6,250,000 and 1,500,000
+  CU). 0.125 is the smallest scale at which the largest transaction (1.4M CU requested, plus its
+  signature and lock costs) still fits one account's limit, as any transaction fits an empty block
+  on mainnet: a smaller one would make a transaction that lands on mainnet wait here for ever. The
+  load's transactions ask for 200,000 CU each (agave's default per instruction, a common request
+  for a swap), so about 31 of them fill a block and 7 an account: tens of transactions a slot
+  stand for mainnet's thousands.
 - **Cost of a transaction**, agave `cost-model/src/cost_model.rs` in simplified form:
   `SIGNATURE_COST` (720) per signature + `WRITE_LOCK_UNITS` (300) per write-locked account +
   instruction data bytes / `INSTRUCTION_DATA_BYTES_COST` (4) + the requested compute-unit limit
@@ -59,7 +64,7 @@ INSTRUCTION_DATA_BYTES_COST = 4  # 140 bytes per us / COMPUTE_UNIT_TO_US_RATIO
 LAMPORTS_PER_SIGNATURE = 5_000
 BURN_PERCENT = 50  # solana-fee-calculator DEFAULT_BURN_PERCENT
 PRIORITY_MULTIPLIER = 1_000_000
-DEFAULT_SCALE = 0.01
+DEFAULT_SCALE = 0.125  # the smallest at which a 1.4M-CU transaction fits an account's limit (see above)
 PAYER_LAMPORTS = 10**15  # a million SOL per background payer
 SLOTS_SHOWN = 64
 
@@ -73,7 +78,7 @@ class LoadConfig:
     hot_share: float = 1.0  # share of load transactions that write-lock a hot account (others: a sink of their own)
     fee_min: int = 10_000  # compute-unit price range, micro-lamports per CU (drawn log-uniformly)
     fee_max: int = 1_000_000
-    cu_limit: int = 20_000  # SetComputeUnitLimit of each load transaction
+    cu_limit: int = 200_000  # SetComputeUnitLimit of each load transaction (agave's default per instruction)
     payers: int = 32
     seed: int = 0
 

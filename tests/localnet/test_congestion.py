@@ -14,6 +14,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solana.rpc.models import TxOpts
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
+from solders.hash import Hash
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
@@ -25,13 +26,13 @@ from localnet.congestion import CongestionConfig
 from .conftest import SLOT_MS, funded_wallet, latest_blockhash, sign, wait_slots, wait_status
 
 LOAD_FEES = {"fee_min": 1_000_000, "fee_max": 2_000_000}  # micro-lamports per CU
-CU_LIMIT = 20_000  # what the load requests too: a low-fee transaction cannot squeeze into the leftover
+CU_LIMIT = 200_000  # what the load requests too: a low-fee transaction cannot squeeze into the leftover
 LOAD_OFF = {"load": {"fill": 0.0, "hot": []}}
 
 
 @pytest.fixture(scope="module")
 def congested():
-    """Congestion on from the start (default scale: 500,000 CU blocks, 120,000 CU per account), no load yet."""
+    """Congestion on from the start (default scale: 6,250,000 CU blocks, 1,500,000 CU per account), no load yet."""
     config = ClusterConfig.auto_ports(slot_ms=SLOT_MS, congestion=CongestionConfig(enabled=True))
     with ClusterThread(config) as running:
         yield running
@@ -73,7 +74,7 @@ async def load_running(rpc: AsyncClient, admin: httpx.Client, load: dict) -> dic
 async def test_low_fee_waits_behind_full_blocks_and_lands_once_the_load_stops(congested, rpc, admin):
     payer = funded_wallet(congested)
     view = await load_running(rpc, admin, {"fill": 1.0})  # the load alone fills every block
-    assert view["limits"] == {"block_units": 500_000, "account_units": 120_000}
+    assert view["limits"] == {"block_units": 6_250_000, "account_units": 1_500_000}
     assert view["slots"][-1]["fill"] > 0.9
 
     blockhash = await latest_blockhash(rpc)
@@ -150,3 +151,25 @@ async def test_off_by_default_and_from_the_command_line(cluster):
     assert config_from_args(parser.parse_args([])).congestion.enabled is False
     with pytest.raises(Exception, match="--congestion"):
         config_from_args(parser.parse_args(["--congestion", '{"load": {"fill": 2}}']))
+
+
+def test_the_largest_transaction_fits_an_account_at_the_default_scale():
+    """Any transaction fits an empty block on mainnet (a 1.4M-CU request is far below the 12M account limit):
+    the scaled limits keep that, or a transaction that would land on mainnet would wait here for ever."""
+    from solders.message import MessageV0
+    from solders.transaction import VersionedTransaction
+
+    from localnet.congestion import transaction_cost
+    from localnet.ledger import MAX_COMPUTE_UNIT_LIMIT, writable_keys
+
+    payer = Keypair()
+    message = MessageV0.try_compile(
+        payer.pubkey(),
+        [set_compute_unit_limit(MAX_COMPUTE_UNIT_LIMIT)] + [transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=Keypair().pubkey(), lamports=1)) for _ in range(20)],
+        [],
+        Hash.default(),
+    )
+    largest = VersionedTransaction(message, [payer])
+    cost = transaction_cost(largest, writable_keys(largest, lambda table: None))
+    config = CongestionConfig(enabled=True)
+    assert cost <= config.account_limit <= config.block_limit
