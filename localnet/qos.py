@@ -23,15 +23,36 @@ import random
 import ssl
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any, Protocol
 
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-if TYPE_CHECKING:
-    from .tpu import TpuQuicServer, _TpuConnectionProtocol
-
 log = logging.getLogger("localnet.qos")
+
+
+class QosConnection(Protocol):
+    """What QoS reads and keeps on one TPU connection (tpu._TpuConnectionProtocol), declared here so
+    the TPU imports QoS and not the other way round."""
+
+    peer: str | None
+    released: bool
+    qos_stake: int
+    qos_table: str
+    qos_last_update: float
+    qos_interval_start: float
+    qos_stream_count: int
+    qos_backlog: deque[bytes]
+    qos_timer: asyncio.TimerHandle | None
+
+    def close_with(self, error_code: int, reason: str) -> None: ...
+
+
+class QosServer(Protocol):
+    """The TPU server QoS hands an admitted stream to (tpu.TpuQuicServer)."""
+
+    def _hand_over(self, raw: bytes, peer: str) -> None: ...
 
 # --- agave constants (streamer/src/nonblocking/stream_throttle.rs, quic.rs, quic-definitions) ---
 MAX_UNSTAKED_TPS = 200  # stream_throttle.rs: max TPS of one unstaked connection
@@ -217,18 +238,18 @@ class QosStats:
 class QosState:
     """One TPU's connection tables, load EMA and per-connection stream budgets."""
 
-    def __init__(self, server: "TpuQuicServer", qos: Qos) -> None:
+    def __init__(self, server: QosServer, qos: Qos) -> None:
         self.server = server
         self.qos = qos
         self.stats = QosStats()
-        self.staked: set[_TpuConnectionProtocol] = set()
-        self.unstaked: set[_TpuConnectionProtocol] = set()
+        self.staked: set[QosConnection] = set()
+        self.unstaked: set[QosConnection] = set()
         self._load_ema = 0
         self._load_recent = 0
         self._ema_updated = time.monotonic()
 
     # --- connection table (swqos.rs) -----------------------------------------------------
-    def admit(self, protocol: "_TpuConnectionProtocol") -> None:
+    def admit(self, protocol: "QosConnection") -> None:
         """Put an accepted connection in its table, evicting as agave does when it is full."""
         stake = self.qos.stake_of(protocol.peer)
         protocol.qos_stake = stake
@@ -259,7 +280,7 @@ class QosState:
         for protocol in sorted(self.unstaked, key=lambda p: p.qos_last_update)[: len(self.unstaked) - keep]:
             self._evict(protocol, staked=False)
 
-    def _evict(self, protocol: "_TpuConnectionProtocol", *, staked: bool) -> None:
+    def _evict(self, protocol: "QosConnection", *, staked: bool) -> None:
         if staked:
             self.stats.evictions_staked += 1
         else:
@@ -267,7 +288,7 @@ class QosState:
         log.info("tpu qos: evicting %s connection of %s", "staked" if staked else "unstaked", protocol.peer)
         protocol.close_with(CONNECTION_CLOSE_CODE_DROPPED_ENTRY, CONNECTION_CLOSE_REASON_DROPPED_ENTRY)
 
-    def release(self, protocol: "_TpuConnectionProtocol") -> None:
+    def release(self, protocol: "QosConnection") -> None:
         self.staked.discard(protocol)
         self.unstaked.discard(protocol)
         lost = len(protocol.qos_backlog)
@@ -313,7 +334,7 @@ class QosState:
         return max(self.qos.max_staked_per_interval * stake // total, unstaked + 1)
 
     # --- streams (throttle_stream) -------------------------------------------------------
-    def on_stream(self, protocol: "_TpuConnectionProtocol", raw: bytes) -> None:
+    def on_stream(self, protocol: "QosConnection", raw: bytes) -> None:
         """A complete stream: read it now if the connection's budget allows, else hold it."""
         if protocol.qos_backlog or not self._take_budget(protocol):
             stake = protocol.qos_stake
@@ -335,7 +356,7 @@ class QosState:
             return
         self._read(protocol, raw)
 
-    def _take_budget(self, protocol: "_TpuConnectionProtocol") -> bool:
+    def _take_budget(self, protocol: "QosConnection") -> bool:
         now = time.monotonic()
         if (now - protocol.qos_interval_start) * 1000 > STREAM_THROTTLING_INTERVAL_MS:
             protocol.qos_interval_start = now  # reset_throttling_params_if_needed
@@ -345,13 +366,13 @@ class QosState:
         protocol.qos_stream_count += 1
         return True
 
-    def _schedule_drain(self, protocol: "_TpuConnectionProtocol") -> None:
+    def _schedule_drain(self, protocol: "QosConnection") -> None:
         if protocol.qos_timer is not None:
             return
         wait = max(0.0, protocol.qos_interval_start + STREAM_THROTTLING_INTERVAL_MS / 1000 - time.monotonic()) + 0.001
         protocol.qos_timer = asyncio.get_running_loop().call_later(wait, self._drain, protocol)
 
-    def _drain(self, protocol: "_TpuConnectionProtocol") -> None:
+    def _drain(self, protocol: "QosConnection") -> None:
         """The throttle's sleep is over: read the held streams the new interval's budget allows."""
         protocol.qos_timer = None
         if protocol.released:
@@ -361,7 +382,7 @@ class QosState:
         if protocol.qos_backlog:
             self._schedule_drain(protocol)
 
-    def _read(self, protocol: "_TpuConnectionProtocol", raw: bytes) -> None:
+    def _read(self, protocol: "QosConnection", raw: bytes) -> None:
         if protocol.qos_stake:
             self._load_recent += 1  # increment_load counts staked streams only
         self._update_ema_if_needed()
