@@ -63,6 +63,7 @@ class Phase:
     landed: dict[str, set[str]] = field(default_factory=dict)
     started_ns: int = 0
     errors: int = 0
+    finished: int = 0  # direct phase: plans whose one attempt has ended, with or without an error
 
     def plan_to_wire_ms(self) -> list[float]:
         return [(self.wire_ns[p] - t) / 1e6 for p, t in self.published_ns.items() if p in self.wire_ns]
@@ -162,10 +163,8 @@ async def direct_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dict
     phase = Phase("direct")
     dispatcher = worker.dispatcher
     done = asyncio.Event()
-    finished = 0
 
     async def handle(message) -> None:
-        nonlocal finished
         try:
             dispatch = Dispatch(parse_plan(message.data), dispatcher, durable=False)
             try:
@@ -176,8 +175,8 @@ async def direct_phase(stack: DevStack, worker: ExecutorWorker, plans: list[dict
         except Exception as error:
             phase.errors += 1
             log.warning("stage=bench event=direct_failed error=%s", error)
-        finished += 1
-        if finished == len(plans):
+        phase.finished += 1
+        if phase.finished == len(plans):
             done.set()
 
     async def on_message(message) -> None:
@@ -304,6 +303,8 @@ async def run_bench(args: argparse.Namespace) -> dict:
         "history_encryption": args.history_encryption,
         "direct_sent": len(direct_to_wire),
         "direct_errors": direct.errors,
+        # one attempt each, no retry: a tpu_direct send a loaded leader never took is finished, not sent
+        "direct_finished": direct.finished,
         "error_codes": sorted({r.get("errorCode") for r in durable.results.values() if r.get("errorCode")}),
         "land_rate_by_method": land_rate_by_method(durable_plans, durable.results),
         **({"profile": profile} if profile else {}),

@@ -20,8 +20,10 @@ def test_bench_mixed_small_run_loses_nothing_and_draws_its_plot(tmp_path):
     assert report["plans"] == report["results"] == report["success"] == 12, report
     assert report["lost"] == 0 and report["double_landed"] == 0
     # The direct path is the baseline: one attempt a plan, no retry (the durable path retries). On a
-    # loaded box one may miss (seen once: 11 of 12); every plan is accounted for, and most went out.
-    assert report["direct_sent"] + report["direct_errors"] == 12 and report["direct_sent"] >= 6, done.stderr[-2000:]
+    # loaded box an attempt may miss without an error (a tpu_direct send whose QUIC connect timed
+    # out: seen twice, 11 of 12 on the wire): every plan's attempt ends, and most reach the wire.
+    assert report["direct_finished"] == 12 and report["direct_sent"] >= 6, done.stderr[-2000:]
+    assert report["direct_sent"] + report["direct_errors"] <= 12
     for key in ("plan_to_wire_ms", "plan_to_result_ms", "direct_plan_to_wire_ms"):
         assert set(report[key]) == {"p50", "p90", "p99", "max"} and report[key]["p50"] > 0
     assert report["history_events_per_plan"] <= 20
