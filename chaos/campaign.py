@@ -98,6 +98,7 @@ class Campaign:
         self.cluster_wanted: dict | None = None
         self.cluster_paused = False
         self.cluster_applied: dict | None = None
+        self.market_faults: dict | None = None  # the cluster's own (its --market's) faults, read before the first change
         self.closing = False
         self._next_seq = 1
 
@@ -485,8 +486,11 @@ class Campaign:
         wanted = None if self.cluster_paused else self.cluster_wanted
         if wanted == self.cluster_applied and not force:
             return
+        if self.market_faults is None:
+            self.market_faults = await operator.get_faults(self.http, self.stack.admin)
         body = operator.cluster_faults(
             drop=wanted["drop"] if wanted else 0.0, rate_limit=wanted["rate_limit"] if wanted else 0.0, delay_ms=wanted["delay_ms"] if wanted else 0.0,
+            market=self.market_faults,
         )  # fmt: skip
         await operator.put_faults(self.http, self.stack.admin, body)
         changed = wanted != self.cluster_applied

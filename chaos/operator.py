@@ -22,10 +22,28 @@ INTAKE_CHANNELS = ("rpc", "bundle", "tpu")
 READS_FAULTS = {"reject": 0.1, "delay_ms": 200.0}
 
 
-def cluster_faults(*, drop: float, rate_limit: float, delay_ms: float) -> dict:
-    body = {name: {"drop": drop, "rate_limit": rate_limit, "delay_ms": delay_ms, "reject": 0.0} for name in INTAKE_CHANNELS}
-    body["reads"] = dict(READS_FAULTS) if drop or rate_limit or delay_ms else {key: 0.0 for key in READS_FAULTS}
+def cluster_faults(*, drop: float, rate_limit: float, delay_ms: float, market: dict | None = None) -> dict:
+    """The cluster's faults while the campaign's are `drop`, `rate_limit`, `delay_ms` (all 0: off),
+    on top of the market's own (`market`: the cluster's faults before the campaign touched them, as
+    `GET /faults` answers): each setting is the larger of the two, so a `--market` keeps its faults
+    through the campaign and gets them back when the campaign's are off."""
+    market = market or {}
+
+    def on_top(channel: str, wanted: dict) -> dict:
+        base = market.get(channel) or {}
+        return {key: max(value, base.get(key, 0.0)) for key, value in wanted.items()}
+
+    body = {name: on_top(name, {"drop": drop, "rate_limit": rate_limit, "delay_ms": delay_ms, "reject": 0.0}) for name in INTAKE_CHANNELS}
+    reads = dict(READS_FAULTS) if drop or rate_limit or delay_ms else {key: 0.0 for key in READS_FAULTS}
+    body["reads"] = on_top("reads", reads)
     return body
+
+
+async def get_faults(http: aiohttp.ClientSession, admin: str) -> dict:
+    async with http.get(f"{admin}/faults") as response:
+        if response.status != 200:
+            raise RuntimeError(f"GET /faults refused: {await response.text()}")
+        return await response.json()
 
 
 async def put_faults(http: aiohttp.ClientSession, admin: str, body: dict) -> None:

@@ -176,3 +176,24 @@ def test_a_short_campaign_keeps_every_promise():
     broken = {key: summary[key] for key in invariants if summary[key]} | ({"hostile": summary["hostile"]} if summary["hostile"]["not_answered_once"] else {}) | ({"results": summary["results"]} if summary["results"] != 40 else {})
     assert summary["ok"], f"invariants broken: {broken}; {report}"  # the data stays for the story
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_cluster_faults_sit_on_top_of_the_markets_own_and_give_them_back_when_off():
+    """`chaos --market hostile`: the campaign's cluster faults must not erase the market's (30% bundle
+    and RPC drops), neither while they are on nor when they are turned off."""
+    from chaos.operator import cluster_faults
+
+    market = {
+        "rpc": {"drop": 0.3, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0, "forward_delay_slots": 1},
+        "bundle": {"drop": 0.3, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0},
+        "tpu": {"drop": 0.0, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0},
+        "reads": {"drop": 0.0, "delay_ms": 0.0, "rate_limit": 0.0, "reject": 0.0},
+        "seed": 22,
+    }
+    on = cluster_faults(drop=0.2, rate_limit=0.1, delay_ms=50.0, market=market)
+    assert on["bundle"] == {"drop": 0.3, "rate_limit": 0.1, "delay_ms": 50.0, "reject": 0.0}
+    assert on["tpu"] == {"drop": 0.2, "rate_limit": 0.1, "delay_ms": 50.0, "reject": 0.0}
+    off = cluster_faults(drop=0.0, rate_limit=0.0, delay_ms=0.0, market=market)
+    assert off["rpc"]["drop"] == off["bundle"]["drop"] == 0.3 and off["tpu"]["drop"] == 0.0
+    assert "forward_delay_slots" not in off["rpc"]  # not the campaign's to set: PUT /faults keeps it
+    assert cluster_faults(drop=0.0, rate_limit=0.0, delay_ms=0.0)["bundle"]["drop"] == 0.0  # calm: off is off
