@@ -198,7 +198,9 @@ class Auction:
             return work, []
         lost = {outcome.bundle_id for outcome in losers}
         for outcome in losers:
-            ledger.bundles[outcome.bundle_id] = outcome
+            earlier = ledger.bundles.get(outcome.bundle_id)
+            if earlier is None or not earlier.landed:  # a late copy of a landed bundle does not unland it
+                ledger.bundles[outcome.bundle_id] = outcome
         self.counters["lost"] += len(losers)
         return [s for s in work if s.bundle_id not in lost], losers
 

@@ -229,3 +229,34 @@ def test_a_bundle_its_region_dropped_reads_failed_soon_with_prompt_failures(mark
     finally:
         admin.put("/regions/fra", json={"drop": 0.0})
         admin.put("/auction", json={"prompt_failures": False})
+
+
+def test_a_late_copy_of_a_landed_bundle_that_loses_an_auction_still_reads_landed():
+    """A bundle that landed, sent again (a resend, or a second region forwarding it late), may meet a
+    richer rival and lose: the loss is the copy's, and the bundle's status stays Landed."""
+    from localnet.auction import Auction
+    from localnet.ledger import BundleOutcome, Ledger, Submission
+    from solders.account import Account
+    from venue.programs import SYSTEM_PROGRAM
+
+    ledger = Ledger()
+    payers = [Keypair() for _ in range(2)]
+    for payer in payers:
+        ledger.svm.set_account(payer.pubkey(), Account(10 * SOL, b"", SYSTEM_PROGRAM))
+    ledger.svm.set_account(TIP, Account(890_880, b"", SYSTEM_PROGRAM))
+    pool = create_swap_pool(ledger, [p.pubkey() for p in payers])
+    hash_ = ledger.latest_blockhash[0]
+
+    def bid(payer, tip):
+        ixs = pool.swap_instructions(payer.pubkey(), 10, 10) + [transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=TIP, lamports=tip))]
+        tx = sign(payer, ixs, hash_)
+        return Submission([tx], bundle_id=str(tx.signatures[0]), received_ns=int(10e6))
+
+    late_copy, rich = bid(payers[0], 2_000), bid(payers[1], 50_000)
+    landed = BundleOutcome(late_copy.bundle_id, ledger.slot - 1, True, [late_copy.bundle_id])
+    ledger.bundles[late_copy.bundle_id] = landed
+    auction = Auction(AuctionConfig(enabled=True, tick_ms=400))
+    auction.last_block_ns = 0
+    _, losers = auction.run(ledger, [late_copy, rich], [TIP], now_ns=int(400e6))
+    assert [o.bundle_id for o in losers] == [late_copy.bundle_id]
+    assert ledger.bundles[late_copy.bundle_id] is landed
