@@ -119,14 +119,14 @@ def test_a_region_that_drops_everything_lands_nothing_while_another_lands(region
 
 
 def test_past_the_regions_rate_limit_jito_answers_429(regional):
-    """Jito's default: 5 requests per second per IP per region; a sixth txn request in the same second is refused."""
+    """Jito's default: 1 request per second per IP per region; a second txn request in the same second is refused."""
     url = regional.endpoints()["regions"]["fra"] + "/api/v1/bundles"
     tx, _ = tipped_transfer(regional)
     body = {"jsonrpc": "2.0", "id": 1, "method": "sendBundle", "params": [[b64(tx)], {"encoding": "base64"}]}
     answers = [httpx.post(url, json=body) for _ in range(12)]
     limited = [a for a in answers if a.status_code == 429]
     assert limited, [a.status_code for a in answers]
-    assert limited[0].json() == {"jsonrpc": "2.0", "error": {"code": -32097, "message": "Rate limit exceeded. Limit: 5 per second for txn requests"}, "id": None}
+    assert limited[0].json() == {"jsonrpc": "2.0", "error": {"code": -32097, "message": "Rate limit exceeded. Limit: 1 per second for txn requests"}, "id": None}
     assert region_counters(regional, "fra")["rate_limited"] >= 1
     # The SDK sees the same 429; a region without a limit (tyo) is not affected by fra's.
     # A burst, not one call: a single call may fall in a fresh one-second window on a slow machine.
