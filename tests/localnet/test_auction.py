@@ -184,16 +184,15 @@ def test_searchers_on_a_fixture_pool_outbid_a_cheap_swap_and_lose_to_a_rich_one(
         assert admin.get("/stats").json()["counters"]["bundle.lost_auction"] >= 1
 
 
-def test_the_auction_runs_once_per_tick_within_a_slot():
-    """At 400 ms slots and 50 ms ticks, rivals that arrive in different ticks of one slot are in different
-    auctions (both go to the block); rivals in one tick meet (the better tip per CU goes alone)."""
-    from localnet.auction import LOST_AUCTION, Auction
+def pool_bidders(count: int):
+    """A bare ledger (no cluster) with `count` funded wallets on one fixture pool, and `bid(payer, tip,
+    at_ms)`: that wallet's swap plus its tip as a one-transaction bundle, received at `at_ms`."""
     from localnet.ledger import Ledger, Submission
     from solders.account import Account
     from venue.programs import SYSTEM_PROGRAM
 
     ledger = Ledger()
-    payers = [Keypair() for _ in range(4)]
+    payers = [Keypair() for _ in range(count)]
     for payer in payers:
         ledger.svm.set_account(payer.pubkey(), Account(10 * SOL, b"", SYSTEM_PROGRAM))
     ledger.svm.set_account(TIP, Account(890_880, b"", SYSTEM_PROGRAM))
@@ -205,6 +204,15 @@ def test_the_auction_runs_once_per_tick_within_a_slot():
         tx = sign(payer, ixs, hash_)
         return Submission([tx], bundle_id=str(tx.signatures[0]), received_ns=int(at_ms * 1e6))
 
+    return ledger, payers, bid
+
+
+def test_the_auction_runs_once_per_tick_within_a_slot():
+    """At 400 ms slots and 50 ms ticks, rivals that arrive in different ticks of one slot are in different
+    auctions (both go to the block); rivals in one tick meet (the better tip per CU goes alone)."""
+    from localnet.auction import LOST_AUCTION, Auction
+
+    ledger, payers, bid = pool_bidders(4)
     auction = Auction(AuctionConfig(enabled=True, tick_ms=50))
     auction.last_block_ns = 0  # the previous block began at t=0
     work = [bid(payers[0], 5_000, 10), bid(payers[1], 9_000, 30), bid(payers[2], 7_000, 120), bid(payers[3], 1_000, 390)]
@@ -235,24 +243,10 @@ def test_a_late_copy_of_a_landed_bundle_that_loses_an_auction_still_reads_landed
     """A bundle that landed, sent again (a resend, or a second region forwarding it late), may meet a
     richer rival and lose: the loss is the copy's, and the bundle's status stays Landed."""
     from localnet.auction import Auction
-    from localnet.ledger import BundleOutcome, Ledger, Submission
-    from solders.account import Account
-    from venue.programs import SYSTEM_PROGRAM
+    from localnet.ledger import BundleOutcome
 
-    ledger = Ledger()
-    payers = [Keypair() for _ in range(2)]
-    for payer in payers:
-        ledger.svm.set_account(payer.pubkey(), Account(10 * SOL, b"", SYSTEM_PROGRAM))
-    ledger.svm.set_account(TIP, Account(890_880, b"", SYSTEM_PROGRAM))
-    pool = create_swap_pool(ledger, [p.pubkey() for p in payers])
-    hash_ = ledger.latest_blockhash[0]
-
-    def bid(payer, tip):
-        ixs = pool.swap_instructions(payer.pubkey(), 10, 10) + [transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=TIP, lamports=tip))]
-        tx = sign(payer, ixs, hash_)
-        return Submission([tx], bundle_id=str(tx.signatures[0]), received_ns=int(10e6))
-
-    late_copy, rich = bid(payers[0], 2_000), bid(payers[1], 50_000)
+    ledger, payers, bid = pool_bidders(2)
+    late_copy, rich = bid(payers[0], 2_000, 10), bid(payers[1], 50_000, 10)
     landed = BundleOutcome(late_copy.bundle_id, ledger.slot - 1, True, [late_copy.bundle_id])
     ledger.bundles[late_copy.bundle_id] = landed
     auction = Auction(AuctionConfig(enabled=True, tick_ms=400))
