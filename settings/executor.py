@@ -52,9 +52,9 @@ class JitoSettings(Group):
         shown_default="`JITO_BLOCK_ENGINE_URL` alone",
     )  # fmt: skip
     jito_requests_per_second: float = setting(
-        5.0, "JITO_REQUESTS_PER_SECOND",
-        "client-side pace of requests to each block-engine region: Jito's published limit is 5 per second per IP per region "
-        "(jito-labs/jito-docs lowlatencytxnsend.md, Rate Limits); a burst waits for its turn instead of meeting a 429",
+        1.0, "JITO_REQUESTS_PER_SECOND",
+        "client-side pace of requests to each block-engine region: Jito's default limit is 1 per second per IP per region "
+        "(jito-labs/jito-docs lowlatencytxnsend.md, Rate Limits; set yours if Jito granted more); a burst waits for its turn instead of meeting a 429",
         unit="requests/s", must="more than 0", gt=0,
     )  # fmt: skip
     jito_requests_burst: int = setting(

@@ -283,7 +283,7 @@ def test_settings_declare_it_once_and_the_single_url_keeps_working():
     health = load(EndpointHealthSettings, {})
     assert (health.endpoint_breaker_failures, health.endpoint_breaker_open_s, health.latency_ewma_alpha) == (5, 60.0, 0.2)
     jito = load(JitoSettings, {"JITO_BLOCK_ENGINE_URL": "http://one:1"})
-    assert jito.jito_block_engine_urls == ["http://one:1"] and jito.jito_requests_per_second == 5.0 and jito.jito_requests_burst == 1
+    assert jito.jito_block_engine_urls == ["http://one:1"] and jito.jito_requests_per_second == 1.0 and jito.jito_requests_burst == 1
     regional = load(JitoSettings, {"JITO_BLOCK_ENGINE_URL": "http://one:1", "JITO_BLOCK_ENGINE_URLS": "https://amsterdam.x, https://frankfurt.x"})
     assert regional.jito_block_engine_urls == ["https://amsterdam.x", "https://frankfurt.x"]
     assert regional.jito_block_engine_url == "http://one:1"  # what the executor sends to today

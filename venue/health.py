@@ -17,9 +17,9 @@ A building block, not yet wired into the send path. Per endpoint (a name and its
       PROBE_SUCCEEDED HALF_OPEN -> CLOSED   the probe's answer came back
       PROBE_FAILED    HALF_OPEN -> OPEN     the probe failed: open for another full open time
 
-* a client-side token bucket, `TokenBucket`, at the endpoint's published limit: Jito's is "5 requests
-  per second per IP per region", answered 429 past it (jito-labs/jito-docs lowlatencytxnsend.md, "Rate
-  Limits"; the local cluster's regions enforce it the same way, localnet/regions.py). A request past
+* a client-side token bucket, `TokenBucket`, at the endpoint's published limit: Jito's default is "1 request
+  per second per IP per region" (5 before 2025-02-22; a sender with an approved limit sets its own), answered
+  429 past it (jito-labs/jito-docs lowlatencytxnsend.md, "Rate Limits"; the local cluster's regions enforce it the same way, localnet/regions.py). A request past
   the limit waits its turn (`reserve` gives the wait) instead of being refused. The burst is 1 by
   default: the local engine counts its limit over a sliding second (localnet/blockengine.py
   `RateLimiter`), where 5 back-to-back requests and a 6th 0.2 s later meet a 429, so every request
@@ -58,7 +58,7 @@ Clock = Callable[[], float]
 DEFAULT_FAILURES = 5  # consecutive failures that open a breaker (issue 23's seed)
 DEFAULT_OPEN_S = 60.0  # how long a breaker stays open before one probe (issue 23's seed)
 DEFAULT_ALPHA = 0.2
-JITO_REQUESTS_PER_SECOND = 5.0  # jito-labs/jito-docs lowlatencytxnsend.md, Rate Limits: per IP per region
+JITO_REQUESTS_PER_SECOND = 1.0  # jito-labs/jito-docs lowlatencytxnsend.md, Rate Limits (b5ef793): 1 per IP per region; 5 before fa0e59a
 PACE_SHARE = 0.8  # the board paces at this share of the published limit (jitter room; module docstring)
 
 
