@@ -45,6 +45,46 @@ class JitoSettings(Group):
     jito_uuid: OptionalText = setting(None, "JITO_UUID", "sent in the `x-jito-auth` header", secret=True)
     jito_tip_base: int = setting(10_000, "JITO_TIP_BASE", "minimum Jito tip", unit="lamports")
     jito_tip_profit_share: float = setting(0.05, "JITO_TIP_PROFIT_SHARE", "share of the plan's expected profit paid as tip (see below)", unit="fraction")
+    jito_block_engine_regions: CommaList = setting(
+        (), "JITO_BLOCK_ENGINE_URLS",
+        "comma-separated regional block engine roots (`https://<region>.mainnet.block-engine.jito.wtf`); read as `jito_block_engine_urls`, "
+        "for the endpoint health board (venue/health.py, issue 23: not yet used by the send path, which sends to `JITO_BLOCK_ENGINE_URL`)",
+        shown_default="`JITO_BLOCK_ENGINE_URL` alone",
+    )  # fmt: skip
+    jito_requests_per_second: float = setting(
+        1.0, "JITO_REQUESTS_PER_SECOND",
+        "client-side pace of requests to each block-engine region: Jito's default limit is 1 per second per IP per region "
+        "(jito-labs/jito-docs lowlatencytxnsend.md, Rate Limits; set yours if Jito granted more); a burst waits for its turn instead of meeting a 429",
+        unit="requests/s", must="more than 0", gt=0,
+    )  # fmt: skip
+    jito_requests_burst: int = setting(
+        1, "JITO_REQUESTS_BURST",
+        "requests that may go back to back before the pace applies; 1 spreads every burst evenly (a limit counted over a sliding second refuses "
+        "a 6th request 0.2 s after 5 sent at once)",
+        unit="requests", must="1 or more", ge=1,
+    )  # fmt: skip
+
+    @property
+    def jito_block_engine_urls(self) -> list[str]:
+        """The regional roots of `JITO_BLOCK_ENGINE_URLS`, or `[JITO_BLOCK_ENGINE_URL]` when it is unset."""
+        return list(self.jito_block_engine_regions) or [self.jito_block_engine_url]
+
+
+class EndpointHealthSettings(Group):
+    title: ClassVar[str] = "endpoint health"
+    endpoint_breaker_failures: int = setting(
+        5, "ENDPOINT_BREAKER_FAILURES",
+        "consecutive failures (timeout, refused connection, gateway error; not a 429) that open an endpoint's circuit breaker (venue/health.py)",
+        unit="failures", must="1 or more", ge=1,
+    )  # fmt: skip
+    endpoint_breaker_open_s: float = setting(
+        60.0, "ENDPOINT_BREAKER_OPEN_S", "an open breaker lets one probe through after this long; its success closes it, its failure opens it again",
+        unit="s", must="more than 0", gt=0,
+    )  # fmt: skip
+    latency_ewma_alpha: float = setting(
+        0.2, "LATENCY_EWMA_ALPHA", "weight of the newest sample in an endpoint's latency average (`ewma = alpha * sample + (1 - alpha) * ewma`)",
+        unit="fraction", must="more than 0, at most 1", gt=0, le=1,
+    )  # fmt: skip
 
 
 class FeeSettings(Group):
@@ -205,6 +245,6 @@ class ProcessSettings(Group):
 #: Every group of the executor's environment, in the docs' order (the policy's is `settings.policy.PolicySettings`).
 #: `worker/config.py` `ExecutorConfig` is made of the worker's groups among them.
 GROUPS: tuple[type[Group], ...] = (
-    WorkerSettings, RpcSettings, JitoSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, NatsAuthSettings,
+    WorkerSettings, RpcSettings, JitoSettings, EndpointHealthSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, NatsAuthSettings,
     MetricsSettings, TemporalSettings, HistoryKeySettings, HistorySettings, CodecSettings, ProcessSettings,
 )  # fmt: skip

@@ -23,6 +23,7 @@ from settings import SettingsError, check_names, load
 from settings.executor import (
     GROUPS,
     ConfirmationSettings,
+    EndpointHealthSettings,
     FeeSettings,
     HistorySettings,
     JitoSettings,
@@ -39,7 +40,7 @@ from venue.urls import shown_url
 
 
 class ExecutorConfig(
-    WorkerSettings, RpcSettings, JitoSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, MetricsSettings, TemporalSettings, HistorySettings,
+    WorkerSettings, RpcSettings, JitoSettings, EndpointHealthSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, MetricsSettings, TemporalSettings, HistorySettings,
 ):  # fmt: skip
     """Every setting of the groups above as a field of its own, plus the two that are objects: the NATS
     login (`NatsAuth`, from settings.executor `NatsAuthSettings`) and the history keys (`HistoryKeys`,
