@@ -45,6 +45,19 @@ class JitoSettings(Group):
     jito_uuid: OptionalText = setting(None, "JITO_UUID", "sent in the `x-jito-auth` header", secret=True)
     jito_tip_base: int = setting(10_000, "JITO_TIP_BASE", "minimum Jito tip", unit="lamports")
     jito_tip_profit_share: float = setting(0.05, "JITO_TIP_PROFIT_SHARE", "share of the plan's expected profit paid as tip (see below)", unit="fraction")
+    # Tips from the tip floor (issue 23, executor/tips.py): declared and tested, not yet read by the send path.
+    jito_tip_percentile: Literal["off", "25", "50", "75", "95", "99", "ema50"] = setting(
+        "75", "JITO_TIP_PERCENTILE",
+        "tips from the market (issue 23, not yet wired): which percentile of Jito's tip floor a plan without `tipLamports` pays "
+        "(`ema50`: the EMA of the median); `off`: today's rule. Never below 1000 or `JITO_TIP_BASE`, capped by `JITO_TIP_MAX_PROFIT_SHARE` and `POLICY_MAX_TIP_LAMPORTS`", unit="percentile",
+    )  # fmt: skip
+    jito_tip_max_profit_share: float = setting(
+        0.5, "JITO_TIP_MAX_PROFIT_SHARE", "tips from the market: a floor-priced tip is at most this share of the plan's expected profit (USD -> lamports at its SOL price)", unit="fraction",
+        must="a share in [0, 1]", ge=0.0, le=1.0,
+    )
+    jito_tip_floor_max_age_ms: int = setting(
+        30_000, "JITO_TIP_FLOOR_MAX_AGE_MS", "tips from the market: a tip floor read longer ago than this is stale, and the plan pays today's rule", unit="ms", must="1 or more", ge=1
+    )
 
 
 class FeeSettings(Group):

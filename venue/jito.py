@@ -33,7 +33,7 @@ import aiohttp
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
-from venue import PACKET_DATA_SIZE
+from venue import LAMPORTS_PER_SOL, PACKET_DATA_SIZE
 from venue.urls import redacted
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,16 @@ PATH_TRANSACTIONS = "/api/v1/transactions"
 PATH_TIP_ACCOUNTS = "/api/v1/getTipAccounts"
 PATH_BUNDLE_STATUSES = "/api/v1/getBundleStatuses"
 PATH_INFLIGHT_STATUSES = "/api/v1/getInflightBundleStatuses"
+PATH_TIP_FLOOR = "/api/v1/bundles/tip_floor"  # a plain GET, not JSON-RPC (jito-docs lowlatencytxnsend.md, "Get Tip Information")
+TIP_FLOOR_FIELDS = {  # JSON name -> TipFloor field; every value in SOL
+    "landed_tips_25th_percentile": "p25",
+    "landed_tips_50th_percentile": "p50",
+    "landed_tips_75th_percentile": "p75",
+    "landed_tips_95th_percentile": "p95",
+    "landed_tips_99th_percentile": "p99",
+    "ema_landed_tips_50th_percentile": "ema50",
+}
+MAX_TIP_FLOOR_SOL = 1_000.0  # a percentile above this is not a tip anyone pays: refuse the answer rather than price from it
 
 _ZERO_SIGNATURE = bytes(64)
 
@@ -91,6 +101,10 @@ class JitoAnswerUnclear(JitoUnavailable):
     without a JSON-RPC error. The bundle may be in flight: its fate is unknown until the chain says."""
 
 
+class JitoMalformedTipFloor(JitoError):
+    """The tip floor answered, but not as Jito's one-object list of non-negative SOL values with a `time`."""
+
+
 class JitoInvalidRequest(JitoError, ValueError):
     """Refused client-side, nothing sent: no engine would accept it (6 transactions, unsigned, oversized, bad id)."""
 
@@ -113,6 +127,57 @@ class InflightStatus:
     bundle_id: str
     status: str
     landed_slot: int | None
+
+
+@dataclass(frozen=True)
+class TipFloor:
+    """Jito's tip floor: percentiles of the tips of recently landed bundles, converted from SOL to lamports.
+
+    `time` is Jito's own timestamp of the floor (RFC 3339, as sent); `fetched_at` is `time.monotonic()`
+    when this client read it, the clock a caller should judge staleness by (the engine's `time` can lag
+    or skew, and on the local cluster it is when the floor last *changed*).
+    """
+
+    time: str
+    p25: int
+    p50: int
+    p75: int
+    p95: int
+    p99: int
+    ema50: int
+    fetched_at: float
+
+    def percentile(self, name: str) -> int:
+        """The value for a JITO_TIP_PERCENTILE name: "25", "50", "75", "95", "99" or "ema50"."""
+        field = name if name == "ema50" else f"p{name}"
+        if field not in {"p25", "p50", "p75", "p95", "p99", "ema50"}:
+            raise ValueError(f"{name!r}: expected one of 25, 50, 75, 95, 99, ema50")
+        return getattr(self, field)
+
+
+def _sol_to_lamports(value: float) -> int:
+    """SOL (float) -> lamports, rounded to the nearest lamport: 1e-05 SOL reads 10,000, not 9,999."""
+    return round(value * LAMPORTS_PER_SOL)
+
+
+def parse_tip_floor(answer: object, fetched_at: float) -> TipFloor:
+    """Jito's tip-floor answer (a JSON list holding one object, values in SOL) as a TipFloor in lamports."""
+    if isinstance(answer, list):
+        if len(answer) != 1:
+            raise JitoMalformedTipFloor(f"tip_floor: expected a list of one floor, got {len(answer)} entries: {str(answer)[:200]}")
+        answer = answer[0]
+    if not isinstance(answer, dict):
+        raise JitoMalformedTipFloor(f"tip_floor: expected a floor object, got {str(answer)[:200]}")
+    stamp = answer.get("time")
+    if not isinstance(stamp, str) or not stamp:
+        raise JitoMalformedTipFloor(f"tip_floor: no `time` in {str(answer)[:200]}")
+    values: dict[str, int] = {}
+    for name, field in TIP_FLOOR_FIELDS.items():
+        value = answer.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= MAX_TIP_FLOOR_SOL:
+            raise JitoMalformedTipFloor(f"tip_floor: {name}={value!r} is not an amount of SOL in [0, {MAX_TIP_FLOOR_SOL:g}]")
+        values[field] = _sol_to_lamports(float(value))
+    return TipFloor(time=stamp, fetched_at=fetched_at, **values)
 
 
 def _raw(tx: bytes | bytearray | memoryview | VersionedTransaction) -> bytes:
@@ -396,6 +461,39 @@ class JitoClient:
         """One tip account at random (spreads write locks, as Jito recommends)."""
         return random.choice(await self.tip_accounts())
 
+    # --- tip floor ------------------------------------------------------------------
+
+    async def tip_floor(self) -> TipFloor:
+        """GET /api/v1/bundles/tip_floor: the percentiles of recently landed tips, in lamports; never cached here.
+
+        Raises `JitoRateLimited` (429), `JitoUnavailable` (timeout, broken connection, 5xx) or
+        `JitoMalformedTipFloor` (any other status, not JSON, not Jito's shape). Source: jito-docs
+        lowlatencytxnsend.md, "Get Tip Information" (`https://bundles.jito.wtf/api/v1/bundles/tip_floor`).
+        """
+        session = self._get_session()
+        self.stats["requests"] += 1
+        try:
+            async with session.get(self.base_url + PATH_TIP_FLOOR, headers=self._headers, timeout=self._timeout) as response:
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+                payload = await response.read()
+        except TimeoutError:
+            raise JitoUnavailable(f"tip_floor: no answer from the block engine within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as error:
+            raise JitoUnavailable(f"tip_floor: {type(error).__name__}: {redacted(str(error), self.base_url)}") from None
+        fetched_at = time.monotonic()
+        if status == 429:
+            raise JitoRateLimited("tip_floor: rate limited", retry_after_s=_parse_retry_after(retry_after), http_status=status)
+        if status >= 500:
+            raise JitoUnavailable(f"tip_floor: HTTP {status}: {payload[:200].decode(errors='replace')}", http_status=status)
+        if status != 200:
+            raise JitoMalformedTipFloor(f"tip_floor: HTTP {status}: {payload[:200].decode(errors='replace')}", http_status=status)
+        try:
+            answer = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise JitoMalformedTipFloor(f"tip_floor: not JSON: {payload[:200].decode(errors='replace')}", http_status=status) from None
+        return parse_tip_floor(answer, fetched_at)
+
     # --- statuses -------------------------------------------------------------------
 
     @staticmethod
@@ -480,7 +578,10 @@ __all__ = [
     "JitoClient",
     "JitoError",
     "JitoInvalidRequest",
+    "JitoMalformedTipFloor",
     "JitoRateLimited",
     "JitoUnavailable",
+    "TipFloor",
     "bundle_id",
+    "parse_tip_floor",
 ]
