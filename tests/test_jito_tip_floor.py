@@ -22,7 +22,7 @@ from localnet.cluster import ClusterConfig, ClusterThread
 from tests.http_endpoint import http_endpoint
 from tests.localnet.conftest import SOL, funded_wallet, latest_blockhash, sign
 from tests.test_tips import JITO_EXAMPLE, plan
-from venue.jito import PATH_TIP_FLOOR, JitoClient, JitoError, JitoMalformedTipFloor, JitoRateLimited, JitoUnavailable, TipFloor
+from venue.jito import PATH_TIP_FLOOR, JitoClient, JitoError, JitoMalformedTipFloor, JitoRateLimited, JitoUnavailable, TipFloor, TipStream
 
 SLOT_MS = 40
 LANDED_TIPS = [2000, 5000, 10_000, 50_000, 100_000]  # lamports, one bundle each
@@ -105,3 +105,63 @@ async def test_refusals_and_outages_keep_the_clients_meaning():
     async with floor_endpoint(404, "no such path") as base, JitoClient(base) as jito:
         with pytest.raises(JitoMalformedTipFloor):
             await jito.tip_floor()
+
+
+# --- the tip stream ------------------------------------------------------------------------------------
+
+
+async def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def values(floor: TipFloor) -> tuple:
+    return (floor.time, floor.p25, floor.p50, floor.p75, floor.p95, floor.p99, floor.ema50)
+
+
+async def test_the_stream_keeps_the_latest_floor_pushed_after_a_bundle_lands(market):
+    async with JitoClient(market.endpoints()["blockEngine"], timeout_s=5.0) as jito, AsyncClient(market.endpoints()["rpc"], commitment=Processed) as chain:
+        async with TipStream(jito, quiet_s=0.3) as stream:
+            assert stream.floor is None  # nothing yet, and reading never waits
+            await wait_for(lambda: stream.floor is not None and stream.streaming)
+            first = stream.floor
+            assert values(first) == values(await jito.tip_floor())  # the floor on connect is the REST floor
+            # Quiet (nothing lands): the open connection keeps the same floor current.
+            await wait_for(lambda: stream.floor.fetched_at > first.fetched_at)
+            assert values(stream.floor) == values(first)
+            await land(jito, await tipping_bundle(market, chain, SOL // 100, 3))  # 0.01 SOL: a new 99th percentile
+            await wait_for(lambda: stream.floor.p99 != first.p99)
+            pushed = stream.floor
+            assert first.p99 < pushed.p99 <= SOL // 100  # lamports, not SOL
+            assert values(pushed) == values(await jito.tip_floor())
+            assert stream.stats["polled"] == 0 and stream.stats["pushed"] >= 2
+
+
+async def test_without_a_stream_the_floor_is_read_over_rest():
+    async with floor_endpoint(200, json.dumps(JITO_EXAMPLE)) as base, JitoClient(base) as jito:  # no websocket route: 404
+        async with TipStream(jito, quiet_s=0.2, reconnect_s=0.05) as stream:
+            await wait_for(lambda: stream.stats["polled"] >= 2)
+            assert not stream.streaming and stream.stats["connects"] == 0
+            assert stream.floor.p75 == 36_197
+
+
+async def test_a_malformed_pushed_message_is_skipped_and_the_last_floor_stands():
+    sent = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.send_str(json.dumps(JITO_EXAMPLE))
+        await socket.send_str('[{"time": "later", "landed_tips_75th_percentile": "lots"}]')
+        sent.set()
+        async for _ in socket:
+            pass
+        return socket
+
+    async with http_endpoint("/api/v1/bundles/tip_stream", handler, method="GET") as base, JitoClient(base) as jito:
+        async with TipStream(jito) as stream:
+            await wait_for(lambda: stream.stats["malformed"] == 1)
+            assert stream.streaming and stream.stats["pushed"] == 1
+            assert stream.floor.time == "2024-09-01T12:58:00Z" and stream.floor.p75 == 36_197

@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -59,6 +59,7 @@ PATH_TIP_ACCOUNTS = "/api/v1/getTipAccounts"
 PATH_BUNDLE_STATUSES = "/api/v1/getBundleStatuses"
 PATH_INFLIGHT_STATUSES = "/api/v1/getInflightBundleStatuses"
 PATH_TIP_FLOOR = "/api/v1/bundles/tip_floor"  # a plain GET, not JSON-RPC (jito-docs lowlatencytxnsend.md, "Get Tip Information")
+PATH_TIP_STREAM = "/api/v1/bundles/tip_stream"  # a websocket pushing the same floor (same source)
 TIP_FLOOR_FIELDS = {  # JSON name -> TipFloor field; every value in SOL
     "landed_tips_25th_percentile": "p25",
     "landed_tips_50th_percentile": "p50",
@@ -570,6 +571,106 @@ class JitoClient:
         return InflightStatus(bundle_id=wanted, status=entry["status"], landed_slot=entry.get("landed_slot"))
 
 
+class TipStream:
+    """The latest tip floor, kept by Jito's tip stream websocket, with the REST floor as a fallback.
+
+    `async with TipStream(jito) as stream:` then read `stream.floor` (never waits: None until a first
+    floor arrives). Each pushed message is a list of one floor in SOL, the REST shape (jito-docs
+    lowlatencytxnsend.md, "Get Tip Information"; localnet/tipfloor.py). A stream may push only when
+    the floor changes, so while the websocket is open (aiohttp pings it every `heartbeat_s` and drops a
+    connection that stops answering) the last floor counts as current: `floor.fetched_at` is when the
+    connection was last known alive, at most `quiet_s` ago. When the websocket cannot connect or drops,
+    the floor is read over REST (`JitoClient.tip_floor`) every `quiet_s` until it reconnects, trying
+    again after `reconnect_s` (doubling, at most `quiet_s`). A malformed message is skipped (logged once):
+    the previous floor stands, and ages.
+    """
+
+    def __init__(self, client: JitoClient, *, quiet_s: float = 5.0, heartbeat_s: float = 5.0, reconnect_s: float = 0.5) -> None:
+        self.client = client
+        self.quiet_s = quiet_s
+        self.heartbeat_s = heartbeat_s
+        self.reconnect_s = reconnect_s
+        self.url = "ws" + client.base_url.removeprefix("http") + PATH_TIP_STREAM  # http -> ws, https -> wss
+        self._latest: TipFloor | None = None
+        self._alive_at = 0.0
+        self._task: asyncio.Task | None = None
+        self._malformed_logged = False
+        self.stats = {"pushed": 0, "polled": 0, "connects": 0, "malformed": 0}
+        self.streaming = False
+
+    @property
+    def floor(self) -> TipFloor | None:
+        """The latest floor, its `fetched_at` moved to when it was last known current; None before any."""
+        latest = self._latest
+        if latest is None:
+            return None
+        return latest if self._alive_at <= latest.fetched_at else replace(latest, fetched_at=self._alive_at)
+
+    async def __aenter__(self) -> TipStream:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="jito-tip-stream")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.streaming = False
+
+    def _keep(self, floor: TipFloor) -> None:
+        self._latest = floor
+        self._alive_at = floor.fetched_at
+
+    async def _run(self) -> None:
+        backoff = self.reconnect_s
+        while True:
+            try:
+                await self._stream()
+                backoff = self.reconnect_s  # it was up: reconnect soon
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                log.debug("tip stream %s: %s; reading the REST floor", redacted(self.url, self.client.base_url), type(error).__name__)
+            self.streaming = False
+            await self._poll()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.quiet_s)
+
+    async def _poll(self) -> None:
+        try:
+            self._keep(await self.client.tip_floor())
+            self.stats["polled"] += 1
+        except JitoError as error:
+            log.debug("tip floor over REST failed: %s", error)
+
+    async def _stream(self) -> None:
+        session = self.client._get_session()
+        async with session.ws_connect(self.url, heartbeat=self.heartbeat_s, headers=self.client._headers, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as socket:
+            self.stats["connects"] += 1
+            self.streaming = True
+            while True:
+                try:
+                    message = await socket.receive(timeout=self.quiet_s)
+                except TimeoutError:
+                    self._alive_at = time.monotonic()  # quiet, but the heartbeat keeps the connection honest
+                    continue
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    return  # closed or broken: the caller polls REST and reconnects
+                try:
+                    self._keep(parse_tip_floor(json.loads(message.data), time.monotonic()))
+                    self.stats["pushed"] += 1
+                except (JitoMalformedTipFloor, ValueError) as error:
+                    self.stats["malformed"] += 1
+                    if not self._malformed_logged:
+                        log.warning("tip stream: skipping a malformed message (%s)", error)
+                        self._malformed_logged = True
+
+
 __all__ = [
     "MAX_BUNDLE_TRANSACTIONS",
     "STATIC_TIP_ACCOUNTS",
@@ -582,6 +683,7 @@ __all__ = [
     "JitoRateLimited",
     "JitoUnavailable",
     "TipFloor",
+    "TipStream",
     "bundle_id",
     "parse_tip_floor",
 ]
