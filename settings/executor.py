@@ -55,6 +55,9 @@ class JitoSettings(Group):
         0.5, "JITO_TIP_MAX_PROFIT_SHARE", "tips from the market: a floor-priced tip is at most this share of the plan's expected profit (USD -> lamports at its SOL price)", unit="fraction",
         must="a share in [0, 1]", ge=0.0, le=1.0,
     )
+    jito_tip_floor_url: OptionalText = setting(
+        None, "JITO_TIP_FLOOR_URL", "tips from the market: where Jito's tip floor and tip stream are read (mainnet: `https://bundles.jito.wtf`)", shown_default="`JITO_BLOCK_ENGINE_URL`"
+    )
     jito_tip_floor_max_age_ms: int = setting(
         30_000, "JITO_TIP_FLOOR_MAX_AGE_MS", "tips from the market: a tip floor read longer ago than this is stale, and the plan pays today's rule", unit="ms", must="1 or more", ge=1
     )

@@ -95,6 +95,9 @@ async def test_a_malformed_answer_raises_the_clients_error(body):
 async def test_refusals_and_outages_keep_the_clients_meaning():
     async with floor_endpoint(200, json.dumps(JITO_EXAMPLE)) as base, JitoClient(base) as jito:
         assert (await jito.tip_floor()).p75 == 36_197
+    # Mainnet serves the floor from bundles.jito.wtf, not the block engine: a URL of its own.
+    async with floor_endpoint(200, json.dumps(JITO_EXAMPLE)) as base, JitoClient("http://127.0.0.1:9/api/v1", tip_floor_url=base + "/api/v1/") as jito:
+        assert (await jito.tip_floor()).p99 == 10_007_999
     async with floor_endpoint(429, "{}", {"Retry-After": "2"}) as base, JitoClient(base) as jito:
         with pytest.raises(JitoRateLimited) as limited:
             await jito.tip_floor()

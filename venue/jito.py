@@ -252,6 +252,8 @@ class JitoClient:
     `base_url` is the engine's root, e.g. "https://ny.mainnet.block-engine.jito.wtf" or
     "http://127.0.0.1:PORT"; a trailing "/api/v1" is accepted too. `uuid` goes in the
     `x-jito-auth` header. A `session` passed in is used as is and never closed here.
+    `tip_floor_url`: where `tip_floor()` and `TipStream` read the tip floor (default `base_url`; on
+    mainnet "https://bundles.jito.wtf").
     """
 
     def __init__(
@@ -265,11 +267,15 @@ class JitoClient:
         tip_retry_s: float = 30.0,
         keepalive_s: float = 15.0,
         max_connections: int = 16,
+        tip_floor_url: str | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         root = base_url.rstrip("/")
         self.base_url = root.removesuffix("/api/v1")
+        # Mainnet serves the tip floor from https://bundles.jito.wtf, not from the block engines (jito-docs
+        # lowlatencytxnsend.md, "Get Tip Information"); the local cluster serves it on its block engine.
+        self.tip_floor_url = (tip_floor_url or self.base_url).rstrip("/").removesuffix("/api/v1")
         self.timeout_s = timeout_s
         self.tip_cache_s = tip_cache_s
         self.tip_retry_s = tip_retry_s  # after a failed getTipAccounts, use the fallback this long before asking again
@@ -279,6 +285,8 @@ class JitoClient:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if uuid:
             self._headers["x-jito-auth"] = uuid
+        # The UUID goes only to the block engine itself, never to another floor host.
+        self._floor_headers = self._headers if self.tip_floor_url == self.base_url else {"Accept": "application/json"}
         self._session = session
         self._owns_session = session is None
         self._closed = False
@@ -474,14 +482,14 @@ class JitoClient:
         session = self._get_session()
         self.stats["requests"] += 1
         try:
-            async with session.get(self.base_url + PATH_TIP_FLOOR, headers=self._headers, timeout=self._timeout) as response:
+            async with session.get(self.tip_floor_url + PATH_TIP_FLOOR, headers=self._floor_headers, timeout=self._timeout) as response:
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
                 payload = await response.read()
         except TimeoutError:
             raise JitoUnavailable(f"tip_floor: no answer from the block engine within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as error:
-            raise JitoUnavailable(f"tip_floor: {type(error).__name__}: {redacted(str(error), self.base_url)}") from None
+            raise JitoUnavailable(f"tip_floor: {type(error).__name__}: {redacted(str(error), self.tip_floor_url)}") from None
         fetched_at = time.monotonic()
         if status == 429:
             raise JitoRateLimited("tip_floor: rate limited", retry_after_s=_parse_retry_after(retry_after), http_status=status)
@@ -590,7 +598,7 @@ class TipStream:
         self.quiet_s = quiet_s
         self.heartbeat_s = heartbeat_s
         self.reconnect_s = reconnect_s
-        self.url = "ws" + client.base_url.removeprefix("http") + PATH_TIP_STREAM  # http -> ws, https -> wss
+        self.url = "ws" + client.tip_floor_url.removeprefix("http") + PATH_TIP_STREAM  # http -> ws, https -> wss
         self._latest: TipFloor | None = None
         self._alive_at = 0.0
         self._task: asyncio.Task | None = None
@@ -635,7 +643,7 @@ class TipStream:
                 await self._stream()
                 backoff = self.reconnect_s  # it was up: reconnect soon
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
-                log.debug("tip stream %s: %s; reading the REST floor", redacted(self.url, self.client.base_url), type(error).__name__)
+                log.debug("tip stream %s: %s; reading the REST floor", redacted(self.url, self.client.tip_floor_url), type(error).__name__)
             self.streaming = False
             await self._poll()
             await asyncio.sleep(backoff)
@@ -650,7 +658,7 @@ class TipStream:
 
     async def _stream(self) -> None:
         session = self.client._get_session()
-        async with session.ws_connect(self.url, heartbeat=self.heartbeat_s, headers=self.client._headers, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as socket:
+        async with session.ws_connect(self.url, heartbeat=self.heartbeat_s, headers=self.client._floor_headers, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as socket:
             self.stats["connects"] += 1
             self.streaming = True
             while True:
