@@ -1,4 +1,5 @@
-"""The executor's async client for the Jito block engine's JSON-RPC (sendBundle and friends).
+"""The executor's async client for the Jito block engine's JSON-RPC (sendBundle and friends), and a
+reader of Jito's tip floor (`tip_floor()`, `TipStream`: plain GET and websocket, not JSON-RPC).
 
 Sources: jito-labs/jito-docs lowlatencytxnsend.md, jito-labs/mev-protos json_rpc/http.md,
 jito-foundation/jito-solana bundle/src/lib.rs (`derive_bundle_id`); docs/architecture.md section 8.
