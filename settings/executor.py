@@ -64,6 +64,23 @@ class JitoSettings(Group):
         unit="requests", must="1 or more", ge=1,
     )  # fmt: skip
 
+    # Tips from the tip floor (issue 23, executor/tips.py): declared and tested, not yet read by the send path.
+    jito_tip_percentile: Literal["off", "25", "50", "75", "95", "99", "ema50"] = setting(
+        "75", "JITO_TIP_PERCENTILE",
+        "tips from the market (issue 23, not yet wired): which percentile of Jito's tip floor a plan without `tipLamports` pays "
+        "(`ema50`: the EMA of the median); `off`: today's rule. Never below 1000 or `JITO_TIP_BASE`, capped by `JITO_TIP_MAX_PROFIT_SHARE` and `POLICY_MAX_TIP_LAMPORTS`", unit="percentile",
+    )  # fmt: skip
+    jito_tip_max_profit_share: float = setting(
+        0.5, "JITO_TIP_MAX_PROFIT_SHARE", "tips from the market: a floor-priced tip is at most this share of the plan's expected profit (USD -> lamports at its SOL price)", unit="fraction",
+        must="a share in [0, 1]", ge=0.0, le=1.0,
+    )
+    jito_tip_floor_url: OptionalText = setting(
+        None, "JITO_TIP_FLOOR_URL", "tips from the market: where Jito's tip floor and tip stream are read (mainnet: `https://bundles.jito.wtf`)", shown_default="`JITO_BLOCK_ENGINE_URL`"
+    )
+    jito_tip_floor_max_age_ms: int = setting(
+        30_000, "JITO_TIP_FLOOR_MAX_AGE_MS", "tips from the market: a tip floor read longer ago than this is stale, and the plan pays today's rule", unit="ms", must="1 or more", ge=1
+    )
+
     @property
     def jito_block_engine_urls(self) -> list[str]:
         """The regional roots of `JITO_BLOCK_ENGINE_URLS`, or `[JITO_BLOCK_ENGINE_URL]` when it is unset."""

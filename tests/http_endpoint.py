@@ -9,10 +9,10 @@ from aiohttp import web
 
 
 @contextlib.asynccontextmanager
-async def http_endpoint(path: str, handler: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
-    """POST ``path`` answered by ``handler``; yields the base URL (``http://127.0.0.1:<port>``)."""
+async def http_endpoint(path: str, handler: Callable[[web.Request], Awaitable[web.Response]], method: str = "POST") -> AsyncIterator[str]:
+    """``method`` (POST by default) ``path`` answered by ``handler``; yields the base URL (``http://127.0.0.1:<port>``)."""
     app = web.Application()
-    app.router.add_post(path, handler)
+    app.router.add_route(method, path, handler)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,4 +1,5 @@
-"""The executor's async client for the Jito block engine's JSON-RPC (sendBundle and friends).
+"""The executor's async client for the Jito block engine's JSON-RPC (sendBundle and friends), and a
+reader of Jito's tip floor (`tip_floor()`, `TipStream`: plain GET and websocket, not JSON-RPC).
 
 Sources: jito-labs/jito-docs lowlatencytxnsend.md, jito-labs/mev-protos json_rpc/http.md,
 jito-foundation/jito-solana bundle/src/lib.rs (`derive_bundle_id`); docs/architecture.md section 8.
@@ -26,14 +27,14 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
-from venue import PACKET_DATA_SIZE
+from venue import LAMPORTS_PER_SOL, PACKET_DATA_SIZE
 from venue.urls import redacted
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,17 @@ PATH_TRANSACTIONS = "/api/v1/transactions"
 PATH_TIP_ACCOUNTS = "/api/v1/getTipAccounts"
 PATH_BUNDLE_STATUSES = "/api/v1/getBundleStatuses"
 PATH_INFLIGHT_STATUSES = "/api/v1/getInflightBundleStatuses"
+PATH_TIP_FLOOR = "/api/v1/bundles/tip_floor"  # a plain GET, not JSON-RPC (jito-docs lowlatencytxnsend.md, "Get Tip Information")
+PATH_TIP_STREAM = "/api/v1/bundles/tip_stream"  # a websocket pushing the same floor (same source)
+TIP_FLOOR_FIELDS = {  # JSON name -> TipFloor field; every value in SOL
+    "landed_tips_25th_percentile": "p25",
+    "landed_tips_50th_percentile": "p50",
+    "landed_tips_75th_percentile": "p75",
+    "landed_tips_95th_percentile": "p95",
+    "landed_tips_99th_percentile": "p99",
+    "ema_landed_tips_50th_percentile": "ema50",
+}
+MAX_TIP_FLOOR_SOL = 1_000.0  # a percentile above this is not a tip anyone pays: refuse the answer rather than price from it
 
 _ZERO_SIGNATURE = bytes(64)
 
@@ -91,6 +103,10 @@ class JitoAnswerUnclear(JitoUnavailable):
     without a JSON-RPC error. The bundle may be in flight: its fate is unknown until the chain says."""
 
 
+class JitoMalformedTipFloor(JitoError):
+    """The tip floor answered, but not as Jito's one-object list of non-negative SOL values with a `time`."""
+
+
 class JitoInvalidRequest(JitoError, ValueError):
     """Refused client-side, nothing sent: no engine would accept it (6 transactions, unsigned, oversized, bad id)."""
 
@@ -113,6 +129,57 @@ class InflightStatus:
     bundle_id: str
     status: str
     landed_slot: int | None
+
+
+@dataclass(frozen=True)
+class TipFloor:
+    """Jito's tip floor: percentiles of the tips of recently landed bundles, converted from SOL to lamports.
+
+    `time` is Jito's own timestamp of the floor (RFC 3339, as sent); `fetched_at` is `time.monotonic()`
+    when this client read it, the clock a caller should judge staleness by (the engine's `time` can lag
+    or skew, and on the local cluster it is when the floor last *changed*).
+    """
+
+    time: str
+    p25: int
+    p50: int
+    p75: int
+    p95: int
+    p99: int
+    ema50: int
+    fetched_at: float
+
+    def percentile(self, name: str) -> int:
+        """The value for a JITO_TIP_PERCENTILE name: "25", "50", "75", "95", "99" or "ema50"."""
+        field = name if name == "ema50" else f"p{name}"
+        if field not in {"p25", "p50", "p75", "p95", "p99", "ema50"}:
+            raise ValueError(f"{name!r}: expected one of 25, 50, 75, 95, 99, ema50")
+        return getattr(self, field)
+
+
+def _sol_to_lamports(value: float) -> int:
+    """SOL (float) -> lamports, rounded to the nearest lamport: 1e-05 SOL reads 10,000, not 9,999."""
+    return round(value * LAMPORTS_PER_SOL)
+
+
+def parse_tip_floor(answer: object, fetched_at: float) -> TipFloor:
+    """Jito's tip-floor answer (a JSON list holding one object, values in SOL) as a TipFloor in lamports."""
+    if isinstance(answer, list):
+        if len(answer) != 1:
+            raise JitoMalformedTipFloor(f"tip_floor: expected a list of one floor, got {len(answer)} entries: {str(answer)[:200]}")
+        answer = answer[0]
+    if not isinstance(answer, dict):
+        raise JitoMalformedTipFloor(f"tip_floor: expected a floor object, got {str(answer)[:200]}")
+    stamp = answer.get("time")
+    if not isinstance(stamp, str) or not stamp:
+        raise JitoMalformedTipFloor(f"tip_floor: no `time` in {str(answer)[:200]}")
+    values: dict[str, int] = {}
+    for name, field in TIP_FLOOR_FIELDS.items():
+        value = answer.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= MAX_TIP_FLOOR_SOL:
+            raise JitoMalformedTipFloor(f"tip_floor: {name}={value!r} is not an amount of SOL in [0, {MAX_TIP_FLOOR_SOL:g}]")
+        values[field] = _sol_to_lamports(float(value))
+    return TipFloor(time=stamp, fetched_at=fetched_at, **values)
 
 
 def _raw(tx: bytes | bytearray | memoryview | VersionedTransaction) -> bytes:
@@ -186,6 +253,8 @@ class JitoClient:
     `base_url` is the engine's root, e.g. "https://ny.mainnet.block-engine.jito.wtf" or
     "http://127.0.0.1:PORT"; a trailing "/api/v1" is accepted too. `uuid` goes in the
     `x-jito-auth` header. A `session` passed in is used as is and never closed here.
+    `tip_floor_url`: where `tip_floor()` and `TipStream` read the tip floor (default `base_url`; on
+    mainnet "https://bundles.jito.wtf").
     """
 
     def __init__(
@@ -199,11 +268,15 @@ class JitoClient:
         tip_retry_s: float = 30.0,
         keepalive_s: float = 15.0,
         max_connections: int = 16,
+        tip_floor_url: str | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         root = base_url.rstrip("/")
         self.base_url = root.removesuffix("/api/v1")
+        # Mainnet serves the tip floor from https://bundles.jito.wtf, not from the block engines (jito-docs
+        # lowlatencytxnsend.md, "Get Tip Information"); the local cluster serves it on its block engine.
+        self.tip_floor_url = (tip_floor_url or self.base_url).rstrip("/").removesuffix("/api/v1")
         self.timeout_s = timeout_s
         self.tip_cache_s = tip_cache_s
         self.tip_retry_s = tip_retry_s  # after a failed getTipAccounts, use the fallback this long before asking again
@@ -213,6 +286,8 @@ class JitoClient:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if uuid:
             self._headers["x-jito-auth"] = uuid
+        # The UUID goes only to the block engine itself, never to another floor host.
+        self._floor_headers = self._headers if self.tip_floor_url == self.base_url else {"Accept": "application/json"}
         self._session = session
         self._owns_session = session is None
         self._closed = False
@@ -396,6 +471,39 @@ class JitoClient:
         """One tip account at random (spreads write locks, as Jito recommends)."""
         return random.choice(await self.tip_accounts())
 
+    # --- tip floor ------------------------------------------------------------------
+
+    async def tip_floor(self) -> TipFloor:
+        """GET /api/v1/bundles/tip_floor: the percentiles of recently landed tips, in lamports; never cached here.
+
+        Raises `JitoRateLimited` (429), `JitoUnavailable` (timeout, broken connection, 5xx) or
+        `JitoMalformedTipFloor` (any other status, not JSON, not Jito's shape). Source: jito-docs
+        lowlatencytxnsend.md, "Get Tip Information" (`https://bundles.jito.wtf/api/v1/bundles/tip_floor`).
+        """
+        session = self._get_session()
+        self.stats["requests"] += 1
+        try:
+            async with session.get(self.tip_floor_url + PATH_TIP_FLOOR, headers=self._floor_headers, timeout=self._timeout) as response:
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+                payload = await response.read()
+        except TimeoutError:
+            raise JitoUnavailable(f"tip_floor: no answer from the block engine within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as error:
+            raise JitoUnavailable(f"tip_floor: {type(error).__name__}: {redacted(str(error), self.tip_floor_url)}") from None
+        fetched_at = time.monotonic()
+        if status == 429:
+            raise JitoRateLimited("tip_floor: rate limited", retry_after_s=_parse_retry_after(retry_after), http_status=status)
+        if status >= 500:
+            raise JitoUnavailable(f"tip_floor: HTTP {status}: {payload[:200].decode(errors='replace')}", http_status=status)
+        if status != 200:
+            raise JitoMalformedTipFloor(f"tip_floor: HTTP {status}: {payload[:200].decode(errors='replace')}", http_status=status)
+        try:
+            answer = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise JitoMalformedTipFloor(f"tip_floor: not JSON: {payload[:200].decode(errors='replace')}", http_status=status) from None
+        return parse_tip_floor(answer, fetched_at)
+
     # --- statuses -------------------------------------------------------------------
 
     @staticmethod
@@ -472,6 +580,106 @@ class JitoClient:
         return InflightStatus(bundle_id=wanted, status=entry["status"], landed_slot=entry.get("landed_slot"))
 
 
+class TipStream:
+    """The latest tip floor, kept by Jito's tip stream websocket, with the REST floor as a fallback.
+
+    `async with TipStream(jito) as stream:` then read `stream.floor` (never waits: None until a first
+    floor arrives). Each pushed message is a list of one floor in SOL, the REST shape (jito-docs
+    lowlatencytxnsend.md, "Get Tip Information"; localnet/tipfloor.py). A stream may push only when
+    the floor changes, so while the websocket is open (aiohttp pings it every `heartbeat_s` and drops a
+    connection that stops answering) the last floor counts as current: `floor.fetched_at` is when the
+    connection was last known alive, at most `quiet_s` ago. When the websocket cannot connect or drops,
+    the floor is read over REST (`JitoClient.tip_floor`) every `quiet_s` until it reconnects, trying
+    again after `reconnect_s` (doubling, at most `quiet_s`). A malformed message is skipped (logged once):
+    the previous floor stands, and ages.
+    """
+
+    def __init__(self, client: JitoClient, *, quiet_s: float = 5.0, heartbeat_s: float = 5.0, reconnect_s: float = 0.5) -> None:
+        self.client = client
+        self.quiet_s = quiet_s
+        self.heartbeat_s = heartbeat_s
+        self.reconnect_s = reconnect_s
+        self.url = "ws" + client.tip_floor_url.removeprefix("http") + PATH_TIP_STREAM  # http -> ws, https -> wss
+        self._latest: TipFloor | None = None
+        self._alive_at = 0.0
+        self._task: asyncio.Task | None = None
+        self._malformed_logged = False
+        self.stats = {"pushed": 0, "polled": 0, "connects": 0, "malformed": 0}
+        self.streaming = False
+
+    @property
+    def floor(self) -> TipFloor | None:
+        """The latest floor, its `fetched_at` moved to when it was last known current; None before any."""
+        latest = self._latest
+        if latest is None:
+            return None
+        return latest if self._alive_at <= latest.fetched_at else replace(latest, fetched_at=self._alive_at)
+
+    async def __aenter__(self) -> TipStream:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="jito-tip-stream")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.streaming = False
+
+    def _keep(self, floor: TipFloor) -> None:
+        self._latest = floor
+        self._alive_at = floor.fetched_at
+
+    async def _run(self) -> None:
+        backoff = self.reconnect_s
+        while True:
+            try:
+                await self._stream()
+                backoff = self.reconnect_s  # it was up: reconnect soon
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                log.debug("tip stream %s: %s; reading the REST floor", redacted(self.url, self.client.tip_floor_url), type(error).__name__)
+            self.streaming = False
+            await self._poll()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.quiet_s)
+
+    async def _poll(self) -> None:
+        try:
+            self._keep(await self.client.tip_floor())
+            self.stats["polled"] += 1
+        except JitoError as error:
+            log.debug("tip floor over REST failed: %s", error)
+
+    async def _stream(self) -> None:
+        session = self.client._get_session()
+        async with session.ws_connect(self.url, heartbeat=self.heartbeat_s, headers=self.client._floor_headers, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as socket:
+            self.stats["connects"] += 1
+            self.streaming = True
+            while True:
+                try:
+                    message = await socket.receive(timeout=self.quiet_s)
+                except TimeoutError:
+                    self._alive_at = time.monotonic()  # quiet, but the heartbeat keeps the connection honest
+                    continue
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    return  # closed or broken: the caller polls REST and reconnects
+                try:
+                    self._keep(parse_tip_floor(json.loads(message.data), time.monotonic()))
+                    self.stats["pushed"] += 1
+                except (JitoMalformedTipFloor, ValueError) as error:
+                    self.stats["malformed"] += 1
+                    if not self._malformed_logged:
+                        log.warning("tip stream: skipping a malformed message (%s)", error)
+                        self._malformed_logged = True
+
+
 __all__ = [
     "MAX_BUNDLE_TRANSACTIONS",
     "STATIC_TIP_ACCOUNTS",
@@ -480,7 +688,11 @@ __all__ = [
     "JitoClient",
     "JitoError",
     "JitoInvalidRequest",
+    "JitoMalformedTipFloor",
     "JitoRateLimited",
     "JitoUnavailable",
+    "TipFloor",
+    "TipStream",
     "bundle_id",
+    "parse_tip_floor",
 ]
