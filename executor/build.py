@@ -21,7 +21,7 @@ from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 from solders.address_lookup_table_account import AddressLookupTableAccount
 
-from workflows.events import PLACEHOLDER_WALLET, PLACEHOLDER_WALLET_ATA, ErrorCode, ExecutionMethod, ExecutionPlanEvent, FlashLoan
+from workflows.events import PLACEHOLDER_WALLET, PLACEHOLDER_WALLET_ATA, TIPPED_METHODS, ErrorCode, ExecutionPlanEvent, FlashLoan
 from venue import LAMPORTS_PER_SOL, MAX_COMPUTE_UNITS, PACKET_DATA_SIZE
 
 from venue.chain import BlockhashCache, LookupTableCache, LookupTableMissing
@@ -153,7 +153,7 @@ class TransactionBuilder:
         else:
             instructions += routes
         tip, tip_account = 0, None
-        if plan.execution_method is ExecutionMethod.jito_bundle:
+        if plan.execution_method in TIPPED_METHODS:
             tip = tip_lamports(plan, self.settings)
             tip_account = random.choice(await self.tip_accounts())
             instructions.append(transfer(TransferParams(from_pubkey=wallet, to_pubkey=Pubkey.from_string(tip_account), lamports=tip)))

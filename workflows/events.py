@@ -63,7 +63,14 @@ class ExecutionMethod(str, Enum):
     jito_bundle = "jito_bundle"
     tpu_direct = "tpu_direct"
     rpc = "rpc"
+    # One signed transaction over every useful path at once (issue 23, executor/race.py): a bundle to
+    # the best block-engine regions, Jito's sendTransaction, the leaders' TPU, RPC and its backups. It
+    # carries a Jito tip (it may land as a bundle) and pays it whichever path lands it.
+    race = "race"
 
+
+# Methods whose transaction carries a Jito tip transfer: a bundle pays its tip inside the transaction.
+TIPPED_METHODS = frozenset({ExecutionMethod.jito_bundle, ExecutionMethod.race})
 
 class ExecutionStatus(str, Enum):
     success = "success"
@@ -251,6 +258,13 @@ class ExecutionResultEvent(WireModel):
     bundle_id: str | None = None
     tip_lamports: int | None = None
     stage_timings: StageTimings | None = None
+    # Landing analytics (issue 23; docs/plans.md): the processed slot when the transaction first
+    # left, the slots from there to `blockSlot`, the route that landed it where that can be known
+    # (a bundle's region from bundle statuses: `bundle:<region>`), and every route it was sent on.
+    send_slot: int | None = None
+    slots_to_land: int | None = None
+    landed_via: str | None = None
+    routes: list[str] | None = None
 
 
 class ExecutionCost(WireModel):

@@ -403,7 +403,21 @@ class ExecutePlan:
             bundle_id=self.submission.bundle_id if self.submission else None,
             tip_lamports=self.signed.tip_lamports if sent else None,
             stage_timings=timings,
+            **_landing(self.submission if sent else None, confirmation),
         )
+
+
+def _landing(submission: Submission | None, confirmation: Confirmation | None) -> dict:
+    """The result's landing analytics: send slot, slots to land, the route that landed it and the routes tried."""
+    if submission is None:
+        return {}
+    landed_slot = confirmation.slot if confirmation is not None and confirmation.landed else None
+    return {
+        "send_slot": submission.sent_slot,
+        "slots_to_land": max(0, landed_slot - submission.sent_slot) if landed_slot is not None and submission.sent_slot is not None else None,
+        "landed_via": confirmation.landed_via if confirmation is not None else None,
+        "routes": list(submission.routes) or None,
+    }
 
 
 def _now_ms() -> int:

@@ -53,6 +53,12 @@ class Submission:
     # landed the plan ends with this code.
     withheld_code: str | None = None
     withheld: str | None = None
+    # The processed slot when the bytes first left (the TPU client's slot view; None without one),
+    # the routes they left on (`rpc`, `tpu`, `jito_transaction:<region>`, `bundle:<region>`) and each
+    # bundle's id by region, so confirm can follow and resend them (issue 23).
+    sent_slot: int | None = None
+    routes: tuple[str, ...] = ()
+    bundles: tuple[tuple[str, str], ...] = ()  # (region, bundle id)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class Confirmation:
     confirmed_at_ms: int | None = None
     rebroadcasts: int = 0
     elapsed_ms: float = 0.0
+    landed_via: str | None = None  # `bundle:<region>` when a bundle status says so (issue 23)
+    bundle_resends: int = 0  # bundles sent again to another region after one said Failed or Invalid
 
 
 @dataclass(frozen=True)
