@@ -17,6 +17,8 @@ import asyncio
 import base64
 import functools
 import logging
+import time
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, TypeVar
 
 from temporalio import activity
@@ -37,6 +39,7 @@ from workflows.stages import (
     SignedTransaction,
 )
 
+from executor.bundles import BundleFollow, BundleTracker
 from executor.confirm import SignatureWatcher, follow
 from executor.dispatch import Dispatcher
 from executor.errors import PlanFailure
@@ -111,6 +114,7 @@ class ExecutionActivities(PlanActivities):
         confirmation_timeout_ms: int = 30_000,
         tpu_rebroadcast_s: float = 0.4,
         shutdown_grace_s: float = 10.0,
+        bundles: BundleTracker | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.submitter = dispatcher.submitter
@@ -127,6 +131,7 @@ class ExecutionActivities(PlanActivities):
         self.confirmation_timeout_ms = confirmation_timeout_ms
         self.tpu_rebroadcast_s = tpu_rebroadcast_s
         self.shutdown_grace_s = shutdown_grace_s
+        self.bundles = bundles  # follows bundles and resends what a region dropped (issue 23)
 
     def all(self) -> list:
         return [self.execute, self.resolve_record, self.confirm, self.settle, self.release_wallet, self.publish]
@@ -156,16 +161,34 @@ class ExecutionActivities(PlanActivities):
         raw = base64.b64decode(request.signed.transaction)
         method = request.method
         # rpc: resend every REBROADCAST_MS; tpu_direct: every TPU_REBROADCAST_MS, so each new
-        # leader window gets a copy. Bundles are sent once: resending would spend the block
-        # engine's per-IP rate limit that new plans need (a dropped bundle ends BLOCKHASH_EXPIRED).
-        every = {"rpc": self.rebroadcast_s, "tpu_direct": self.tpu_rebroadcast_s}.get(method)
-        if request.submission.withheld_code is not None or request.halt_reason is not None:
+        # leader window gets a copy; race: both. Bundles are not resent on a timer, which would
+        # spend the regions' per-IP rate limit that new plans need: a bundle is resent to another
+        # region when one says it dropped it (executor/bundles.py).
+        every = {"rpc": self.rebroadcast_s, "tpu_direct": self.tpu_rebroadcast_s, "race": self.tpu_rebroadcast_s}.get(method)
+        may_send = request.submission.withheld_code is None and request.halt_reason is None
+        if not may_send:
             every = None  # this run may not send: only watch what is recorded
         until_ms = min(request.rebroadcast_until_ms, request.submission.sent_at_ms + self.confirmation_timeout_ms)
 
+        def gate():
+            return self.submitter.refusal(None, until_ms)
+
+        rpc_sent = [time.monotonic()]
+
         async def rebroadcast() -> None:
             # the gate again in the slot's step: a halt between may_resend and here refuses the copy
-            await self.submitter.send(method, raw, gate=lambda: self.submitter.refusal(None, until_ms))
+            if method != "race":
+                await self.submitter.send(method, raw, gate=gate)
+                return
+            copies = [self.submitter.send_route("tpu_direct", raw, gate=gate)] if self.submitter.tpu is not None else []
+            if time.monotonic() - rpc_sent[0] >= self.rebroadcast_s:
+                rpc_sent[0] = time.monotonic()
+                copies.append(self.submitter.send_route("rpc", raw, gate=gate))
+            for outcome in await asyncio.gather(*copies, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.debug("plan=%s stage=confirm event=rebroadcast_failed error=%s", request.plan_id, outcome)
+
+        bundles = self._bundle_follow(request, raw, may_send, gate)
 
         following = follow(
             request.plan_id,
@@ -178,13 +201,39 @@ class ExecutionActivities(PlanActivities):
             # a copy of bytes that may never have left is a new send: the kill switch and the deadline apply
             may_resend=lambda: self.submitter.refusal(None, until_ms) is None,
             heartbeat=(lambda details: None) if activity.info().is_local else activity.heartbeat,
+            between_polls=bundles.check if bundles is not None else None,
         )
-        outcome = await unless_worker_stops(following, request.plan_id, "confirm", self.shutdown_grace_s)
+        try:
+            outcome = await unless_worker_stops(following, request.plan_id, "confirm", self.shutdown_grace_s)
+            if bundles is not None:
+                landed_via = await bundles.landed_route() if outcome.landed else None
+                outcome = replace(outcome, landed_via=landed_via, bundle_resends=bundles.resends)
+        finally:
+            if bundles is not None:
+                bundles.close()
         log.info(
-            "plan=%s stage=confirm landed=%s slot=%s code=%s rebroadcasts=%d",
-            request.plan_id, outcome.landed, outcome.slot, outcome.error_code, outcome.rebroadcasts,
+            "plan=%s stage=confirm landed=%s slot=%s code=%s rebroadcasts=%d landed_via=%s bundle_resends=%d",
+            request.plan_id, outcome.landed, outcome.slot, outcome.error_code, outcome.rebroadcasts, outcome.landed_via, outcome.bundle_resends,
         )
         return outcome
+
+    def _bundle_follow(self, request: ConfirmRequest, raw: bytes, may_send: bool, gate) -> BundleFollow | None:
+        """The plan's bundles followed by region, and resent elsewhere when one is dropped: only while
+        this run may send, the gate lets it (halt, deadline) and the blockhash is still valid."""
+        bundles = dict(request.submission.bundles)
+        if not bundles or self.bundles is None:
+            return None
+        last_valid = request.signed.last_valid_block_height
+
+        def may_resend() -> bool:
+            height = self.watcher.block_height
+            return may_send and gate() is None and (height is None or height <= last_valid)
+
+        async def send(region: str) -> str:
+            sent = await self.submitter.send_route(f"bundle:{region}", raw, gate=gate)
+            return sent.bundle_id
+
+        return BundleFollow(request.plan_id, raw, bundles, self.bundles, send=send, may_resend=may_resend)
 
     @activity.defn(name="settle")
     @plan_failures

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from devtools.demo import MEMO_PROGRAM, DemoPool, memo, plan_memo
 
-METHODS = ("rpc", "jito_bundle", "tpu_direct")
+METHODS = ("rpc", "jito_bundle", "tpu_direct", "race")
 MAX_LATENCY_MS = (2_000, 8_000)
 
 

@@ -226,6 +226,7 @@ class ChaosStack:
             "RPC_ENDPOINT": self.localnet.endpoints["rpc"],
             "RPC_WS_ENDPOINT": self.localnet.endpoints["ws"],
             "JITO_BLOCK_ENGINE_URL": self.localnet.endpoints["blockEngine"],
+            **self.localnet.jito_environment(),
             "NATS_URL": nats_url or self.nats_url,
             "NATS_REPLICAS": str(self.nats.replicas),
             "TEMPORAL_ADDRESS": self.temporal.address,

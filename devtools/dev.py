@@ -147,6 +147,7 @@ class DevStack:
             rpc_endpoint=self.localnet.endpoints["rpc"],
             rpc_ws_endpoint=self.localnet.endpoints["ws"],
             jito_block_engine_url=self.localnet.endpoints["blockEngine"],
+            **self._jito_settings(),
             nats_url=self.nats.url,
             nats_auth=self.nats_auth("worker"),
             temporal_address=self.temporal.address,
@@ -167,6 +168,13 @@ class DevStack:
             "wallets": self.keys.public_keys(),
         }
 
+    def _jito_settings(self) -> dict:
+        """The cluster's regions and their pace, as ExecutorConfig fields (`jito_environment`, read as the worker reads it)."""
+        env = self.localnet.jito_environment()
+        regions = tuple(e for e in env.get("JITO_BLOCK_ENGINE_URLS", "").split(",") if e)
+        burst = {"jito_requests_burst": int(env["JITO_REQUESTS_BURST"])} if "JITO_REQUESTS_BURST" in env else {}
+        return {"jito_block_engine_regions": regions, "jito_requests_per_second": float(env["JITO_REQUESTS_PER_SECOND"]), **burst}
+
     def nats_auth(self, role: str) -> NatsAuth:
         """A role's NATS credentials: ``worker``, ``planner`` (plans in) or ``operator`` (halt, resume, status, results)."""
         return self.security.auth(role) if self.security else NatsAuth()
@@ -180,6 +188,7 @@ class DevStack:
             "RPC_ENDPOINT": self.config.rpc_endpoint,
             "RPC_WS_ENDPOINT": self.config.websocket_endpoint(),
             "JITO_BLOCK_ENGINE_URL": self.config.jito_block_engine_url,
+            **self.localnet.jito_environment(),
             "NATS_URL": self.config.nats_url,
             "TEMPORAL_ADDRESS": self.config.temporal_address,
             "CONFIRMATION_POLL_MS": str(self.config.confirmation_poll_ms),

@@ -14,8 +14,9 @@ history. Until then the wait goes on, however long the chain or the RPC takes: a
 be late, never wrong.
 
 While it waits it resends the same bytes every `rebroadcast_s` (rpc to the RPC and its
-backups, tpu_direct to the leaders; a bundle is sent once), but only while the plan may still
-send: before its deadline and while no halt is in force.
+backups, tpu_direct to the leaders, race to both), but only while the plan may still send:
+before its deadline and while no halt is in force. A bundle is not resent on a timer: it is
+resent to another region when a region says it dropped it (executor/bundles.py).
 """
 from __future__ import annotations
 
@@ -133,9 +134,11 @@ async def follow(
     rebroadcast_s: float,
     may_resend: Callable[[], bool],
     heartbeat: Callable[[dict], None],
+    between_polls: Callable[[], Awaitable[None]] | None = None,
 ) -> Confirmation:
     """Until the signature reaches `commitment` or fails on chain (landed), or the chain says it
-    never landed (expired). Raises ChainUnavailable when the chain has not answered for a while."""
+    never landed (expired). Raises ChainUnavailable when the chain has not answered for a while.
+    `between_polls` runs once per turn while it waits (a bundle's statuses and resends)."""
     started = time.monotonic()
     wanted = LEVELS[commitment]
     last_sent = time.monotonic()
@@ -173,6 +176,11 @@ async def follow(
                     await rebroadcast()
                 except Exception as error:  # the next rebroadcast may get through
                     log.info("plan=%s stage=confirm event=rebroadcast_failed error=%s", plan_id, error)
+            if between_polls is not None and seen is None:
+                try:
+                    await between_polls()
+                except Exception as error:  # never the plan's outcome: the chain decides
+                    log.info("plan=%s stage=confirm event=between_polls_failed error=%s", plan_id, error)
             heartbeat({"rebroadcasts": rebroadcasts, "blockHeight": watcher.block_height})
             # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives as the
             # event is set (gh-86296), and a confirm handed over at a worker's stop would run on.

@@ -1,9 +1,19 @@
-"""Submit: put the plan's signed bytes on the wire the way the plan asks (rpc, jito_bundle, tpu_direct).
+"""Submit: put the plan's signed bytes on the wire the way the plan asks (rpc, jito_bundle, tpu_direct, race).
 
 Resending the same bytes is always safe (a signature is processed at most once), so a
 retry never risks a second landing. `refusal` is the last check before a plan commits to
 the wire: the workflow's halt signal, the worker's own halt flag (a signal cannot stop a
 local activity already running) and the plan's deadline.
+
+A route is one way to the wire, named as results and metrics show it: `rpc` (the RPC node, its
+backups get copies), `tpu` (the upcoming leaders over QUIC), `bundle:<region>` (a one-transaction
+bundle to that block-engine region) and `jito_transaction:<region>` (Jito's sendTransaction there).
+`race` (issue 23) sends the one signed transaction on every useful route at once: a bundle to the
+best `RACE_BUNDLE_REGIONS` regions that take a request now (venue/blockengines.py `ready`: a region
+whose rate limit would make it wait is skipped, the other routes are already out), Jito's
+sendTransaction to the next best, the TPU and RPC. Racing is safe because it is one signature:
+however many copies go out, at most one lands. Each route passes the send gate on its own, in the
+step its bytes leave; the race says "nothing left" only when every route took nothing.
 """
 from __future__ import annotations
 
@@ -11,13 +21,16 @@ import asyncio
 import base64
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 
 from workflows.events import ErrorCode
 from workflows.stages import SignedTransaction, Submission
 
-from .errors import GateRefusal, fail
+from .errors import GateRefusal, PlanFailure, fail
+from venue.blockengines import BlockEngines
+from venue.health import EndpointUnavailable
 from venue.jito import JitoClient, JitoError, JitoRateLimited, JitoUnavailable
 from venue.rpc import RpcRateLimited, RpcRefused, SolanaRpc
 from venue.tpu import TpuClient
@@ -27,7 +40,28 @@ class TpuUndelivered(Exception):
     """Every leader refused or timed out: the outcome is unknown until the chain says."""
 
 log = logging.getLogger("hft.submit")
-SENDABLE = ("rpc", "jito_bundle", "tpu_direct")
+SENDABLE = ("rpc", "jito_bundle", "tpu_direct", "race")
+
+
+@dataclass(frozen=True)
+class RaceSettings:
+    """How a race fans out (settings/executor.py `RaceSettings`)."""
+
+    bundle_regions: int = 2  # RACE_BUNDLE_REGIONS: regions that get it as a bundle
+    jito_transaction: bool = True  # RACE_JITO_TRANSACTION: also Jito's sendTransaction, in one more region
+    settle_s: float = 0.2  # RACE_SETTLE_MS: once one route accepted, how long the rest may take before execute returns
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One route's accepted send: its route name and, for a bundle, the bundle id."""
+
+    route: str
+    bundle_id: str | None = None
+
+    @property
+    def region(self) -> str | None:
+        return self.route.partition(":")[2] or None if self.route.startswith("bundle:") else None
 
 
 class Submitter:
@@ -39,9 +73,16 @@ class Submitter:
         backups: Sequence[SolanaRpc] = (),
         tpu: TpuClient | None = None,
         unheard: Callable[[], str | None] = lambda: None,
+        engines: BlockEngines | None = None,
+        race: RaceSettings = RaceSettings(),
+        slot: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.rpc = rpc
         self.jito = jito
+        # The block-engine regions, by health (JITO_BLOCK_ENGINE_URLS); without them a bundle goes to `jito` alone.
+        self.engines = engines
+        self.race = race
+        self.slot = slot  # the processed slot now (the TPU client's view), for the result's slots to land
         self.tpu = tpu
         self.halted = halted
         self.unheard = unheard  # why the kill switch cannot be read now (fail-closed), or None
@@ -58,8 +99,18 @@ class Submitter:
         if method not in SENDABLE:
             fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available")
         gate = None if deadline_ms is None else (lambda: self.refusal(halt_reason, deadline_ms))
-        bundle_id = await self.send(method, base64.b64decode(signed.transaction), gate=gate)
-        return Submission(signature=signed.signature, bundle_id=bundle_id, sent_at_ms=int(time.time() * 1000))
+        raw = base64.b64decode(signed.transaction)
+        slot = self.slot()
+        sent = await self._race(raw, gate) if method == "race" else [await self.send_route(method, raw, gate=gate)]
+        bundles = tuple((s.region, s.bundle_id) for s in sent if s.region is not None and s.bundle_id is not None)
+        return Submission(
+            signature=signed.signature,
+            bundle_id=next((s.bundle_id for s in sent if s.bundle_id is not None), None),
+            sent_at_ms=int(time.time() * 1000),
+            sent_slot=slot,
+            routes=tuple(s.route for s in sent),
+            bundles=bundles,
+        )
 
     def refusal(self, halt_reason: str | None, deadline_ms: int) -> GateRefusal | None:
         """Why a plan must not go on the wire now, and whether that is final: a halt, or its deadline
@@ -79,18 +130,77 @@ class Submitter:
         await self._quiet.wait()
 
     async def send(self, method: str, raw: bytes, *, gate: Callable[[], GateRefusal | None] | None = None) -> str | None:
-        """Send once; returns the bundle id for jito_bundle. Uncertain failures raise for a retry.
+        """Send once; returns the bundle id for jito_bundle. Uncertain failures raise for a retry."""
+        return (await self.send_route(method, raw, gate=gate)).bundle_id
+
+    async def send_route(self, route: str, raw: bytes, *, gate: Callable[[], GateRefusal | None] | None = None) -> Sent:
+        """Send once on one route (a method, or a route name of the module doc); uncertain failures raise.
 
         The slot is taken and ``gate`` asked in one step (no await between them, nor between them and
-        the bytes leaving), so the kill switch either sees this send counted or this send sees its halt."""
+        the bytes leaving), so the kill switch either sees this send counted or this send sees its halt.
+        A bundle for the regions' choice (`jito_bundle` with regions) first waits for the region whose
+        rate limit frees first, outside the slot: the gate is asked after that wait, not before it."""
+        if route == "jito_bundle" and self.engines is not None:
+            try:
+                endpoint, wait = self.engines.soonest()
+            except EndpointUnavailable as error:
+                fail(ErrorCode.RATE_LIMITED, f"no block-engine region takes a bundle now: {error}")
+            if wait > 0:
+                await asyncio.sleep(wait)  # its turn under the region's rate limit, instead of a 429
+            route = f"bundle:{endpoint.name}"
         self._take_slot()
         try:
             refusal = gate() if gate is not None else None
             if refusal is not None:
                 refusal.fail()  # nothing left: the caller voids or withholds
-            return await self._send(method, raw)
+            return await self._send(route, raw)
         finally:
             self._give_slot()
+
+    async def _race(self, raw: bytes, gate: Callable[[], GateRefusal | None] | None) -> list[Sent]:
+        """Every useful route at once (module doc). Returns the routes that accepted (and those whose
+        answer is not in yet, once one accepted: they may be out too); raises as a single send would
+        when none accepted: the first uncertain error (it may be out), else the gate's refusal, else a
+        retryable failure (a rate limit: nothing left), else the refusal (nothing left anywhere)."""
+        routes: list[str] = []
+        if self.engines is not None:
+            routes += [f"bundle:{endpoint.name}" for endpoint in self.engines.ready(self.race.bundle_regions)]
+            if self.race.jito_transaction:
+                routes += [f"jito_transaction:{endpoint.name}" for endpoint in self.engines.ready(1)]
+        elif self.jito is not None:
+            routes.append("jito_bundle")
+        if self.tpu is not None:
+            routes.append("tpu_direct")
+        if self.rpc is not None:
+            routes.append("rpc")
+        tasks = {asyncio.ensure_future(self.send_route(route, raw, gate=gate)): route for route in routes}
+        pending = set(tasks)
+        settle_until: float | None = None
+        while pending:
+            timeout = None if settle_until is None else max(0.0, settle_until - time.monotonic())
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break  # the settle time is over: the rest go on in the background
+            if settle_until is None and any(not t.cancelled() and t.exception() is None for t in done):
+                settle_until = time.monotonic() + self.race.settle_s
+        for task in pending:  # still under way (a slow region): its slot is held until it answers
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        finished = [t for t in tasks if t.done() and not t.cancelled()]
+        sent = [t.result() for t in finished if t.exception() is None]
+        unknown = [t for t in finished if t.exception() is not None and not isinstance(t.exception(), PlanFailure)]
+        failures = [t.exception() for t in finished if isinstance(t.exception(), PlanFailure)]
+        log.debug("race routes=%s accepted=%s unknown=%d refused=%d", routes, [s.route for s in sent], len(unknown), len(failures))
+        if sent:
+            # the routes still under way, or whose answer was lost, may be out too
+            return sent + [Sent(_route_name(tasks[t])) for t in (*unknown, *pending)]
+        if unknown:
+            raise unknown[0].exception()
+        if not failures:
+            fail(ErrorCode.SUBMIT_REJECTED, "no route to the wire is available on this worker")
+        gate_refusal = next((f for f in failures if f.code in (ErrorCode.HALTED, ErrorCode.DEADLINE_EXCEEDED)), None)
+        raise gate_refusal or next((f for f in failures if f.retryable), failures[0])
 
     def _take_slot(self) -> None:
         self.in_flight += 1
@@ -101,7 +211,35 @@ class Submitter:
         if self.in_flight == 0:
             self._quiet.set()
 
-    async def _send(self, method: str, raw: bytes) -> str | None:
+    async def _send(self, method: str, raw: bytes) -> Sent:
+        if method.startswith("bundle:"):
+            return await self._bundle_to(method.partition(":")[2], raw)
+        if method.startswith("jito_transaction:"):
+            region = method.partition(":")[2]
+            try:
+                await self.engines.send_transaction(self.engines.board[region], raw)
+            except JitoRateLimited as error:
+                fail(ErrorCode.RATE_LIMITED, f"Jito rate limited in {region}: {error}")
+            except JitoUnavailable:
+                raise
+            except JitoError as error:
+                fail(ErrorCode.SUBMIT_REJECTED, f"block engine {region} refused the transaction: {error}")
+            return Sent(method)
+        return Sent(*(await self._send_method(method, raw)))
+
+    async def _bundle_to(self, region: str, raw: bytes) -> Sent:
+        """A one-transaction bundle to `region`, whose token the caller took."""
+        try:
+            bundle_id = await self.engines.send_bundle(self.engines.board[region], raw)
+        except JitoRateLimited as error:
+            fail(ErrorCode.RATE_LIMITED, f"Jito rate limited in {region}: {error}")
+        except JitoUnavailable:
+            raise  # unknown whether it arrived: retry the same bytes
+        except JitoError as error:
+            fail(ErrorCode.SUBMIT_REJECTED, f"block engine {region} refused the bundle: {error}")
+        return Sent(f"bundle:{region}", bundle_id)
+
+    async def _send_method(self, method: str, raw: bytes) -> tuple[str, str | None]:
         if method == "rpc":
             try:
                 await self.rpc.send_transaction(raw)
@@ -114,7 +252,7 @@ class Submitter:
                 raise  # RpcUnavailable: the caller follows the signature on chain
             # Copies only once the primary has not refused: a refusal must mean nothing left.
             self._copy_to_backups(raw)
-            return None
+            return "rpc", None
         if method == "tpu_direct":
             if self.tpu is None:
                 fail(ErrorCode.SUBMIT_REJECTED, "direct TPU submission is not available on this worker (its TPU client did not start)")
@@ -122,10 +260,10 @@ class Submitter:
             if report.delivered == 0:
                 # No leader acknowledged it; confirm resends on every leader window until it expires.
                 raise TpuUndelivered(f"no leader acknowledged the transaction: {dict(report.outcomes)}")
-            return None
+            return "tpu", None
         if method == "jito_bundle":
             try:
-                return await self.jito.send_bundle([raw])
+                return "bundle", await self.jito.send_bundle([raw])
             except JitoRateLimited as error:
                 fail(ErrorCode.RATE_LIMITED, f"Jito rate limited: {error}")
             except JitoUnavailable:
@@ -144,6 +282,11 @@ class Submitter:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             task.add_done_callback(lambda _: self._give_slot())
+
+
+def _route_name(route: str) -> str:
+    """A method's name as a route (`tpu_direct` goes out as `tpu`, `jito_bundle` to the one engine as `bundle`)."""
+    return {"tpu_direct": "tpu", "jito_bundle": "bundle"}.get(route, route)
 
 
 async def _copy_to(backup: SolanaRpc, raw: bytes) -> None:

@@ -185,7 +185,11 @@ class LocalCluster:
             "blockEngine": f"http://{host}:{self.ports['block_engine']}",
             "tpuQuic": f"{host}:{self.ports['tpu']}",
             "admin": f"http://{host}:{self.ports['admin']}",
-        } | ({"regions": {name: f"http://{host}:{region.port}" for name, region in self.regions.items()}} if self.regions else {})
+        } | ({"regions": {name: f"http://{host}:{region.port}" for name, region in self.regions.items()}} if self.regions else {}) | {
+            # Requests per second per IP a sender may make: the global engine's, and each region's (null: no limit).
+            "jitoRequestsPerSecond": self.config.jito_requests_per_second or None,
+            **({"regionRequestsPerSecond": {name: region.settings.rate_limit or None for name, region in self.regions.items()}} if self.regions else {}),
+        }
 
     # --- block-engine regions -------------------------------------------------------
 

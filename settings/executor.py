@@ -47,8 +47,8 @@ class JitoSettings(Group):
     jito_tip_profit_share: float = setting(0.05, "JITO_TIP_PROFIT_SHARE", "share of the plan's expected profit paid as tip (see below)", unit="fraction")
     jito_block_engine_regions: CommaList = setting(
         (), "JITO_BLOCK_ENGINE_URLS",
-        "comma-separated regional block engine roots (`https://<region>.mainnet.block-engine.jito.wtf`); read as `jito_block_engine_urls`, "
-        "for the endpoint health board (venue/health.py, issue 23: not yet used by the send path, which sends to `JITO_BLOCK_ENGINE_URL`)",
+        "comma-separated block-engine regions, each `name=url` or a URL (`https://<region>.mainnet.block-engine.jito.wtf` is named `<region>`): "
+        "bundles go to the best of them by health (venue/blockengines.py), a race to several, a dropped bundle is resent to another",
         shown_default="`JITO_BLOCK_ENGINE_URL` alone",
     )  # fmt: skip
     jito_requests_per_second: float = setting(
@@ -85,6 +85,29 @@ class JitoSettings(Group):
     def jito_block_engine_urls(self) -> list[str]:
         """The regional roots of `JITO_BLOCK_ENGINE_URLS`, or `[JITO_BLOCK_ENGINE_URL]` when it is unset."""
         return list(self.jito_block_engine_regions) or [self.jito_block_engine_url]
+
+
+class RaceSettings(Group):
+    title: ClassVar[str] = "race and bundle follow-up"
+    race_bundle_regions: int = setting(
+        2, "RACE_BUNDLE_REGIONS",
+        "a `race` plan goes as a bundle to this many block-engine regions, the best by health among those whose rate limit lets a request through now "
+        "(the others would make it wait: skipped, the race's other routes are already out)",
+        unit="regions", must="0 or more", ge=0,
+    )  # fmt: skip
+    race_jito_transaction: Flag = setting(True, "RACE_JITO_TRANSACTION", "a `race` plan also goes through Jito's sendTransaction, in the next region with a free request")
+    race_settle_ms: int = setting(
+        200, "RACE_SETTLE_MS",
+        "once one route of a race accepted the transaction, how long the others may take before `execute` returns (they go on in the background; "
+        "a blackholed region otherwise holds the plan for the client's 2 s timeout)",
+        unit="ms", must="0 or more", ge=0,
+    )  # fmt: skip
+    jito_bundle_status_poll_ms: int = setting(
+        500, "JITO_BUNDLE_STATUS_POLL_MS",
+        "each region with bundles in flight is asked getInflightBundleStatuses (5 ids a request) at most this often; a bundle it says Failed or Invalid "
+        "is resent to another region while the plan may send and its blockhash is valid (executor/bundles.py)",
+        unit="ms", must="more than 0", gt=0,
+    )  # fmt: skip
 
 
 class EndpointHealthSettings(Group):
@@ -262,6 +285,6 @@ class ProcessSettings(Group):
 #: Every group of the executor's environment, in the docs' order (the policy's is `settings.policy.PolicySettings`).
 #: `worker/config.py` `ExecutorConfig` is made of the worker's groups among them.
 GROUPS: tuple[type[Group], ...] = (
-    WorkerSettings, RpcSettings, JitoSettings, EndpointHealthSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, NatsAuthSettings,
+    WorkerSettings, RpcSettings, JitoSettings, RaceSettings, EndpointHealthSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, NatsAuthSettings,
     MetricsSettings, TemporalSettings, HistoryKeySettings, HistorySettings, CodecSettings, ProcessSettings,
 )  # fmt: skip

@@ -42,8 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Stack:
-    def __init__(self, data_dir: Path, *, slot_ms: float = 50.0, wallets: int = 6, status_cache_slots: int | None = None) -> None:
-        self.dev = DevStack(data_dir, auto_ports=True, slot_ms=slot_ms, wallet_count=wallets, metrics=False, status_cache_slots=status_cache_slots)
+    def __init__(self, data_dir: Path, *, slot_ms: float = 50.0, wallets: int = 6, status_cache_slots: int | None = None, market: str | None = None) -> None:
+        self.dev = DevStack(
+            data_dir, auto_ports=True, slot_ms=slot_ms, wallet_count=wallets, metrics=False, status_cache_slots=status_cache_slots, market=market
+        )
         self.results: dict[str, list[dict]] = defaultdict(list)  # what a JetStream consumer of EXECUTED sees (after dedupe)
         self.publishes: dict[str, list[dict]] = defaultdict(list)  # every publish on executed.>, before dedupe
         self._arrived = asyncio.Condition()

@@ -1,6 +1,6 @@
 """Endpoint health: which block-engine regions (or RPC nodes) to use now, best first (issue 23, item 3).
 
-A building block, not yet wired into the send path. Per endpoint (a name and its URL):
+The send path reads it through venue/blockengines.py. Per endpoint (a name and its URL):
 
 * latency as an EWMA in milliseconds, `ewma = alpha * sample + (1 - alpha) * ewma` (the first sample
   sets it; `LATENCY_EWMA_ALPHA`, 0.2 by default: the last ~5 samples carry most of the weight);
@@ -204,6 +204,13 @@ class TokenBucket:
         if now > self._at:
             self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
             self._at = now
+
+    def wait_now(self) -> float:
+        """How long a request would wait if it took the next place now (takes nothing)."""
+        now = self.clock()
+        self._refill(now)
+        wait = 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+        return max(wait, self._not_before - now)
 
     def reserve(self) -> float:
         """Take the next place; the seconds to wait before sending (the tokens may go below zero: a queue)."""

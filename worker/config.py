@@ -24,6 +24,7 @@ from settings.executor import (
     GROUPS,
     ConfirmationSettings,
     EndpointHealthSettings,
+    RaceSettings,
     FeeSettings,
     HistorySettings,
     JitoSettings,
@@ -40,7 +41,7 @@ from venue.urls import shown_url
 
 
 class ExecutorConfig(
-    WorkerSettings, RpcSettings, JitoSettings, EndpointHealthSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, MetricsSettings, TemporalSettings, HistorySettings,
+    WorkerSettings, RpcSettings, JitoSettings, RaceSettings, EndpointHealthSettings, FeeSettings, ConfirmationSettings, TpuSettings, NatsSettings, MetricsSettings, TemporalSettings, HistorySettings,
 ):  # fmt: skip
     """Every setting of the groups above as a field of its own, plus the two that are objects: the NATS
     login (`NatsAuth`, from settings.executor `NatsAuthSettings`) and the history keys (`HistoryKeys`,

@@ -33,7 +33,9 @@ from executor.policy import PolicySettings, open_policy
 from executor.publish import publish_result
 from executor.records import PlanRecords
 from venue.rpc import SolanaRpc
-from executor.submit import Submitter
+from executor.bundles import BundleTracker
+from executor.submit import RaceSettings, Submitter
+from venue.blockengines import BlockEngines
 from venue.tpu import TpuClient
 from executor.wallets import WalletPool
 from workflows.converter import history_converter
@@ -267,6 +269,10 @@ class ExecutorWorker:
         await _patiently("rpc", self.blockhashes.refresh)
         self.blockhashes.start()
         self.jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid)
+        # The regions bundles go to, by health; a dropped bundle is resent to another (issue 23).
+        self.engines = BlockEngines.from_settings(config, uuid=config.jito_uuid)
+        self.bundles = BundleTracker(self.engines, poll_s=config.jito_bundle_status_poll_ms / 1000)
+        self.bundles.start()
         self.tpu = await self._start_tpu(config)
         self.client = await _patiently("temporal", lambda: connect_temporal(config, config.temporal_metrics_port if config.metrics_port else 0))
         await ensure_search_attributes(self.client, config.temporal_namespace)
@@ -287,7 +293,12 @@ class ExecutorWorker:
             keys=self.keys,
             builder=builder,
             records=self.records,
-            submitter=Submitter(self.hot_rpc, self.jito, self.killswitch.halted, self.backups, self.tpu, unheard=self.killswitch.unheard),
+            submitter=Submitter(
+                self.hot_rpc, self.jito, self.killswitch.halted, self.backups, self.tpu, unheard=self.killswitch.unheard,
+                engines=self.engines,
+                race=RaceSettings(config.race_bundle_regions, config.race_jito_transaction, config.race_settle_ms / 1000),
+                slot=(lambda: self.tpu.tracker.current_slot or None) if self.tpu is not None else (lambda: None),
+            ),  # fmt: skip
             crash_after=load(ProcessSettings).test_crash_after,
             policy=self.policy,
         )
@@ -306,6 +317,7 @@ class ExecutorWorker:
             confirmation_timeout_ms=config.confirmation_timeout_ms,
             tpu_rebroadcast_s=config.tpu_rebroadcast_ms / 1000,
             shutdown_grace_s=SHUTDOWN_GRACE.total_seconds(),
+            bundles=self.bundles,
         )
         self.worker = Worker(
             self.client,
@@ -483,6 +495,8 @@ class ExecutorWorker:
         await self.killswitch.stop()
         await self.watcher.stop()
         await self.blockhashes.stop()
+        await self.bundles.stop()
+        await self.engines.close()
         await self.jito.close()
         if self.tpu is not None:
             await self.tpu.stop()

@@ -12,6 +12,9 @@ from pathlib import Path
 from .process import ServiceError, _Server
 
 log = logging.getLogger("hft.services")
+# The pace a worker keeps towards an engine the cluster does not limit: far above any plan rate here.
+UNLIMITED_JITO_RPS = 1000.0
+UNLIMITED_JITO_BURST = 100
 
 
 class LocalnetServer(_Server):
@@ -43,6 +46,19 @@ class LocalnetServer(_Server):
         # A market profile (`--market calm|busy|hostile|FILE.json`); None: the command's default, calm.
         self.market = market
         self.endpoints: dict[str, str] = {}
+
+    def jito_environment(self) -> dict[str, str]:
+        """How a worker reaches this cluster's block engines: its regions when it runs them (each by name,
+        `JITO_BLOCK_ENGINE_URLS`), else the one engine; and the pace they allow (`JITO_REQUESTS_PER_SECOND`:
+        the strictest region's limit, the engine's, or 1000/s with bursts of 100 where the cluster sets none)."""
+        regions = self.endpoints.get("regions") or {}
+        if regions:
+            limits = [v for v in (self.endpoints.get("regionRequestsPerSecond") or {}).values() if v]
+            limit = min(limits) if limits else None
+        else:
+            limit = self.endpoints.get("jitoRequestsPerSecond")
+        pace = {"JITO_REQUESTS_PER_SECOND": str(limit)} if limit else {"JITO_REQUESTS_PER_SECOND": str(UNLIMITED_JITO_RPS), "JITO_REQUESTS_BURST": str(UNLIMITED_JITO_BURST)}
+        return ({"JITO_BLOCK_ENGINE_URLS": ",".join(f"{name}={url}" for name, url in regions.items())} if regions else {}) | pace
 
     def command(self) -> list[str]:
         argv = [
