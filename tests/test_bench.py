@@ -229,3 +229,19 @@ def test_route_land_rate_is_none_when_no_plan_could_land():
     report = summarize("busy", 1, plans, {"p0": {"status": "failed", "errorCode": "DEADLINE_EXCEEDED"}}, {"p0": 1}, [], {})
     row = report["routes"]["jito_bundle"]
     assert row["excluded"] == 1 and row["land_rate"] is None and row["landed"] == 0 and row["tip_lamports_per_landed"] is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--routes", "rpc,bogus"], ["--routes", "compare", "--method", "rpc"], ["--routes", "compare", "--plot", "x.png"], ["--routes", "rpc", "--rate", "0"]],
+)
+def test_bench_routes_refuses_what_it_cannot_run_before_starting_anything(argv):
+    import argparse
+
+    from bench.command import add_arguments, run
+    from settings import CommandError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(CommandError):
+        run(parser.parse_args(argv))
