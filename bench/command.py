@@ -415,7 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--plot", type=Path, help="draw the durable and direct latency CDFs to this PNG")
     parser.add_argument("--slot-ms", type=float, default=100.0, help="local cluster slot time (default 100)")
-    parser.add_argument("--wallets", type=int, default=16, help="funded wallets (default 16)")
+    parser.add_argument("--wallets", type=int, default=None, help="funded wallets (default 16; with --routes, 16 per route)")
     parser.add_argument("--market", default=None, metavar="calm|busy|hostile|FILE.json", help="the local cluster's market profile (default calm)")
     parser.add_argument("--warmup", type=int, default=20, help="plans sent first and not counted (default 20)")
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
@@ -433,6 +433,7 @@ def run(args: argparse.Namespace) -> int:
     if args.routes:
         return run_routes(args)
     args.method = args.method or "rpc"
+    args.wallets = args.wallets or 16
     if args.compare:
         from .compare import run_compare
 
@@ -461,7 +462,11 @@ def run_routes(args: argparse.Namespace) -> int:
 
     if args.method or args.compare or args.profile or args.plot:
         raise CommandError("--routes runs on its own: without --method, --compare, --profile or --plot")
-    parse_routes(args.routes)  # refuse a bad list before starting anything
+    routes = parse_routes(args.routes)  # refuse a bad list before starting anything
+    # Each route gets the wallet pool a one-method run has: 4 routes in flight at once on 16 wallets
+    # starve (a lost bundle holds its wallet until its blockhash expires), and plans then end
+    # DEADLINE_EXCEEDED unsent, which measures the pool, not the routes.
+    args.wallets = args.wallets or 16 * len(routes)
     if args.rate != "max" and not _positive(args.rate):
         raise CommandError("--rate takes a positive number of plans per second, or 'max'")
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -343,4 +343,8 @@ def print_routes(report: dict, out=sys.stdout) -> None:
     for route, row in report["routes"].items():
         if row["not_landed"] or row["landed_via"]:
             print(f"  {route}: landed via {row['landed_via'] or 'nothing'}; not landed {row['not_landed'] or 'none'}", file=out)
+    excluded = sum(row["excluded"] for row in report["routes"].values())
+    if excluded > 0.05 * sum(row["plans"] for row in report["routes"].values()):
+        print(f"  note: {excluded} plans ended DEADLINE_EXCEEDED before anything was sent (excluded from land_rate): "
+              f"the executor or its wallet pool was saturated; lower --rate or raise --wallets", file=out)  # fmt: skip
     print(f"  ok {report['ok']} (every plan exactly one result, no plan landed twice)", file=out)

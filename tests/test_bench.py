@@ -129,6 +129,7 @@ def test_bench_routes_sends_the_same_plans_on_each_route_and_reads_landing_from_
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"market", "plans", "routes", "ok"} <= set(report) and report["market"] == "calm" and report["plans"] == 4
     assert list(report["routes"]) == ["rpc", "tpu_direct"] and report["ok"] is True and report["seed"] == 3
+    assert report["wallets"] == 32, "each route gets the 16 wallets of a one-method run"
     for route, row in report["routes"].items():
         assert ROUTE_KEYS <= set(row), route
         assert set(row["slots_to_land"]) == {"p50", "p90", "p99"} and set(row["plan_to_result_ms"]) == {"p50", "p99"}
