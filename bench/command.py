@@ -405,12 +405,17 @@ def plot(report: dict, path: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plans", type=int, default=200, help="plans per run (default 200)")
     parser.add_argument("--rate", default="20", help="plans per second, open loop, or 'max' (default 20)")
-    parser.add_argument("--method", choices=("rpc", "jito_bundle", "tpu_direct", "mixed"), default="rpc")
+    parser.add_argument("--method", choices=("rpc", "jito_bundle", "tpu_direct", "mixed"), default=None, help="one execution method (default rpc)")
+    parser.add_argument("--routes", metavar="compare|ROUTE,...",
+                        help="instead of --method: the same plans once per route (rpc, jito_bundle, tpu_direct, race; 'compare' is all four), "
+                             "interleaved, landing measured by the cluster (bench/routes.py)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=None, help="with --routes: plan sizes and the cluster's fault draws (default 0, the market's own fault seed)")
+    parser.add_argument("--deadline-ms", type=int, default=30_000, help="with --routes: each plan's deadline, from its publish (default 30000)")
     parser.add_argument("--ports", choices=("default", "auto"), default="auto", help="embedded servers on free ports (default) or the usual ones")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--plot", type=Path, help="draw the durable and direct latency CDFs to this PNG")
     parser.add_argument("--slot-ms", type=float, default=100.0, help="local cluster slot time (default 100)")
-    parser.add_argument("--wallets", type=int, default=16, help="funded wallets (default 16)")
+    parser.add_argument("--wallets", type=int, default=None, help="funded wallets (default 16; with --routes, 16 per route)")
     parser.add_argument("--market", default=None, metavar="calm|busy|hostile|FILE.json", help="the local cluster's market profile (default calm)")
     parser.add_argument("--warmup", type=int, default=20, help="plans sent first and not counted (default 20)")
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
@@ -425,6 +430,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
+    if args.routes:
+        return run_routes(args)
+    args.method = args.method or "rpc"
+    args.wallets = args.wallets or 16
     if args.compare:
         from .compare import run_compare
 
@@ -445,6 +454,35 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(report), flush=True)
     return 0 if report["lost"] == 0 and report["double_landed"] == 0 else 1
+
+
+def run_routes(args: argparse.Namespace) -> int:
+    """`--routes`: the same plans once per route, interleaved (bench/routes.py); exit 0 when `ok`."""
+    from .routes import parse_routes, print_routes, run_routes as measure
+
+    if args.method or args.compare or args.profile or args.plot:
+        raise CommandError("--routes runs on its own: without --method, --compare, --profile or --plot")
+    routes = parse_routes(args.routes)  # refuse a bad list before starting anything
+    # Each route gets the wallet pool a one-method run has: 4 routes in flight at once on 16 wallets
+    # starve (a lost bundle holds its wallet until its blockhash expires), and plans then end
+    # DEADLINE_EXCEEDED unsent, which measures the pool, not the routes.
+    args.wallets = args.wallets or 16 * len(routes)
+    if args.rate != "max" and not _positive(args.rate):
+        raise CommandError("--rate takes a positive number of plans per second, or 'max'")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    report = event_loop.run(measure(args))
+    if args.json:
+        print(json.dumps(report), flush=True)
+    else:
+        print_routes(report)
+    return 0 if report["ok"] else 1
+
+
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def _print_report(report: dict, measured: int) -> None:

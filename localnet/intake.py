@@ -40,6 +40,10 @@ class WireRecord:
 
     signature: str
     first_seen_ns: int
+    # The slot being filled when the cluster first received this signature, by any channel (a copy the
+    # RPC node holds before forwarding counts from its arrival): landedSlot - firstSeenSlot is the
+    # slots-to-land the cluster saw, whoever sent it and however.
+    first_seen_slot: int | None = None
     channels: list[str] = field(default_factory=list)
     times_received: int = 0
     dropped_by_fault: int = 0
@@ -51,6 +55,7 @@ class WireRecord:
         return {
             "signature": self.signature,
             "firstSeenNs": self.first_seen_ns,
+            "firstSeenSlot": self.first_seen_slot,
             "channels": self.channels,
             "timesReceived": self.times_received,
             "droppedByFault": self.dropped_by_fault,
@@ -120,7 +125,7 @@ class Intake:
         signature = str(tx.signatures[0])
         record = self.wire.get(signature)
         if record is None:
-            record = self.wire[signature] = WireRecord(signature=signature, first_seen_ns=now_ns, memos=memo_texts(tx))
+            record = self.wire[signature] = WireRecord(signature=signature, first_seen_ns=now_ns, first_seen_slot=self.ledger.slot, memos=memo_texts(tx))
             if len(self.wire) > MAX_WIRE_RECORDS:
                 self.wire.popitem(last=False)
         record.times_received += 1

@@ -6,6 +6,7 @@ import base64
 import time
 
 import pytest
+from solana.rpc.commitment import Processed
 from solana.rpc.core import RPCException
 from solana.rpc.models import TxOpts
 from solders.keypair import Keypair
@@ -41,8 +42,28 @@ async def test_same_signature_over_three_channels_lands_once(cluster, rpc, http,
     [seen] = wire_view(admin, tx.signatures[0])
     assert sorted(seen["channels"]) == ["bundle", "rpc", "tpu"] and seen["timesReceived"] == 3
     assert seen["landedSlot"] is not None and seen["firstSeenNs"] <= time.time_ns()
+    assert seen["firstSeenSlot"] <= seen["landedSlot"]
     assert (await rpc.get_balance(to.pubkey())).value == SOL
     assert (await rpc.get_balance(payer.pubkey())).value == 10 * SOL - SOL - 5000
+
+
+async def test_first_seen_slot_is_the_slot_of_the_first_copy_by_any_channel(cluster, rpc, admin):
+    """landedSlot - firstSeenSlot is the cluster's own slots-to-land: counted from the first copy
+    it received (here an RPC copy the node drops), not from the copy that landed (a later TPU one)."""
+    admin.put("/faults", json={"rpc": {"drop": 1.0}})
+    payer, to = funded_wallet(cluster), Keypair()
+    tx = transfer_tx(payer, to.pubkey(), SOL, await latest_blockhash(rpc))
+    before = (await rpc.get_slot(Processed)).value  # the newest complete block: the slot being filled is one past it
+    await rpc.send_transaction(tx, opts=SKIP_PREFLIGHT)
+    after = (await rpc.get_slot(Processed)).value + 1
+    [dropped] = wire_view(admin, tx.signatures[0])
+    assert dropped["landedSlot"] is None and before < dropped["firstSeenSlot"] <= after
+    await wait_slots(rpc, 3)
+    await quic_send(cluster.endpoints()["tpuQuic"], bytes(tx))
+    await wait_status(rpc, tx.signatures[0], "confirmed")
+    [landed] = wire_view(admin, tx.signatures[0])
+    assert landed["firstSeenSlot"] == dropped["firstSeenSlot"] and sorted(landed["channels"]) == ["rpc", "tpu"]
+    assert landed["landedSlot"] - landed["firstSeenSlot"] >= 3
 
 
 async def test_half_of_quic_transactions_dropped(cluster, rpc, admin):
