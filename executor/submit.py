@@ -41,6 +41,8 @@ class TpuUndelivered(Exception):
 
 log = logging.getLogger("hft.submit")
 SENDABLE = ("rpc", "jito_bundle", "tpu_direct", "race")
+# A `jito_bundle` whose region does not answer goes to the next; at most this many regions in all.
+BUNDLE_FAILOVER_REGIONS = 3
 
 
 @dataclass(frozen=True)
@@ -138,16 +140,9 @@ class Submitter:
 
         The slot is taken and ``gate`` asked in one step (no await between them, nor between them and
         the bytes leaving), so the kill switch either sees this send counted or this send sees its halt.
-        A bundle for the regions' choice (`jito_bundle` with regions) first waits for the region whose
-        rate limit frees first, outside the slot: the gate is asked after that wait, not before it."""
+        A bundle for the regions' choice (`jito_bundle` with regions) goes by `_bundle_to_a_region`."""
         if route == "jito_bundle" and self.engines is not None:
-            try:
-                endpoint, wait = self.engines.soonest()
-            except EndpointUnavailable as error:
-                fail(ErrorCode.RATE_LIMITED, f"no block-engine region takes a bundle now: {error}")
-            if wait > 0:
-                await asyncio.sleep(wait)  # its turn under the region's rate limit, instead of a 429
-            route = f"bundle:{endpoint.name}"
+            return await self._bundle_to_a_region(raw, gate)
         self._take_slot()
         try:
             refusal = gate() if gate is not None else None
@@ -156,6 +151,36 @@ class Submitter:
             return await self._send(route, raw)
         finally:
             self._give_slot()
+
+    async def _bundle_to_a_region(self, raw: bytes, gate: Callable[[], GateRefusal | None] | None) -> Sent:
+        """The bundle to the region whose rate limit frees first, after waiting for it outside the slot
+        (the gate is asked after the wait). A region that does not answer (a timeout, a blackhole) may
+        have it, so the same bytes go to the next region too, up to `BUNDLE_FAILOVER_REGIONS`: at most
+        one copy lands. Once one may be out, a later refusal is not "nothing left": the uncertainty is raised."""
+        tried: list[str] = []
+        maybe_out: JitoUnavailable | None = None
+        while len(tried) < BUNDLE_FAILOVER_REGIONS:
+            try:
+                endpoint, wait = self.engines.soonest(exclude=tried)
+            except EndpointUnavailable as error:
+                if maybe_out is not None:
+                    raise maybe_out from None
+                fail(ErrorCode.RATE_LIMITED, f"no block-engine region takes a bundle now: {error}")
+            if endpoint.name in tried:
+                break  # every region was tried
+            if wait > 0:
+                await asyncio.sleep(wait)  # its turn under the region's rate limit, instead of a 429
+            try:
+                return await self.send_route(f"bundle:{endpoint.name}", raw, gate=gate)
+            except JitoUnavailable as error:
+                log.info("stage=submit event=region_unanswered region=%s error=%s: the same bundle to the next region", endpoint.name, error)
+                tried.append(endpoint.name)
+                maybe_out = error
+            except PlanFailure:
+                if maybe_out is not None:
+                    raise maybe_out from None
+                raise
+        raise maybe_out
 
     async def _race(self, raw: bytes, gate: Callable[[], GateRefusal | None] | None) -> list[Sent]:
         """Every useful route at once (module doc). Returns the routes that accepted (and those whose

@@ -230,3 +230,25 @@ async def test_a_race_each_of_whose_routes_refuses_says_nothing_left(regions):
     finally:
         await engines.close()
         await rpc.close()
+
+
+async def test_a_bundle_whose_region_does_not_answer_goes_to_the_next_region(regions):
+    """ams holds every request and never answers (a blackhole): the bundle may be there, so the same bytes
+    go to fra too, and the plan is followed as sent (before, the plan waited for expiry with no bundle to follow)."""
+    with admin(regions) as client:
+        client.put("/regions/ams", json={"down": "blackhole"}).raise_for_status()
+    urls = regions.endpoints()["regions"]
+    order = {"ams": urls["ams"], "fra": urls["fra"]}
+    engines = BlockEngines({name: JitoClient(url, timeout_s=0.5) for name, url in order.items()}, HealthBoard(order, rate=1000.0))
+    submitter = Submitter(None, None, lambda: None, engines=engines)
+    try:
+        signed, _ = tipped(regions)
+        sent = await submitter.send_route("jito_bundle", base64.b64decode(signed.transaction))
+        assert sent.route == "bundle:fra" and sent.bundle_id
+        assert engines.board["ams"].counts["unavailable"] == 1
+        row = await wait_landed(regions, signed.signature)
+        assert row["landedVia"]["region"] == "fra"
+    finally:
+        with admin(regions) as client:
+            client.put("/regions/ams", json={"down": None}).raise_for_status()
+        await engines.close()
