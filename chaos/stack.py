@@ -30,6 +30,7 @@ from devtools.dev import (
     LAMPORTS_PER_SOL,
     RETENTION_HOURS,
     admin_post,
+    bundle_status_poll_ms,
     wallet_keys,
 )
 from worker.nats_connection import NatsAuth
@@ -232,6 +233,7 @@ class ChaosStack:
             "TEMPORAL_ADDRESS": self.temporal.address,
             "WALLET_KEYS_DIR": str(self.data_dir / "wallets"),
             "CONFIRMATION_POLL_MS": str(max(20, min(200, int(self.slot_ms / 2)))),
+            "JITO_BUNDLE_STATUS_POLL_MS": str(bundle_status_poll_ms(self.slot_ms)),
             "HISTORY_KEYS_FILE": str(self.history_keys_file),
         }
 

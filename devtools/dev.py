@@ -72,6 +72,12 @@ def wallet_keys(directory: Path, count: int) -> list[Keypair]:
     return keypairs
 
 
+def bundle_status_poll_ms(slot_ms: float) -> int:
+    """Ask each region about its bundles about once a slot and a quarter (500 ms at mainnet's 400 ms slots, the
+    default): a test cluster's short slots expire a blockhash in 150 of them, so its bundles are asked sooner."""
+    return max(50, min(500, int(slot_ms * 1.25)))
+
+
 @dataclass
 class DevStack:
     """The embedded servers, the funded wallets and the sample pool."""
@@ -154,6 +160,7 @@ class DevStack:
             metrics_port=metrics_port,
             temporal_metrics_port=(free_port() if auto else 9465) if metrics_port else 0,
             confirmation_poll_ms=max(20, min(200, int(self.slot_ms / 2))),
+            jito_bundle_status_poll_ms=bundle_status_poll_ms(self.slot_ms),
             history_encryption=self.history_encryption,
             history_keys=keys,
         )
@@ -192,6 +199,7 @@ class DevStack:
             "NATS_URL": self.config.nats_url,
             "TEMPORAL_ADDRESS": self.config.temporal_address,
             "CONFIRMATION_POLL_MS": str(self.config.confirmation_poll_ms),
+            "JITO_BUNDLE_STATUS_POLL_MS": str(self.config.jito_bundle_status_poll_ms),
         }
         if role != "worker":  # only the signer gets the wallet keys and the history keys
             return shared

@@ -34,6 +34,11 @@ DROPPED = ("Failed", "Invalid")
 # A resend waits at most this long for a region's token: a bundle that would wait longer lands
 # later than the race's other paths or the next resend, and the confirm loop must not stall.
 RESEND_MAX_WAIT_S = 1.0
+# A plan's bundle goes out at most this many times in all (the first send included): each one spends
+# a region's rate limit that other plans need. A bundle that loses its auction (to a competing
+# bundle on the same accounts, as several plans on one pool do) reads Failed each slot it loses,
+# so a few sends is not enough; 16 covers a burst of plans on one pool (tests/test_race_stack.py).
+MAX_BUNDLE_SENDS = 16
 
 
 class BundleTracker:
@@ -125,7 +130,12 @@ class BundleFollow:
         self.may_resend = may_resend  # no halt, before the deadline, blockhash still valid
         self.live: dict[str, str] = {}
         self.tried: set[str] = set()
+        self.dropped: dict[str, int] = {}  # region -> times it dropped this bundle
         self.resends = 0
+        self.sends = len(bundles)
+        # A region dropped it and no resend has gone out yet (no region's token was near, or the
+        # region did not answer): every check tries again while nothing of it is live.
+        self.owed = False
         self.landed_via: str | None = None
         self.landed_slot: int | None = None
         for region, bundle_id in bundles.items():
@@ -142,7 +152,8 @@ class BundleFollow:
         self.live.clear()
 
     async def check(self) -> None:
-        """Read what the regions said; resend once for each region that dropped the bundle."""
+        """Read what the regions said; once every region that had the bundle dropped it, resend it
+        (again at the next check if it could not go now)."""
         for region, bundle_id in list(self.live.items()):
             status = self.tracker.status(region, bundle_id)
             if status == "Landed":
@@ -151,30 +162,40 @@ class BundleFollow:
             elif status in DROPPED:
                 self.tracker.unwatch(region, bundle_id)
                 del self.live[region]
+                self.dropped[region] = self.dropped.get(region, 0) + 1
+                self.owed = True
                 log.info("plan=%s stage=confirm event=bundle_dropped region=%s status=%s bundle=%s", self.plan_id, region, status, bundle_id)
-                await self._resend()
+        if self.owed and not self.live:
+            await self._resend()
 
     async def _resend(self) -> None:
-        if not self.may_resend():
+        if self.sends >= MAX_BUNDLE_SENDS or not self.may_resend():
             return
         engines = self.tracker.engines
+        # A region that has not had it yet; once all have, one that dropped it least often.
+        least = min(self.dropped.get(name, 0) for name in engines.names)
+        exclude = sorted(name for name in engines.names if name in self.tried and (len(self.tried) < len(engines.names) or self.dropped.get(name, 0) > least))
         try:
-            endpoint, wait = engines.soonest(exclude=sorted(self.tried))
+            chosen = engines.soonest(exclude=exclude, max_wait_s=RESEND_MAX_WAIT_S)
         except EndpointUnavailable:
             return
-        if wait > RESEND_MAX_WAIT_S:
-            return  # its token is far off; the next drop tries again
+        if chosen is None:
+            return  # every region's token is far off: the next check tries again
+        endpoint, wait = chosen
         if wait > 0:
             await asyncio.sleep(wait)
         if not self.may_resend():
             return
         started = time.perf_counter()
+        self.sends += 1
+        self.tried.add(endpoint.name)
         try:
             bundle_id = await self.send(endpoint.name)
-        except Exception as error:  # a resend's trouble never fails the plan: the chain decides
+        except Exception as error:  # a resend's trouble never fails the plan: the next check tries the next region
             log.info("plan=%s stage=confirm event=bundle_resend_failed region=%s error=%s", self.plan_id, endpoint.name, error)
             return
         self.resends += 1
+        self.owed = False
         self._follow(endpoint.name, bundle_id)
         log.info(
             "plan=%s stage=confirm event=bundle_resent region=%s bundle=%s ms=%.1f",

@@ -161,7 +161,7 @@ class Submitter:
         maybe_out: JitoUnavailable | None = None
         while len(tried) < BUNDLE_FAILOVER_REGIONS:
             try:
-                endpoint, wait = self.engines.soonest(exclude=tried)
+                endpoint, wait = self.engines.soonest(exclude=tried)  # type: ignore[misc]: no max_wait_s, never None
             except EndpointUnavailable as error:
                 if maybe_out is not None:
                     raise maybe_out from None

@@ -103,9 +103,10 @@ class BlockEngines:
             chosen.append(endpoint)
         return chosen
 
-    def soonest(self, exclude: Sequence[str] = ()) -> tuple[Endpoint, float]:
+    def soonest(self, exclude: Sequence[str] = (), max_wait_s: float | None = None) -> tuple[Endpoint, float] | None:
         """The region whose token comes first (best first among equals), taken, and the wait for it in
-        seconds. Excluded regions are chosen only when no other may take a request."""
+        seconds; None, taking nothing, when that wait would be over `max_wait_s`. Excluded regions are
+        chosen only when no other may take a request."""
         for skip in (exclude, ()):
             candidates = [e for e in self.board.ranked() if e.name not in skip]
             if candidates:
@@ -113,6 +114,8 @@ class BlockEngines:
         else:
             raise EndpointUnavailable("every block-engine region's breaker is open")
         best = min(candidates, key=lambda e: e.limiter.wait_now())  # min keeps the ranking among equal waits
+        if max_wait_s is not None and best.limiter.wait_now() > max_wait_s:
+            return None
         if not best.breaker.allow():  # a half-open region's probe was taken meanwhile
             raise EndpointUnavailable(f"block-engine region {best.name} is probing")
         return best, best.limiter.reserve()
