@@ -796,6 +796,10 @@ async def test_the_per_plan_cap(stack, worker_log, worker_policy):
     assert f"spends {5_066 + tip} lamports" in result["error"]
 
 
+async def _counted(stack, at_least: int) -> bool:
+    return stack.worker.tip_escalation.counted >= at_least
+
+
 @pytest.fixture
 def tips_by_todays_rule(stack):
     """The session worker's builder with no tip floor (as when the stream is down or stale), for one test."""
@@ -818,9 +822,11 @@ async def test_a_floor_priced_tip_is_capped_and_the_plan_lands(stack, worker_log
     """Issue 23: "A tip comes from the tip floor and is capped by the policy". The same plan, priced by the
     session worker from its tip stream on the cluster: the floor's 75th, never over POLICY_MAX_TIP_LAMPORTS."""
     assert stack.worker.tip_stream is not None and stack.worker.tip_stream.floor is not None, "the worker keeps the cluster's floor"
+    counted = stack.worker.tip_escalation.counted
     plan = {**stack.plan("jito_bundle", wallet=5), "expectedProfit": 1_000_000.0}
     result = await stack.execute(plan)
     assert result["status"] == "success", result
+    await wait_until(lambda: _counted(stack, counted + 1), timeout=10)  # the result callback told the escalation: landed
     tip, source = built_tip(worker_log, plan["planId"])
     assert source == "floor:p75" and result["tipLamports"] == result["executionCost"]["tipLamports"] == tip
     assert stack.config.jito_tip_base <= tip <= PolicySettings().max_tip_lamports
