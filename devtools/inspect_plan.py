@@ -23,7 +23,7 @@ from venue import klend
 from executor.build import compile_message, transaction_size
 from executor.errors import PlanFailure
 from venue.chain import BlockhashCache
-from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient
+from venue.jito import STATIC_TIP_ACCOUNTS, JitoClient, JitoError
 from executor.keystore import KeyStore
 from executor.policy import PlanPolicy, PolicySettings, PolicyViolation, declared_outflows
 from venue.rpc import SolanaRpc
@@ -36,7 +36,7 @@ from venue import (
     parse_compute_budget,
 )
 from venue.instructions import AssociatedTokenAccountInstruction, SystemInstruction, TokenInstruction
-from workflows.events import InvalidPlan, parse_plan
+from workflows.events import TIPPED_METHODS, InvalidPlan, parse_plan
 from worker.config import ExecutorConfig
 from worker.control import environment
 from worker.main import transaction_builder
@@ -113,6 +113,8 @@ def describe(plan, wallet: str, composed, message, blockhash_known: bool) -> dic
         "computeUnitPrice": price,
         "fee": {"baseLamports": LAMPORTS_PER_SIGNATURE * signatures, "priorityLamports": priority_lamports, "tipLamports": composed.tip_lamports},
         "tipAccount": composed.tip_account,
+        "tipSource": composed.tip_source,
+        "tipCappedBy": composed.tip_capped_by,
         "flashLoanBorrowIndex": composed.flash_loan_borrow_index,
         "lookupTables": [
             {"address": str(lookup.account_key), "writableIndexes": list(lookup.writable_indexes), "readonlyIndexes": list(lookup.readonly_indexes)}
@@ -153,10 +155,16 @@ async def inspect(data: bytes, wallet: str | None, config: ExecutorConfig, keys:
     Pubkey.from_string(wallet)
     rpc = SolanaRpc(config.rpc_endpoint, timeout_s=5.0, transport_retries=1)
     hot = SolanaRpc(config.rpc_endpoint)
-    jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid, tip_retry_s=0)
+    jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid, tip_retry_s=0, tip_floor_url=config.jito_tip_floor_url)
     try:
         blockhashes = BlockhashCache(rpc)
-        builder = transaction_builder(config, rpc, hot, blockhashes, jito.tip_accounts)
+        floor = None
+        if plan.execution_method in TIPPED_METHODS and config.jito_tip_percentile != "off":
+            try:  # one read, as the worker's tip stream would hold it; none: today's rule, as the worker would
+                floor = await jito.tip_floor()
+            except JitoError:
+                pass
+        builder = transaction_builder(config, rpc, hot, blockhashes, jito.tip_accounts, tip_floor=lambda: floor, policy=policy_settings)
         composed = await builder.compose(plan, wallet)
         try:
             blockhash, known = (await blockhashes.get()).blockhash, True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
 from solders.instruction import AccountMeta, Instruction
@@ -30,6 +31,9 @@ from .errors import fail
 from venue.fees import PriorityFeeEstimator
 from venue.programs import TOKEN_PROGRAM, associated_token_address, create_token_account_idempotent
 from venue.klend import ReserveCache
+
+if TYPE_CHECKING:  # executor/tips.py imports this module: the pricer is handed in, not imported
+    from .tips import TipPricer
 
 MIN_JITO_TIP = 1000  # lamports (Jito's minimum)
 
@@ -50,6 +54,9 @@ class BuiltTransaction:
     tip_lamports: int
     tip_account: str | None
     elapsed_ms: float = 0.0
+    tip_source: str | None = None  # "plan", "floor:p75", "rule"; None without a tip (executor/tips.py tip_label)
+    tip_capped_by: str | None = None  # "profit", "policy" or None
+    tip_escalation: int = 0  # lamports the land-rate escalation added before the caps
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class Composition:
     tip_lamports: int = 0
     tip_account: str | None = None
     flash_loan_borrow_index: int | None = None
+    tip_source: str | None = None
+    tip_capped_by: str | None = None
+    tip_escalation: int = 0
 
 
 class TransactionBuilder:
@@ -125,6 +135,7 @@ class TransactionBuilder:
         *,
         fees: PriorityFeeEstimator | None = None,
         reserves: ReserveCache | None = None,
+        tips: TipPricer | None = None,
     ) -> None:
         self.blockhashes = blockhashes
         self.lookup_tables = lookup_tables
@@ -132,6 +143,7 @@ class TransactionBuilder:
         self.tip_accounts = tip_accounts  # async () -> list[str]
         self.fees = fees
         self.reserves = reserves
+        self.tips = tips  # executor/tips.py TipPricer: floor, settings, escalation; None: today's rule (tip_lamports)
 
     async def compose(self, plan: ExecutionPlanEvent, wallet_key: str) -> Composition:
         wallet = Pubkey.from_string(wallet_key)
@@ -152,9 +164,14 @@ class TransactionBuilder:
             instructions.append(klend.flash_repay_instruction(reserve, wallet, user_account, amount, borrow_index))
         else:
             instructions += routes
-        tip, tip_account = 0, None
+        tip, tip_account, tip_source, capped_by, escalation = 0, None, None, None, 0
         if plan.execution_method in TIPPED_METHODS:
-            tip = tip_lamports(plan, self.settings)
+            # Priced once, here, before signing: a synchronous read of the latest floor (never waits).
+            if self.tips is None:
+                tip, tip_source = tip_lamports(plan, self.settings), "plan" if plan.tip_lamports is not None else "rule"
+            else:
+                priced = self.tips.price(plan)
+                tip, tip_source, capped_by, escalation = priced.lamports, self.tips.label(priced), priced.capped_by, priced.escalation
             tip_account = random.choice(await self.tip_accounts())
             instructions.append(transfer(TransferParams(from_pubkey=wallet, to_pubkey=Pubkey.from_string(tip_account), lamports=tip)))
         addresses = list(plan.address_lookup_tables) + [a for route in plan.routes for a in route.address_lookup_table_addresses]
@@ -163,7 +180,7 @@ class TransactionBuilder:
             tables = await self.lookup_tables.get([Pubkey.from_string(a) for a in dict.fromkeys(addresses)]) if addresses else []
         except LookupTableMissing as missing:
             fail(ErrorCode.BUILD_FAILED, str(missing))
-        return Composition(instructions, tables, limit, price, tip, tip_account, borrow_index)
+        return Composition(instructions, tables, limit, price, tip, tip_account, borrow_index, tip_source, capped_by, escalation)
 
     async def build(self, plan: ExecutionPlanEvent, wallet_key: str) -> BuiltTransaction:
         composed = await self.compose(plan, wallet_key)
@@ -187,6 +204,9 @@ class TransactionBuilder:
             compute_unit_price=composed.compute_unit_price,
             tip_lamports=composed.tip_lamports,
             tip_account=composed.tip_account,
+            tip_source=composed.tip_source,
+            tip_capped_by=composed.tip_capped_by,
+            tip_escalation=composed.tip_escalation,
         )
 
     async def _priority_fee(self, plan: ExecutionPlanEvent, routes: list[Instruction]) -> int:

@@ -115,7 +115,10 @@ class Dispatch:
         try:
             started = time.perf_counter()
             built = await d.builder.build(plan, self.lease.wallet)
-            log.info("plan=%s stage=build size=%d lastValidBlockHeight=%d", plan.plan_id, built.size, built.last_valid_block_height)
+            log.info(
+                "plan=%s stage=build size=%d lastValidBlockHeight=%d tip=%d tip_source=%s tip_capped_by=%s tip_escalation=%d", plan.plan_id,
+                built.size, built.last_valid_block_height, built.tip_lamports, built.tip_source, built.tip_capped_by, built.tip_escalation,
+            )  # fmt: skip
             # The built, compiled message is what would be signed: checked before any key touches it.
             await d.policy.check(plan, self.lease.wallet, built)
             self.built = replace(built, elapsed_ms=_ms_since(started))  # build includes the policy check

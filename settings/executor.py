@@ -64,14 +64,14 @@ class JitoSettings(Group):
         unit="requests", must="1 or more", ge=1,
     )  # fmt: skip
 
-    # Tips from the tip floor (issue 23, executor/tips.py): declared and tested, not yet read by the send path.
+    # Tips from the tip floor (issue 23, executor/tips.py): read by the build of every jito_bundle and race plan.
     jito_tip_percentile: Literal["off", "25", "50", "75", "95", "99", "ema50"] = setting(
         "75", "JITO_TIP_PERCENTILE",
-        "tips from the market (issue 23, not yet wired): which percentile of Jito's tip floor a plan without `tipLamports` pays "
-        "(`ema50`: the EMA of the median); `off`: today's rule. Never below 1000 or `JITO_TIP_BASE`, capped by `JITO_TIP_MAX_PROFIT_SHARE` and `POLICY_MAX_TIP_LAMPORTS`", unit="percentile",
+        "tips from the market: which percentile of Jito's tip floor (its tip stream, REST while the stream is down) a plan without `tipLamports` pays "
+        "(`ema50`: the EMA of the median); `off`: today's rule, and no tip stream. Never below 1000 or `JITO_TIP_BASE`, capped by `JITO_TIP_MAX_PROFIT_SHARE` and `POLICY_MAX_TIP_LAMPORTS`", unit="percentile",
     )  # fmt: skip
     jito_tip_max_profit_share: float = setting(
-        0.5, "JITO_TIP_MAX_PROFIT_SHARE", "tips from the market: a floor-priced tip is at most this share of the plan's expected profit (USD -> lamports at its SOL price)", unit="fraction",
+        0.5, "JITO_TIP_MAX_PROFIT_SHARE", "tips from the market: a floor-priced (or escalated) tip is at most this share of the plan's expected profit (USD -> lamports at its SOL price)", unit="fraction",
         must="a share in [0, 1]", ge=0.0, le=1.0,
     )
     jito_tip_floor_url: OptionalText = setting(
@@ -79,6 +79,25 @@ class JitoSettings(Group):
     )
     jito_tip_floor_max_age_ms: int = setting(
         30_000, "JITO_TIP_FLOOR_MAX_AGE_MS", "tips from the market: a tip floor read longer ago than this is stale, and the plan pays today's rule", unit="ms", must="1 or more", ge=1
+    )
+    # Escalation across plans (the seed's jitoTipBase/jitoTipStep): raise tips while tipped plans stop landing.
+    jito_tip_step: int = setting(
+        5_000, "JITO_TIP_STEP",
+        "tip escalation (the seed's `jitoTipStep`): lamports each escalation level adds to the tip of a plan without `tipLamports`, before the caps "
+        "(`JITO_TIP_MAX_PROFIT_SHARE`, `POLICY_MAX_TIP_LAMPORTS`); 0: no escalation",
+        unit="lamports", must="0 or more", ge=0,
+    )  # fmt: skip
+    jito_tip_escalation_land_rate: float = setting(
+        0.9, "JITO_TIP_ESCALATION_LAND_RATE",
+        "tip escalation: a window of tipped plans (`jito_bundle`, `race`) landing less than this share (landed vs BLOCKHASH_EXPIRED) raises the level by one; "
+        "at or above it lowers it by one",
+        unit="fraction", must="a share in [0, 1]", ge=0.0, le=1.0,
+    )  # fmt: skip
+    jito_tip_escalation_window: int = setting(
+        20, "JITO_TIP_ESCALATION_WINDOW", "tip escalation: tipped outcomes per window; the level moves once per window", unit="results", must="1 or more", ge=1
+    )
+    jito_tip_escalation_max_steps: int = setting(
+        10, "JITO_TIP_ESCALATION_MAX_STEPS", "tip escalation: the highest level (the most it adds: this x `JITO_TIP_STEP`)", unit="levels", must="0 or more", ge=0
     )
 
     @property

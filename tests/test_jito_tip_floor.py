@@ -4,7 +4,9 @@ Real HTTP, no mocks; the malformed answers come from a one-route endpoint of thi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 
 import httpx
@@ -13,15 +15,22 @@ from aiohttp import web
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Processed
 from solders.keypair import Keypair
+from solders.message import from_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.system_program import TransferParams, transfer
 
+from executor.build import BuildSettings, tip_lamports
 from executor.tips import TipPrice, TipSettings, price_tip
 from localnet.blockengine import TIP_ACCOUNTS
 from localnet.cluster import ClusterConfig, ClusterThread
 from tests.http_endpoint import http_endpoint
 from tests.localnet.conftest import SOL, funded_wallet, latest_blockhash, sign
+from settings.policy import PolicySettings
 from tests.test_tips import JITO_EXAMPLE, plan
+from venue.chain import BlockhashCache
+from venue.rpc import SolanaRpc
+from worker.config import ExecutorConfig
+from worker.main import transaction_builder
 from venue.jito import PATH_TIP_FLOOR, JitoClient, JitoError, JitoMalformedTipFloor, JitoRateLimited, JitoUnavailable, TipFloor, TipStream
 
 SLOT_MS = 40
@@ -168,3 +177,47 @@ async def test_a_malformed_pushed_message_is_skipped_and_the_last_floor_stands()
             await wait_for(lambda: stream.stats["malformed"] == 1)
             assert stream.streaming and stream.stats["pushed"] == 1
             assert stream.floor.time == "2024-09-01T12:58:00Z" and stream.floor.p75 == 36_197
+
+
+# --- the worker's builder, priced from the cluster's floor -----------------------------------------------
+
+
+async def test_a_jito_bundle_plan_built_by_the_worker_builder_pays_the_floors_75th_capped_by_the_policy(market):
+    """Issue 23: "A tip comes from the tip floor and is capped by the policy". The builder is the one the
+    worker runs (worker.main.transaction_builder), reading the latest floor from a TipStream on the
+    cluster's block engine, building against the cluster's RPC; the policy's max tip is the cap."""
+    endpoints = market.endpoints()
+    config = ExecutorConfig.from_environment({"RPC_ENDPOINT": endpoints["rpc"], "JITO_BLOCK_ENGINE_URL": endpoints["blockEngine"]})
+    assert config.jito_tip_percentile == "75", "the default"
+    rpc = SolanaRpc(endpoints["rpc"])
+    async with JitoClient(endpoints["blockEngine"], timeout_s=5.0) as jito, AsyncClient(endpoints["rpc"], commitment=Processed) as chain:
+        async with httpx.AsyncClient(timeout=10) as http:
+            if (await http.get(endpoints["admin"] + "/tip-floor")).json()["bundles"] == 0:  # this test alone: land the module's tips
+                await asyncio.gather(*[land(jito, await tipping_bundle(market, chain, tip, i)) for i, tip in enumerate(LANDED_TIPS)])
+        try:
+            async with TipStream(jito, quiet_s=0.3) as stream:
+                await wait_for(lambda: stream.floor is not None and stream.floor.p75 > 10_000)  # landed tips, above JITO_TIP_BASE
+                p75 = stream.floor.p75
+                blockhashes = BlockhashCache(rpc)
+                event = plan(expected_profit=1.0)  # today's rule: 333,333 lamports; the profit cap: 3,333,333
+                today = tip_lamports(event, BuildSettings())
+                assert today not in (p75, p75 - 1)
+                for policy, expected, capped in ((PolicySettings(), p75, None), (PolicySettings(max_tip_lamports=p75 - 1), p75 - 1, "policy")):
+                    builder = transaction_builder(config, rpc, rpc, blockhashes, jito.tip_accounts, tip_floor=lambda: stream.floor, policy=policy)
+                    built = await builder.build(event, event.wallet)
+                    assert (built.tip_lamports, built.tip_source, built.tip_capped_by, built.tip_escalation) == (expected, "floor:p75", capped, 0)
+                    message = from_bytes_versioned(base64.b64decode(built.message))
+                    keys = [str(key) for key in message.account_keys]
+                    tip = message.instructions[-1]  # the tip goes last, in the same transaction
+                    assert keys[tip.program_id_index] == "11111111111111111111111111111111"
+                    assert keys[tip.accounts[1]] == built.tip_account in TIP_ACCOUNTS
+                    assert struct.unpack("<IQ", bytes(tip.data)) == (2, expected)  # SystemInstruction::Transfer { lamports }
+                # A plan's own tip still wins, and `off` keeps today's rule.
+                own = plan(expected_profit=1.0, tip=4_000)
+                assert (await builder.build(own, own.wallet)).tip_lamports == 4_000
+                off = ExecutorConfig.from_environment({"RPC_ENDPOINT": endpoints["rpc"], "JITO_TIP_PERCENTILE": "off"})
+                builder = transaction_builder(off, rpc, rpc, blockhashes, jito.tip_accounts, tip_floor=lambda: stream.floor)
+                built = await builder.build(event, event.wallet)
+                assert (built.tip_lamports, built.tip_source) == (today, "rule")
+        finally:
+            await rpc.close()

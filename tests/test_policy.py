@@ -643,7 +643,6 @@ def _corpus(stack, reserve, table) -> list[tuple[str, dict, str, int | None]]:
         ("a lookup table the wallet pays for a stranger", with_route(rpc(), create_lookup_table_for(thief, 7)), "lookup_table", 4),
         ("an unknown program", with_route(rpc(), ix(thief, [meta("$WALLET", True, True)], b"drain")), "program", 4),
         ("a tip of 100 SOL", {**bundle(), "tipLamports": 100 * SOL}, "max_tip", 5),
-        ("a profit-derived tip of 333 SOL", {**bundle(), "expectedProfit": 1_000_000.0}, "max_tip", 5),
         ("a 'tip' to an account that is not Jito's", with_route(bundle(), system_transfer(thief, 16_666)), "sol_transfer", 4),
         ("a fee of 10 SOL via priorityFee", {**rpc(), "gasEstimate": 1_000_000, "priorityFee": 9_090_909_091}, "max_cu_price", 1),
         (
@@ -672,7 +671,7 @@ def _flash_plan(stack, reserve: dict, method: str = "rpc", **override) -> dict:
     return plan
 
 
-CORPUS_SIZE = 23
+CORPUS_SIZE = 22  # the profit-derived tip of 333 SOL has tests of its own below (the floor caps it now)
 
 
 @pytest.mark.parametrize("case", range(CORPUS_SIZE))
@@ -778,6 +777,13 @@ async def test_flash_loan_plans_pass(stack, reserve, method, create_account, car
 # --- caps ----------------------------------------------------------------------------------------
 
 
+def built_tip(worker_log, plan_id: str) -> tuple[int, str]:
+    """The tip and its source from the worker's `stage=build` line for the plan."""
+    line = next(line for line in worker_log.lines if f"plan={plan_id} stage=build " in line)
+    fields = dict(field.split("=", 1) for field in line.split() if "=" in field)
+    return int(fields["tip"]), fields["tip_source"]
+
+
 async def test_the_per_plan_cap(stack, worker_log, worker_policy):
     worker_policy(PolicySettings(max_plan_lamports=10_000))
     cheap = await stack.execute(stack.plan("rpc", wallet=1))
@@ -785,7 +791,45 @@ async def test_the_per_plan_cap(stack, worker_log, worker_policy):
     tipped = stack.plan("jito_bundle", wallet=1)
     result = await stack.execute(tipped)
     await assert_refused_and_nothing_signed(stack, worker_log, tipped["planId"], result, "max_sol_per_plan", None)
-    assert "spends 21732 lamports" in result["error"]
+    tip, source = built_tip(worker_log, tipped["planId"])  # from the cluster's tip floor: at least JITO_TIP_BASE
+    assert tip >= stack.config.jito_tip_base and source == "floor:p75"
+    assert f"spends {5_066 + tip} lamports" in result["error"]
+
+
+async def _counted(stack, at_least: int) -> bool:
+    return stack.worker.tip_escalation.counted >= at_least
+
+
+@pytest.fixture
+def tips_by_todays_rule(stack):
+    """The session worker's builder with no tip floor (as when the stream is down or stale), for one test."""
+    pricer = stack.worker.dispatcher.builder.tips
+    floor = pricer.floor
+    pricer.floor = lambda: None
+    yield
+    pricer.floor = floor
+
+
+async def test_a_profit_derived_tip_over_the_cap_is_refused(stack, worker_log, tips_by_todays_rule):
+    """Without a floor, today's rule prices 5% of $1,000,000 of profit: 333 SOL, over POLICY_MAX_TIP_LAMPORTS."""
+    plan = {**stack.plan("jito_bundle", wallet=5), "expectedProfit": 1_000_000.0}
+    result = await stack.execute(plan)
+    await assert_refused_and_nothing_signed(stack, worker_log, plan["planId"], result, "max_tip", 5)
+    assert built_tip(worker_log, plan["planId"]) == (333_333_333_333, "rule")
+
+
+async def test_a_floor_priced_tip_is_capped_and_the_plan_lands(stack, worker_log):
+    """Issue 23: "A tip comes from the tip floor and is capped by the policy". The same plan, priced by the
+    session worker from its tip stream on the cluster: the floor's 75th, never over POLICY_MAX_TIP_LAMPORTS."""
+    assert stack.worker.tip_stream is not None and stack.worker.tip_stream.floor is not None, "the worker keeps the cluster's floor"
+    counted = stack.worker.tip_escalation.counted
+    plan = {**stack.plan("jito_bundle", wallet=5), "expectedProfit": 1_000_000.0}
+    result = await stack.execute(plan)
+    assert result["status"] == "success", result
+    await wait_until(lambda: _counted(stack, counted + 1), timeout=10)  # the result callback told the escalation: landed
+    tip, source = built_tip(worker_log, plan["planId"])
+    assert source == "floor:p75" and result["tipLamports"] == result["executionCost"]["tipLamports"] == tip
+    assert stack.config.jito_tip_base <= tip <= PolicySettings().max_tip_lamports
 
 
 async def test_the_per_wallet_minute_cap_and_its_window(stack, worker_log, worker_policy):

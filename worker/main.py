@@ -26,7 +26,7 @@ from executor.confirm import SignatureWatcher
 from executor.dispatch import Dispatcher
 from activities.execution import ExecutionActivities
 from venue.fees import FeePolicy, PriorityFeeEstimator
-from venue.jito import JitoClient
+from venue.jito import JitoClient, TipStream
 from executor.keystore import KeyStore, KeyStoreError, load_keypair_file
 from venue.klend import ReserveCache
 from executor.policy import PolicySettings, open_policy
@@ -35,6 +35,7 @@ from executor.records import PlanRecords
 from venue.rpc import SolanaRpc
 from executor.bundles import BundleTracker
 from executor.submit import RaceSettings, Submitter
+from executor.tips import EscalationSettings, TipEscalation, TipPricer, TipSettings
 from venue.blockengines import BlockEngines
 from venue.tpu import TpuClient
 from executor.wallets import WalletPool
@@ -177,8 +178,13 @@ def check_history_encryption(config: ExecutorConfig, keys: KeyStore) -> None:
         raise SettingsError("a history key is the secret key of one of the worker's wallets: history keys must be their own random keys")
 
 
-def transaction_builder(config: ExecutorConfig, rpc: SolanaRpc, hot_rpc: SolanaRpc, blockhashes: BlockhashCache, tip_accounts) -> TransactionBuilder:
-    """The build activity's builder as configured (also what `inspect-plan` shows)."""
+def transaction_builder(
+    config: ExecutorConfig, rpc: SolanaRpc, hot_rpc: SolanaRpc, blockhashes: BlockhashCache, tip_accounts,
+    *, tip_floor=None, escalation: TipEscalation | None = None, policy: PolicySettings | None = None,
+) -> TransactionBuilder:
+    """The build activity's builder as configured (also what `inspect-plan` shows). `tip_floor`: a callable
+    returning the latest tip floor or None (the worker's `TipStream.floor`), never waiting; without it, or
+    with `JITO_TIP_PERCENTILE=off`, tips follow today's rule. `policy`: for its max tip (POLICY_MAX_TIP_LAMPORTS)."""
     settings = BuildSettings(
         compute_unit_limit=config.compute_unit_limit,
         compute_unit_margin=config.compute_unit_margin,
@@ -188,9 +194,10 @@ def transaction_builder(config: ExecutorConfig, rpc: SolanaRpc, hot_rpc: SolanaR
         jito_tip_profit_share=config.jito_tip_profit_share,
         sol_price_usd=config.sol_price_usd,
     )
-    policy = FeePolicy(config.priority_fee_percentile, config.priority_fee_floor, config.priority_fee_ceiling, config.priority_fee_congestion)
+    tips = TipPricer(TipSettings.from_settings(config, policy or PolicySettings(), settings), tip_floor, escalation)
+    fee_policy = FeePolicy(config.priority_fee_percentile, config.priority_fee_floor, config.priority_fee_ceiling, config.priority_fee_congestion)
     return TransactionBuilder(
-        blockhashes, LookupTableCache(rpc), settings, tip_accounts, fees=PriorityFeeEstimator(hot_rpc, policy), reserves=ReserveCache(rpc)
+        blockhashes, LookupTableCache(rpc), settings, tip_accounts, fees=PriorityFeeEstimator(hot_rpc, fee_policy), reserves=ReserveCache(rpc), tips=tips
     )
 
 
@@ -268,7 +275,13 @@ class ExecutorWorker:
         self.blockhashes = BlockhashCache(self.rpc)
         await _patiently("rpc", self.blockhashes.refresh)
         self.blockhashes.start()
-        self.jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid)
+        self.jito = JitoClient(config.jito_block_engine_url, uuid=config.jito_uuid, tip_floor_url=config.jito_tip_floor_url)
+        # Tips from the market (executor/tips.py): the latest tip floor, kept by Jito's tip stream (REST while
+        # it is down); the build reads it without waiting. Escalation learns from every published result.
+        self.tip_stream = TipStream(self.jito) if config.jito_tip_percentile != "off" else None
+        if self.tip_stream is not None:
+            self.tip_stream.start()
+        self.tip_escalation = TipEscalation(EscalationSettings.from_settings(config))
         # The regions bundles go to, by health; a dropped bundle is resent to another (issue 23).
         self.engines = BlockEngines.from_settings(config, uuid=config.jito_uuid)
         self.bundles = BundleTracker(self.engines, poll_s=config.jito_bundle_status_poll_ms / 1000)
@@ -283,7 +296,10 @@ class ExecutorWorker:
         await _patiently("killswitch", self.killswitch.start, undo=self.killswitch.stop)
         self.watcher = SignatureWatcher(self.hot_rpc, poll_s=config.confirmation_poll_ms / 1000, commitment=config.confirmation_commitment)
         self.watcher.start()
-        builder = transaction_builder(config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts)
+        tip_floor = (lambda: self.tip_stream.floor) if self.tip_stream is not None else None
+        builder = transaction_builder(
+            config, self.rpc, self.hot_rpc, self.blockhashes, self.jito.tip_accounts, tip_floor=tip_floor, escalation=self.tip_escalation, policy=policy_settings
+        )
         # Plan policy (executor/policy/): every built transaction is checked before it is signed.
         self.policy = await _patiently(
             "policy", lambda: open_policy(policy_settings, self.js, builder, self.hot_rpc, worker_name=config.executor_name, replicas=config.nats_replicas)
@@ -312,7 +328,7 @@ class ExecutorWorker:
             commitment=config.confirmation_commitment,
             rebroadcast_s=config.rebroadcast_ms / 1000,
             sol_price_usd=config.sol_price_usd,
-            on_result=self.metrics.record,
+            on_result=self._on_result,
             on_publish_failure=self.metrics.publish_failures.inc,
             confirmation_timeout_ms=config.confirmation_timeout_ms,
             tpu_rebroadcast_s=config.tpu_rebroadcast_ms / 1000,
@@ -358,6 +374,10 @@ class ExecutorWorker:
             "mtls" if config.temporal_tls_cert else "on" if config.temporal_uses_tls else "off",
             (config.history_keys.current if config.history_encryption else "off (plain text)") if config.history_keys else "off (plain text)",
         )  # fmt: skip
+
+    def _on_result(self, result: ExecutionResultEvent) -> None:
+        self.metrics.record(result)
+        self.tip_escalation.observe(result)  # tipped plans landed or expired: the next plans' tips
 
     async def _nats_reconnected(self) -> None:
         if getattr(self, "killswitch", None) is not None:
@@ -497,6 +517,8 @@ class ExecutorWorker:
         await self.blockhashes.stop()
         await self.bundles.stop()
         await self.engines.close()
+        if self.tip_stream is not None:
+            await self.tip_stream.close()
         await self.jito.close()
         if self.tpu is not None:
             await self.tpu.stop()
