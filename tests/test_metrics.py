@@ -1,8 +1,15 @@
 """The seed's metrics, as Prometheus scrapes them."""
 from __future__ import annotations
 
+import asyncio
+import re
 import urllib.request
 
+import pytest
+
+from localnet.cluster import ClusterConfig, ClusterThread
+from localnet.regions import RegionSettings
+from venue.jito import JitoClient, JitoUnavailable
 from venue.health import BreakerState, HealthBoard, Outcome
 from worker.metrics import ExecutorMetrics
 from devtools.services import free_port
@@ -167,3 +174,42 @@ def test_endpoint_families_are_declared_before_any_board():
     page = generate_latest(ExecutorMetrics().registry).decode()
     for line in ("# TYPE executor_endpoint_breaker_state gauge", "# TYPE executor_endpoint_latency_ewma_ms gauge", "# TYPE executor_endpoint_outcomes_total counter"):
         assert line in page
+
+
+@pytest.fixture(scope="module")
+def two_regions():
+    """The local cluster with two block-engine regions: ams up (no rate limit: not this test's point), fra refusing connections."""
+    regions = {"ams": RegionSettings(rate_limit=None), "fra": RegionSettings(down="refuse")}
+    with ClusterThread(ClusterConfig.auto_ports(slot_ms=40, regions=regions)) as running:
+        yield running
+
+
+UNKNOWN_BUNDLE = "ab" * 32  # a well-formed bundle id no one sent: a read with an answer
+
+
+async def test_a_region_down_reads_open_on_the_served_page_and_the_live_one_closed(two_regions):
+    """The real JitoClient through a HealthBoard against the cluster's regions, read by scraping /metrics."""
+    urls = two_regions.endpoints()["regions"]
+    board = HealthBoard({"fra": urls["fra"], "ams": urls["ams"]}, failures=2, open_s=600.0, rate=50.0)  # fra first: tried first
+    clients = {name: JitoClient(url, timeout_s=2.0) for name, url in urls.items()}
+    metrics = ExecutorMetrics()
+    metrics.watch_endpoints(board)
+    port = free_port()
+    server = metrics.serve(port)
+    try:
+        for _ in range(2):
+            with pytest.raises(JitoUnavailable):
+                await board.call(lambda endpoint: clients[endpoint.name].inflight_statuses([UNKNOWN_BUNDLE]))
+        assert await board.call(lambda endpoint: clients[endpoint.name].inflight_statuses([UNKNOWN_BUNDLE]))  # failed over to ams
+        page = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+        assert 'executor_endpoint_breaker_state{endpoint="fra"} 2.0' in page
+        assert 'executor_endpoint_breaker_state{endpoint="ams"} 0.0' in page
+        assert 'executor_endpoint_outcomes_total{endpoint="fra",outcome="unavailable"} 2.0' in page
+        assert 'executor_endpoint_outcomes_total{endpoint="ams",outcome="succeeded"} 1.0' in page
+        assert re.search(r'^executor_endpoint_latency_ewma_ms\{endpoint="ams"\} [0-9.e+-]+$', page, re.MULTILINE)
+        assert 'executor_endpoint_latency_ewma_ms{endpoint="fra"}' not in page  # never answered
+    finally:
+        server.shutdown()
+        server.server_close()
+        for client in clients.values():
+            await client.close()
