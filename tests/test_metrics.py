@@ -77,7 +77,7 @@ def test_land_rate_by_method_and_route_slots_to_land_and_tip_per_landed_plan():
     sent = {method: sample("executor_plans_sent_total", {"method": method}) for method in ("race", "jito_bundle", "rpc", "tpu_direct")}
     assert sent == {"race": 3, "jito_bundle": 2, "rpc": 1, "tpu_direct": 0}
     landed = lambda method, route: sample("executor_plans_landed_total", {"method": method, "route": route})  # noqa: E731
-    assert landed("race", "bundle:fra") == 1 and landed("race", "unknown") == 1 and landed("race", "bundle:ams") is None
+    assert landed("race", "bundle:fra") == 1 and landed("race", "unknown") == 1 and landed("race", "bundle:ams") == 0
     assert landed("jito_bundle", "bundle:ams") == 1 and landed("rpc", "unknown") == 1
     # by route: the plans that left on it, and of those the ones it landed
     routed = lambda method, route: sample("executor_plans_routed_total", {"method": method, "route": route})  # noqa: E731
@@ -114,6 +114,14 @@ def test_every_method_series_is_there_from_the_start():
         assert sample("executor_plans_sent_total", {"method": method}) == 0
         assert sample("executor_plans_landed_total", {"method": method, "route": "unknown"}) == 0
         assert sample("executor_slots_to_land_count", {"method": method}) == 0
+    metrics = ExecutorMetrics()
+    metrics.add_regions(["fra"])
+    sample = metrics.registry.get_sample_value
+    for method in ("jito_bundle", "race"):  # the methods that go through a region
+        for route in ("bundle:fra", "jito_transaction:fra"):
+            assert sample("executor_plans_routed_total", {"method": method, "route": route}) == 0
+            assert sample("executor_plans_landed_total", {"method": method, "route": route}) == 0
+    assert sample("executor_plans_routed_total", {"method": "rpc", "route": "bundle:fra"}) is None
 
 
 # --- endpoint health (venue/health.py), read at scrape time -----------------------------------------

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from venue.health import BreakerState, HealthBoard
-from workflows.events import ExecutionMethod, ExecutionResultEvent
+from workflows.events import TIPPED_METHODS, ExecutionMethod, ExecutionResultEvent
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
 STAGES = ("lease", "build", "sign", "submit", "confirm")
@@ -124,7 +124,7 @@ class ExecutorMetrics:
         self.slots_to_land = Histogram("executor_slots_to_land", "Slots from the first send to the landing slot, by method", ["method"], buckets=SLOT_BUCKETS, registry=self.registry)
         self.landed_tip = Counter("executor_landed_tip_lamports", "Jito tip lamports paid by landed plans, by method and the route that landed them", ["method", "route"], registry=self.registry)
         # The series a query needs from the start (a counter born at its first increment hides that
-        # increment from rate()); the region routes are born with the regions.
+        # increment from rate()); the region routes are born with the regions (`add_regions`).
         for method in METHODS:
             self.plans_sent.labels(method)
             self.slots_to_land.labels(method)
@@ -142,8 +142,17 @@ class ExecutorMetrics:
         return server
 
     def add_regions(self, regions: Iterable[str]) -> None:
-        """The configured block-engine regions: the only ones a route label names."""
-        self.regions = self.regions | frozenset(regions)
+        """The configured block-engine regions: the only ones a route label names. Their routes'
+        series start at 0 for the methods that use them (those carrying a Jito tip)."""
+        new = frozenset(regions) - self.regions
+        self.regions = self.regions | new
+        for region in sorted(new):
+            for kind in REGION_ROUTES:
+                route = f"{kind}:{region}"
+                for method in sorted(m.value for m in TIPPED_METHODS):
+                    self.plans_routed.labels(method, route)
+                    self.plans_landed.labels(method, route)
+                    self.landed_tip.labels(method, route)
 
     def watch_endpoints(self, board: HealthBoard, regions: Iterable[str] | None = None) -> None:
         """Export `board`'s endpoint health, read at each scrape, and take its endpoint names as the
@@ -153,7 +162,6 @@ class ExecutorMetrics:
 
     def record(self, result: ExecutionResultEvent) -> None:
         self.executions.labels(result.status.value, result.execution_method).inc()
-        self._record_landing(result)
         self.duration.labels(result.execution_method).observe(result.latency)
         if result.error_code is not None:
             self.errors.labels(result.error_code.value).inc()
@@ -164,6 +172,7 @@ class ExecutorMetrics:
                 value = getattr(result.stage_timings, stage)
                 if value is not None:
                     self.stage.labels(stage).observe(value)
+        self._record_landing(result)
 
     def _record_landing(self, result: ExecutionResultEvent) -> None:
         if result.signature is None:
