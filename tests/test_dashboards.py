@@ -168,3 +168,48 @@ def test_every_executor_metric_has_a_panel(demo_metrics) -> None:
     assert families, "no executor metric on /metrics"
     unused = {family for family in families if not ({family} | {family + suffix for suffix in HISTOGRAM_SUFFIXES}) & queried}
     assert not unused, f"executor metrics no panel shows: {sorted(unused)}"
+
+
+# Issue 23's landing analytics and endpoint health (worker/metrics.py): each panel and what it reads.
+LANDING_PANELS = {
+    "Land rate by method": {"executor_plans_landed_total", "executor_plans_sent_total"},
+    "Land rate by route": {"executor_plans_landed_total", "executor_plans_routed_total"},
+    "Slots to land p50 / p90 by method": {"executor_slots_to_land_bucket"},
+    "Tip lamports per landed plan": {"executor_landed_tip_lamports_total", "executor_plans_landed_total"},
+    "Endpoint breaker state": {"executor_endpoint_breaker_state"},
+    "Endpoint latency (EWMA)": {"executor_endpoint_latency_ewma_ms"},
+    "Endpoint outcomes": {"executor_endpoint_outcomes_total"},
+}
+
+
+def _dashboard(name: str = "hft-executor.json") -> dict:
+    return json.loads((ROOT / "deploy" / "grafana" / "dashboards" / name).read_text(encoding="utf-8"))
+
+
+def test_the_landing_panels_read_the_landing_metrics() -> None:
+    queries = dashboard_queries(ROOT / "deploy" / "grafana" / "dashboards" / "hft-executor.json")
+    for title, names in LANDING_PANELS.items():
+        assert title in queries, f"no panel {title!r}"
+        assert set().union(*map(metric_names, queries[title])) == names, title
+
+
+def test_the_breaker_panel_names_the_states_as_the_metric_numbers_them() -> None:
+    from venue.health import BreakerState
+    from worker.metrics import BREAKER_VALUES
+
+    panel = next(p for p in _panels(_dashboard()["panels"]) if p.get("title") == "Endpoint breaker state")
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    assert {int(value): option["text"] for value, option in mapping["options"].items()} == {number: state.value for state, number in BREAKER_VALUES.items()}
+    assert BREAKER_VALUES == {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def test_no_two_panels_overlap() -> None:
+    """A panel inserted without moving the ones below lands on top of them."""
+    for path in DASHBOARDS:
+        cells: dict[tuple[int, int], str] = {}
+        for panel in _panels(json.loads(path.read_text(encoding="utf-8"))["panels"]):
+            grid = panel["gridPos"]
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                for y in range(grid["y"], grid["y"] + grid["h"]):
+                    assert (x, y) not in cells, f"{path.name}: {panel.get('title')!r} overlaps {cells[(x, y)]!r}"
+                    cells[(x, y)] = panel.get("title")

@@ -144,6 +144,26 @@ def test_a_probe_that_never_reports_frees_its_place_after_an_open_time():
     assert breaker.allow()
 
 
+def test_peek_says_what_state_says_and_steps_nothing():
+    """The metrics scrape reads breakers from its own thread (worker/metrics.py): `peek` must not
+    take the cooling step nor free a probe."""
+    clock = FakeClock()
+    for state in B:
+        assert breaker_in(state, clock).peek() is state
+    breaker = breaker_in(B.OPEN, clock)
+    clock.advance(60.0)
+    assert breaker.peek() is B.HALF_OPEN and breaker._state is B.OPEN, "peek took the cooling step"
+    assert breaker.state is B.HALF_OPEN  # as `state` says, stepping
+    assert breaker.allow()  # the probe
+    assert breaker.peek() is B.HALF_OPEN and not breaker.may_try(), "peek freed the probe"
+
+
+def test_peek_reads_a_first_opening_caught_half_written_as_open():
+    breaker = Breaker(failures=1, clock=FakeClock())
+    breaker._state = B.OPEN  # `_open` has stepped, `opened_at` not yet written
+    assert breaker.opened_at is None and breaker.peek() is B.OPEN
+
+
 # --- the limiter --------------------------------------------------------------------------------
 
 

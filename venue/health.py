@@ -142,6 +142,16 @@ class Breaker:
             self._probe_since = None
         return self._state
 
+    def peek(self) -> BreakerState:
+        """The state `state` would give now, without taking the cooling step: for readers on another
+        thread (the metrics scrape, worker/metrics.py), which must not step the breaker or free its
+        probe under the event loop's feet. (Read between `_open`'s two writes, a first opening has no
+        `opened_at` yet: it reads as open.)"""
+        state, opened_at = self._state, self.opened_at
+        if state is BreakerState.OPEN and opened_at is not None and self.clock() - opened_at >= self.open_s:
+            return BreakerState.HALF_OPEN
+        return state
+
     def may_try(self) -> bool:
         """Would `allow()` let a request through now? (Takes nothing.)"""
         state = self.state
