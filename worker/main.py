@@ -286,6 +286,7 @@ class ExecutorWorker:
         self.engines = BlockEngines.from_settings(config, uuid=config.jito_uuid)
         self.bundles = BundleTracker(self.engines, poll_s=config.jito_bundle_status_poll_ms / 1000)
         self.bundles.start()
+        self.metrics.watch_endpoints(self.engines.board)  # breaker state, latency and outcomes per region, read at each scrape
         self.tpu = await self._start_tpu(config)
         self.client = await _patiently("temporal", lambda: connect_temporal(config, config.temporal_metrics_port if config.metrics_port else 0))
         await ensure_search_attributes(self.client, config.temporal_namespace)
