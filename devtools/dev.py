@@ -169,7 +169,7 @@ class DevStack:
             "temporalUi": self.temporal.ui_url,
             "codecServer": self.codec.url if self.codec else None,
             "nats": self.nats.url,
-            **{f"solana{k[0].upper()}{k[1:]}": v for k, v in self.localnet.endpoints.items()},
+            **{f"solana{k[0].upper()}{k[1:]}": v for k, v in self.localnet.endpoints.items() if not k.endswith("RequestsPerSecond")},
             "metrics": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None,
             "temporalSdkMetrics": f"http://127.0.0.1:{self.config.temporal_metrics_port}/metrics" if metrics_port else None,
             "wallets": self.keys.public_keys(),
