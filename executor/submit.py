@@ -154,33 +154,41 @@ class Submitter:
 
     async def _bundle_to_a_region(self, raw: bytes, gate: Callable[[], GateRefusal | None] | None) -> Sent:
         """The bundle to the region whose rate limit frees first, after waiting for it outside the slot
-        (the gate is asked after the wait). A region that does not answer (a timeout, a blackhole) may
-        have it, so the same bytes go to the next region too, up to `BUNDLE_FAILOVER_REGIONS`: at most
-        one copy lands. Once one may be out, a later refusal is not "nothing left": the uncertainty is raised."""
+        (the gate is asked after the wait). A region that refuses it (a lagging region that does not
+        know its blockhash yet, a 429) took nothing, and one that does not answer (a timeout, a
+        blackhole) may have it: either way the same bytes go to the next region, up to
+        `BUNDLE_FAILOVER_REGIONS` regions (at most one copy lands). The gate's own refusal (halt,
+        deadline) ends it. Once a copy may be out, the end is that uncertainty, never "nothing left"."""
         tried: list[str] = []
         maybe_out: JitoUnavailable | None = None
+        refused: PlanFailure | None = None
         while len(tried) < BUNDLE_FAILOVER_REGIONS:
             try:
                 endpoint, wait = self.engines.soonest(exclude=tried)  # type: ignore[misc]: no max_wait_s, never None
             except EndpointUnavailable as error:
-                if maybe_out is not None:
-                    raise maybe_out from None
-                fail(ErrorCode.RATE_LIMITED, f"no block-engine region takes a bundle now: {error}")
+                if maybe_out is None and refused is None:
+                    fail(ErrorCode.RATE_LIMITED, f"no block-engine region takes a bundle now: {error}")
+                break
             if endpoint.name in tried:
                 break  # every region was tried
             if wait > 0:
                 await asyncio.sleep(wait)  # its turn under the region's rate limit, instead of a 429
+            tried.append(endpoint.name)
             try:
                 return await self.send_route(f"bundle:{endpoint.name}", raw, gate=gate)
             except JitoUnavailable as error:
                 log.info("stage=submit event=region_unanswered region=%s error=%s: the same bundle to the next region", endpoint.name, error)
-                tried.append(endpoint.name)
                 maybe_out = error
-            except PlanFailure:
-                if maybe_out is not None:
-                    raise maybe_out from None
-                raise
-        raise maybe_out
+            except PlanFailure as failure:
+                if failure.code in (ErrorCode.HALTED, ErrorCode.DEADLINE_EXCEEDED):
+                    if maybe_out is not None:
+                        raise maybe_out from None
+                    raise  # the gate: nothing more goes out
+                log.info("stage=submit event=region_refused region=%s code=%s error=%s: the same bundle to the next region", endpoint.name, failure.code.value, failure.message)
+                refused = failure if refused is None or not refused.retryable else refused  # a rate limit: the retry may get through
+        if maybe_out is not None:
+            raise maybe_out
+        raise refused  # type: ignore[misc]: the loop ran at least once
 
     async def _race(self, raw: bytes, gate: Callable[[], GateRefusal | None] | None) -> list[Sent]:
         """Every useful route at once (module doc). Returns the routes that accepted (and those whose

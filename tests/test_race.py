@@ -252,3 +252,24 @@ async def test_a_bundle_whose_region_does_not_answer_goes_to_the_next_region(reg
         with admin(regions) as client:
             client.put("/regions/ams", json={"down": None}).raise_for_status()
         await engines.close()
+
+
+async def test_a_bundle_a_lagging_region_refuses_goes_to_the_next_region(regions):
+    """A region a slot or two behind refuses a bundle whose blockhash it has not seen yet; it took nothing,
+    so the same bytes go to the next region (before, the plan ended SUBMIT_REJECTED: 1 of 60 on hostile)."""
+    with admin(regions) as client:
+        client.put("/regions/ams", json={"lag_slots": 50}).raise_for_status()
+    engines = engines_for(regions)
+    submitter = Submitter(None, None, lambda: None, engines=engines)
+    try:
+        signed, _ = tipped(regions)
+        sent = await submitter.send_route("jito_bundle", base64.b64decode(signed.transaction))
+        assert sent.route == "bundle:fra"
+        assert engines.board["ams"].counts["refused"] == 1
+        with admin(regions) as client:
+            assert client.get("/regions").json()["ams"]["counters"]["refused_lagging"] >= 1
+        assert (await wait_landed(regions, signed.signature))["landedVia"]["region"] == "fra"
+    finally:
+        with admin(regions) as client:
+            client.put("/regions/ams", json={"lag_slots": 0}).raise_for_status()
+        await engines.close()
