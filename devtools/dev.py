@@ -227,11 +227,11 @@ async def admin_post(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
 
 
 async def run_demo(stack: DevStack, worker: ExecutorWorker, count: int, *, show_table: bool, out) -> dict:
-    """Publish `count` sample plans (rpc, jito_bundle and tpu_direct in turn, wallets in turn) and wait for every result."""
+    """Publish `count` sample plans (rpc, jito_bundle, tpu_direct and race in turn, wallets in turn) and wait for every result."""
     assert stack.pool is not None and stack.keys is not None
     run = f"demo-{int(time.time())}-{os.getpid()}"
     wallets = stack.keys.public_keys()
-    methods = ("rpc", "jito_bundle", "tpu_direct")
+    methods = ("rpc", "jito_bundle", "tpu_direct", "race")
     plans = [stack.pool.plan(f"{run}-{i}", wallets[i % len(wallets)], methods[i % len(methods)]) for i in range(count)]
     wanted = {p["planId"] for p in plans}
     results: dict[str, dict] = {}
@@ -309,7 +309,7 @@ class Progress:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ports", choices=("default", "auto"), default="default", help="'auto' picks free ports (and a throwaway data dir)")
     parser.add_argument("--json", action="store_true", help="print one JSON line of endpoints when ready (and the demo summary last)")
-    parser.add_argument("--demo", type=int, default=0, metavar="N", help="publish N sample plans (rpc, jito_bundle and tpu_direct in turn)")
+    parser.add_argument("--demo", type=int, default=0, metavar="N", help="publish N sample plans (rpc, jito_bundle, tpu_direct and race in turn)")
     parser.add_argument("--exit", action="store_true", help="stop once every demo plan has its result")
     parser.add_argument("--slot-ms", type=float, default=400.0, help="local cluster slot time (default 400)")
     parser.add_argument("--wallets", type=int, default=8, help="funded dev wallets (default 8)")

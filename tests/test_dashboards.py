@@ -101,7 +101,7 @@ def _scrape(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def demo_metrics():
-    """`dev --demo 6` (rpc, jito_bundle and tpu_direct plans) left running once its summary is out; yields
+    """`dev --demo 6` (rpc, jito_bundle, tpu_direct and race plans) left running once its summary is out; yields
     a function scraping both metrics listeners. Ctrl-C stops it at the end, as a user would."""
     with tempfile.TemporaryDirectory() as data_dir:
         process = subprocess.Popen(

@@ -734,7 +734,7 @@ async def test_inspect_plan_shows_the_policy_verdict(stack):
 # --- valid plans pass ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["rpc", "jito_bundle", "tpu_direct"])
+@pytest.mark.parametrize("method", ["rpc", "jito_bundle", "tpu_direct", "race"])
 async def test_demo_plans_pass_and_land(stack, worker_log, method):
     plan = stack.plan(method, wallet=0)
     result = await stack.execute(plan)
