@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -214,63 +215,71 @@ async def history_events(worker: ExecutorWorker, phase: Phase, sample: int = 40)
     return statistics.median(counts) if counts else None
 
 
-async def run_bench(args: argparse.Namespace) -> dict:
-    rate = None if args.rate == "max" else float(args.rate)
+@contextlib.asynccontextmanager
+async def bench_stack(args: argparse.Namespace, **options):
+    """A stack of the run's own (`--ports`, `--slot-ms`, `--wallets`, `--market`...), its worker, the sink bench
+    plans pay (funded, the one destination the plan policy allows, and what a market's searchers bid on) and an
+    HTTP session: `(stack, worker, sink, http)`. All of it is stopped and removed at the end."""
+    import aiohttp
+
     data_dir = args.data_dir / "bench" / str(os.getpid())
     stack = DevStack(
-        data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False, nats_roles=BENCH_ROLES,
-        history_encryption=args.history_encryption == "on", market=args.market,
+        data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False,
+        history_encryption=args.history_encryption == "on", market=args.market, **options,
     )  # fmt: skip
     worker = None
     try:
         await stack.start()
-        # Bench plans pay a sink a few lamports: the plan policy must allow that one destination.
         sink = str(Keypair().pubkey())
         worker = ExecutorWorker(stack.config, stack.keys, policy_settings=PolicySettings.from_environment().allowing(destinations=[sink]))
         await worker.start()
-        import aiohttp
-
         async with aiohttp.ClientSession() as http:
             await admin_post(http, f"{stack.localnet.endpoints['admin']}/fund", {"pubkey": sink, "lamports": 1_000_000_000})
             if args.market:
                 await searchers_bid_on(stack, http, sink)
-            run = uuid.uuid4().hex[:8]
-            methods = methods_for(args.method, args.plans)
-
-            warmup = [bench_plan(f"warm-{run}-{i}", METHODS[i % len(METHODS)] if args.method == "mixed" else args.method, sink) for i in range(args.warmup)]
-            if warmup:
-                await durable_phase(stack, worker, warmup, 10.0, 30)
-                await direct_phase(stack, worker, [bench_plan(f"warmd-{run}-{i}", p["executionMethod"], sink) for i, p in enumerate(warmup)], 10.0)
-                await asyncio.sleep(1.0)
-
-            durable_plans = [bench_plan(f"d-{run}-{i}", m, sink) for i, m in enumerate(methods)]
-            profiler = Profiler(args.profile) if args.profile else None
-            if profiler:
-                profiler.start(await _server_metrics(stack, http))
-            temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid), cpu_ms()
-            expected_s = args.plans / rate if rate else args.plans / 40
-            # A plan that never lands (a bundle dropped on a `--market`) gets its result only once its
-            # blockhash has expired: 150 blocks, plus the slots a market skips.
-            expiry_s = BLOCKHASH_VALIDITY_BLOCKS * 1.25 * args.slot_ms / 1000 + 30
-            durable = await durable_phase(stack, worker, durable_plans, rate, wait_s=max(60.0, expected_s * 2 + 45, expected_s + expiry_s))
-            temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid) - temporal_cpu, cpu_ms() - worker_cpu
-            profile = profiler.stop(await _server_metrics(stack, http), args.plans) if profiler else None
-            await asyncio.sleep(0.5)
-            await collect_wire(stack, http, durable)
-
-            direct_plans = [bench_plan(f"x-{run}-{i}", m, sink) for i, m in enumerate(methods)]
-            direct_cpu = cpu_ms()
-            direct = await direct_phase(stack, worker, direct_plans, rate)
-            direct_cpu = cpu_ms() - direct_cpu
-            await asyncio.sleep(0.5)
-            await collect_wire(stack, http, direct)
-            events = await history_events(worker, durable)
-            market = await market_view(stack, http) if args.market else None
+            yield stack, worker, sink, http
     finally:
         if worker is not None and hasattr(worker, "bridge"):
             await worker.stop()
         await stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def run_bench(args: argparse.Namespace) -> dict:
+    rate = None if args.rate == "max" else float(args.rate)
+    async with bench_stack(args, nats_roles=BENCH_ROLES) as (stack, worker, sink, http):
+        run = uuid.uuid4().hex[:8]
+        methods = methods_for(args.method, args.plans)
+
+        warmup = [bench_plan(f"warm-{run}-{i}", METHODS[i % len(METHODS)] if args.method == "mixed" else args.method, sink) for i in range(args.warmup)]
+        if warmup:
+            await durable_phase(stack, worker, warmup, 10.0, 30)
+            await direct_phase(stack, worker, [bench_plan(f"warmd-{run}-{i}", p["executionMethod"], sink) for i, p in enumerate(warmup)], 10.0)
+            await asyncio.sleep(1.0)
+
+        durable_plans = [bench_plan(f"d-{run}-{i}", m, sink) for i, m in enumerate(methods)]
+        profiler = Profiler(args.profile) if args.profile else None
+        if profiler:
+            profiler.start(await _server_metrics(stack, http))
+        temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid), cpu_ms()
+        expected_s = args.plans / rate if rate else args.plans / 40
+        # A plan that never lands (a bundle dropped on a `--market`) gets its result only once its
+        # blockhash has expired: 150 blocks, plus the slots a market skips.
+        expiry_s = BLOCKHASH_VALIDITY_BLOCKS * 1.25 * args.slot_ms / 1000 + 30
+        durable = await durable_phase(stack, worker, durable_plans, rate, wait_s=max(60.0, expected_s * 2 + 45, expected_s + expiry_s))
+        temporal_cpu, worker_cpu = cpu_ms(stack.temporal.pid) - temporal_cpu, cpu_ms() - worker_cpu
+        profile = profiler.stop(await _server_metrics(stack, http), args.plans) if profiler else None
+        await asyncio.sleep(0.5)
+        await collect_wire(stack, http, durable)
+
+        direct_plans = [bench_plan(f"x-{run}-{i}", m, sink) for i, m in enumerate(methods)]
+        direct_cpu = cpu_ms()
+        direct = await direct_phase(stack, worker, direct_plans, rate)
+        direct_cpu = cpu_ms() - direct_cpu
+        await asyncio.sleep(0.5)
+        await collect_wire(stack, http, direct)
+        events = await history_events(worker, durable)
+        market = await market_view(stack, http) if args.market else None
 
     statuses = [r["status"] for r in durable.results.values()]
     to_wire, direct_to_wire = durable.plan_to_wire_ms(), direct.plan_to_wire_ms()

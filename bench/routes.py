@@ -22,18 +22,14 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import random
-import shutil
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 
-from solders.keypair import Keypair
 
 from devtools.dev import DevStack, admin_post
-from executor.policy import PolicySettings
 from settings import CommandError
 from worker.main import ExecutorWorker
 from worker.nats_connection import connect as nats_connect
@@ -283,47 +279,26 @@ async def _progress(sent: Sent, total: int) -> None:
 
 
 async def run_routes(args: argparse.Namespace) -> dict:
-    from .command import searchers_bid_on
+    from .command import bench_stack
 
     routes = parse_routes(args.routes)
     rate = None if args.rate == "max" else float(args.rate)
     seed = 0 if args.seed is None else args.seed
-    data_dir = args.data_dir / "bench" / str(os.getpid())
-    stack = DevStack(
-        data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False,
-        history_encryption=args.history_encryption == "on", market=args.market,
-    )  # fmt: skip
-    worker = None
-    try:
-        await stack.start()
-        sink = str(Keypair().pubkey())
-        worker = ExecutorWorker(stack.config, stack.keys, policy_settings=PolicySettings.from_environment().allowing(destinations=[sink]))
-        await worker.start()
-        import aiohttp
-
-        async with aiohttp.ClientSession() as http:
-            admin = stack.localnet.endpoints["admin"]
-            await admin_post(http, f"{admin}/fund", {"pubkey": sink, "lamports": 1_000_000_000})
-            if args.seed is not None:  # the cluster's injected faults (and each region's) follow the run's seed
-                await admin_post(http, f"{admin}/faults", {"seed": args.seed})
-            if args.market:
-                await searchers_bid_on(stack, http, sink)
-            run = uuid.uuid4().hex[:8]
-            if args.warmup:
-                warmup = route_plans(f"w{run}", seed, max(1, args.warmup // len(routes)), routes, sink)
-                await send_interleaved(stack, worker, warmup, 10.0, 30, args.deadline_ms)
-                await asyncio.sleep(1.0)
-            plans = route_plans(run, seed, args.plans, routes, sink)
-            expected_s = len(plans) / rate if rate else len(plans) / 40
-            expiry_s = BLOCKHASH_VALIDITY_BLOCKS * 1.25 * args.slot_ms / 1000 + 30
-            sent = await send_interleaved(stack, worker, plans, rate, max(60.0, expected_s * 2 + 45, expected_s + expiry_s), args.deadline_ms)
-            async with http.get(f"{admin}/transactions", params={"since_ns": str(sent.started_ns - 1)}) as response:
-                rows = (await response.json())["transactions"]
-    finally:
-        if worker is not None and hasattr(worker, "bridge"):
-            await worker.stop()
-        await stack.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    async with bench_stack(args) as (stack, worker, sink, http):
+        admin = stack.localnet.endpoints["admin"]
+        if args.seed is not None:  # the cluster's injected faults (and each region's) follow the run's seed
+            await admin_post(http, f"{admin}/faults", {"seed": args.seed})
+        run = uuid.uuid4().hex[:8]
+        if args.warmup:
+            warmup = route_plans(f"w{run}", seed, max(1, args.warmup // len(routes)), routes, sink)
+            await send_interleaved(stack, worker, warmup, 10.0, 30, args.deadline_ms)
+            await asyncio.sleep(1.0)
+        plans = route_plans(run, seed, args.plans, routes, sink)
+        expected_s = len(plans) / rate if rate else len(plans) / 40
+        expiry_s = BLOCKHASH_VALIDITY_BLOCKS * 1.25 * args.slot_ms / 1000 + 30
+        sent = await send_interleaved(stack, worker, plans, rate, max(60.0, expected_s * 2 + 45, expected_s + expiry_s), args.deadline_ms)
+        async with http.get(f"{admin}/transactions", params={"since_ns": str(sent.started_ns - 1)}) as response:
+            rows = (await response.json())["transactions"]
     report = summarize(args.market or "calm", args.plans, plans, sent.results, sent.result_counts, rows, sent.result_ms())
     return report | {"order": list(routes), "seed": seed, "rate": args.rate if rate is None else rate, "slot_ms": args.slot_ms, "wallets": args.wallets}
 

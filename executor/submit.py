@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -249,27 +250,15 @@ class Submitter:
             return await self._bundle_to(method.partition(":")[2], raw)
         if method.startswith("jito_transaction:"):
             region = method.partition(":")[2]
-            try:
+            with _engine_answer(f"block engine {region}", "transaction"):
                 await self.engines.send_transaction(self.engines.board[region], raw)
-            except JitoRateLimited as error:
-                fail(ErrorCode.RATE_LIMITED, f"Jito rate limited in {region}: {error}")
-            except JitoUnavailable:
-                raise
-            except JitoError as error:
-                fail(ErrorCode.SUBMIT_REJECTED, f"block engine {region} refused the transaction: {error}")
             return Sent(method)
         return Sent(*(await self._send_method(method, raw)))
 
     async def _bundle_to(self, region: str, raw: bytes) -> Sent:
         """A one-transaction bundle to `region`, whose token the caller took."""
-        try:
+        with _engine_answer(f"block engine {region}", "bundle"):
             bundle_id = await self.engines.send_bundle(self.engines.board[region], raw)
-        except JitoRateLimited as error:
-            fail(ErrorCode.RATE_LIMITED, f"Jito rate limited in {region}: {error}")
-        except JitoUnavailable:
-            raise  # unknown whether it arrived: retry the same bytes
-        except JitoError as error:
-            fail(ErrorCode.SUBMIT_REJECTED, f"block engine {region} refused the bundle: {error}")
         return Sent(f"bundle:{region}", bundle_id)
 
     async def _send_method(self, method: str, raw: bytes) -> tuple[str, str | None]:
@@ -295,14 +284,8 @@ class Submitter:
                 raise TpuUndelivered(f"no leader acknowledged the transaction: {dict(report.outcomes)}")
             return "tpu", None
         if method == "jito_bundle":
-            try:
+            with _engine_answer("block engine", "bundle"):
                 return "bundle", await self.jito.send_bundle([raw])
-            except JitoRateLimited as error:
-                fail(ErrorCode.RATE_LIMITED, f"Jito rate limited: {error}")
-            except JitoUnavailable:
-                raise  # unknown whether it arrived: retry the same bytes
-            except JitoError as error:
-                fail(ErrorCode.SUBMIT_REJECTED, f"block engine refused the bundle: {error}")
         fail(ErrorCode.SUBMIT_REJECTED, f"execution method {method} is not available")
 
 
@@ -315,6 +298,21 @@ class Submitter:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             task.add_done_callback(lambda _: self._give_slot())
+
+
+@contextlib.contextmanager
+def _engine_answer(engine: str, what: str):
+    """A block engine's answer in the plan's terms, once for every Jito send: a 429 is RATE_LIMITED (nothing
+    accepted: the retry sends the same bytes), the engine's own refusal SUBMIT_REJECTED (nothing left), and an
+    unclear or missing answer (`JitoUnavailable`) goes up as it is: the bytes may be out."""
+    try:
+        yield
+    except JitoRateLimited as error:
+        fail(ErrorCode.RATE_LIMITED, f"{engine} rate limited the {what}: {error}")
+    except JitoUnavailable:
+        raise
+    except JitoError as error:
+        fail(ErrorCode.SUBMIT_REJECTED, f"{engine} refused the {what}: {error}")
 
 
 def _route_name(route: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 
 import httpx
@@ -125,24 +126,37 @@ async def test_a_race_lands_through_the_region_that_did_not_drop_it(regions):
         await rpc.close()
 
 
-async def test_a_bundle_a_region_says_failed_is_resent_to_another_and_lands_long_before_expiry(regions):
-    """Before issue 23 a dropped bundle waited ~150 blocks for its blockhash to expire; now the Failed
-    status sends it to fra, and it lands within a few slots of that."""
-    set_drops(regions, ams=1.0)
-    engines = engines_for(regions)
+@contextlib.asynccontextmanager
+async def a_bundle_ams_drops(cluster, *, may_resend: bool):
+    """ams drops every bundle; one goes there, followed by a real tracker: (follow, signed, height at signing,
+    the regions the follow-up sent it to)."""
+    set_drops(cluster, ams=1.0)
+    engines = engines_for(cluster)
     tracker = BundleTracker(engines, poll_s=0.05)
     tracker.start()
     submitter = Submitter(None, None, lambda: None, engines=engines)
     try:
-        signed, height = tipped(regions)
+        signed, height = tipped(cluster)
         raw = base64.b64decode(signed.transaction)
         first = await submitter.send_route("bundle:ams", raw)
         assert first.region == "ams"
+        resent_to: list[str] = []
 
         async def send(region: str) -> str:
+            resent_to.append(region)
             return (await submitter.send_route(f"bundle:{region}", raw)).bundle_id
 
-        follow = BundleFollow("race-test", raw, {"ams": first.bundle_id}, tracker, send=send, may_resend=lambda: True)
+        yield BundleFollow("race-test", raw, {"ams": first.bundle_id}, tracker, send=send, may_resend=lambda: may_resend), signed, height, resent_to
+    finally:
+        set_drops(cluster)
+        await tracker.stop()
+        await engines.close()
+
+
+async def test_a_bundle_a_region_says_failed_is_resent_to_another_and_lands_long_before_expiry(regions):
+    """Before issue 23 a dropped bundle waited ~150 blocks for its blockhash to expire; now the Failed
+    status sends it to fra, and it lands within a few slots of that."""
+    async with a_bundle_ams_drops(regions, may_resend=True) as (follow, signed, height, resent_to):
         deadline = time.monotonic() + 20
         while follow.resends == 0 and time.monotonic() < deadline:
             await follow.check()
@@ -158,41 +172,19 @@ async def test_a_bundle_a_region_says_failed_is_resent_to_another_and_lands_long
                 break
             await asyncio.sleep(0.05)
         assert follow.landed_via == "bundle:fra" or await follow.landed_route() == "bundle:fra"
+        assert resent_to == ["fra"]
         follow.close()
-        assert not any(tracker.watching.values())
-    finally:
-        set_drops(regions)
-        await tracker.stop()
-        await engines.close()
+        assert not any(follow.tracker.watching.values())
 
 
 async def test_no_resend_when_the_plan_may_no_longer_send(regions):
-    set_drops(regions, ams=1.0)
-    engines = engines_for(regions)
-    tracker = BundleTracker(engines, poll_s=0.05)
-    tracker.start()
-    submitter = Submitter(None, None, lambda: None, engines=engines)
-    try:
-        signed, _ = tipped(regions)
-        raw = base64.b64decode(signed.transaction)
-        first = await submitter.send_route("bundle:ams", raw)
-        sent: list[str] = []
-
-        async def send(region: str) -> str:
-            sent.append(region)
-            return (await submitter.send_route(f"bundle:{region}", raw)).bundle_id
-
-        follow = BundleFollow("race-test", raw, {"ams": first.bundle_id}, tracker, send=send, may_resend=lambda: False)
+    async with a_bundle_ams_drops(regions, may_resend=False) as (follow, signed, _, resent_to):
         deadline = time.monotonic() + 10
         while follow.live and time.monotonic() < deadline:
             await follow.check()
             await asyncio.sleep(0.02)
-        assert not follow.live and sent == [] and follow.resends == 0  # ams said Failed; halted or late: nothing more goes out
+        assert not follow.live and resent_to == [] and follow.resends == 0  # ams said Failed; halted or late: nothing more goes out
         assert landed_via(regions, signed.signature)["landedSlot"] is None
-    finally:
-        set_drops(regions)
-        await tracker.stop()
-        await engines.close()
 
 
 async def test_a_halted_race_sends_nothing_on_any_route(regions):
