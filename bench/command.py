@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -30,18 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nats.js.api import DeliverPolicy
-from solders.keypair import Keypair
 
 from executor.dispatch import Dispatch
-from executor.policy import PolicySettings
 from worker import event_loop, logs
-from devtools.dev import DevStack, admin_post
+from devtools.dev import DevStack
 from worker.main import ExecutorWorker
 from worker.nats_connection import connect as nats_connect
 from worker.nats_security import ROLES, Permissions, inbox_prefix
 from workflows.events import parse_plan
 
 from .plans import bench_plan
+from .stack import bench_stack
 from .profile import Profiler, print_profile
 from settings import CommandError
 
@@ -215,36 +212,6 @@ async def history_events(worker: ExecutorWorker, phase: Phase, sample: int = 40)
     return statistics.median(counts) if counts else None
 
 
-@contextlib.asynccontextmanager
-async def bench_stack(args: argparse.Namespace, **options):
-    """A stack of the run's own (`--ports`, `--slot-ms`, `--wallets`, `--market`...), its worker, the sink bench
-    plans pay (funded, the one destination the plan policy allows, and what a market's searchers bid on) and an
-    HTTP session: `(stack, worker, sink, http)`. All of it is stopped and removed at the end."""
-    import aiohttp
-
-    data_dir = args.data_dir / "bench" / str(os.getpid())
-    stack = DevStack(
-        data_dir, auto_ports=args.ports == "auto", slot_ms=args.slot_ms, wallet_count=args.wallets, metrics=False,
-        history_encryption=args.history_encryption == "on", market=args.market, **options,
-    )  # fmt: skip
-    worker = None
-    try:
-        await stack.start()
-        sink = str(Keypair().pubkey())
-        worker = ExecutorWorker(stack.config, stack.keys, policy_settings=PolicySettings.from_environment().allowing(destinations=[sink]))
-        await worker.start()
-        async with aiohttp.ClientSession() as http:
-            await admin_post(http, f"{stack.localnet.endpoints['admin']}/fund", {"pubkey": sink, "lamports": 1_000_000_000})
-            if args.market:
-                await searchers_bid_on(stack, http, sink)
-            yield stack, worker, sink, http
-    finally:
-        if worker is not None and hasattr(worker, "bridge"):
-            await worker.stop()
-        await stack.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
 async def run_bench(args: argparse.Namespace) -> dict:
     rate = None if args.rate == "max" else float(args.rate)
     async with bench_stack(args, nats_roles=BENCH_ROLES) as (stack, worker, sink, http):
@@ -320,16 +287,6 @@ async def run_bench(args: argparse.Namespace) -> dict:
         **({"market": market} if market else {}),
         "_samples": {"durable": to_wire, "direct": direct_to_wire},
     }
-
-
-async def searchers_bid_on(stack: DevStack, http, sink: str) -> None:
-    """Every bench plan pays the one sink, which stands for the pool a real trade touches: a market's
-    background searchers, if it has them, bid on that account, as competitors bid on a trade's pool."""
-    admin = stack.localnet.endpoints["admin"]
-    async with http.get(f"{admin}/auction") as response:
-        auction = await response.json()
-    if auction.get("enabled") and (auction.get("searchers") or {}).get("rate"):
-        await admin_post(http, f"{admin}/auction", {"searchers": {"accounts": [sink]}})
 
 
 async def market_view(stack: DevStack, http) -> dict:

@@ -34,6 +34,7 @@ from settings import CommandError
 from worker.main import ExecutorWorker
 from worker.nats_connection import connect as nats_connect
 
+from .stack import bench_stack
 from .plans import bench_plan
 
 log = logging.getLogger("hft.bench.routes")
@@ -279,8 +280,6 @@ async def _progress(sent: Sent, total: int) -> None:
 
 
 async def run_routes(args: argparse.Namespace) -> dict:
-    from .command import bench_stack
-
     routes = parse_routes(args.routes)
     rate = None if args.rate == "max" else float(args.rate)
     seed = 0 if args.seed is None else args.seed
